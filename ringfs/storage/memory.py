@@ -1,0 +1,139 @@
+"""An in-memory engine with the durability semantics of a real disk.
+
+The simulator hands it to nodes and crashes it: `crash()` throws away exactly
+the writes that no `sync()` covered, as a power cut would. It keeps an undo log of
+unsynced writes, so every operation, sync and crash included, costs O(1) per
+write rather than a copy of the whole store.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+from ringfs.hashing import in_range, key_token
+from ringfs.storage.engine import EngineStats, Record, TombstonePolicy
+
+
+class MemoryEngine:
+    """A dict-backed StorageEngine that can lose its unsynced writes on `crash()`."""
+
+    def __init__(self, may_drop_tombstone: TombstonePolicy | None = None) -> None:
+        self._data: dict[bytes, Record] = {}
+        self._tokens: dict[bytes, int] = {}
+        # (seq, key, record it replaced) for every write not yet covered by a sync.
+        self._undo: list[tuple[int, bytes, Record | None]] = []
+        self._last_seq = 0
+        self._durable_seq = 0
+        self._merges = 0
+        self._may_drop = may_drop_tombstone
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # -- reads -----------------------------------------------------------------
+    def get(self, key: bytes) -> Record | None:
+        return self._data.get(key)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def iter_range(self, start: int, end: int) -> Iterator[tuple[bytes, Record]]:
+        whole = start == end
+        picked = [
+            (tok, k)
+            for k, tok in self._tokens.items()
+            if whole or in_range(tok, start, end)
+        ]
+        # Wrapping ranges list the tail of the ring (after start) first.
+        picked.sort(key=lambda tk: (not whole and start >= end and tk[0] <= end, tk[0]))
+        snapshot = [(k, self._data[k]) for _, k in picked]
+        return iter(snapshot)
+
+    # -- writes ----------------------------------------------------------------
+    def _write(self, key: bytes, value: bytes, meta: bytes, tombstone: bool) -> int:
+        self._check_open()
+        with self._lock:
+            self._last_seq += 1
+            seq = self._last_seq
+            self._undo.append((seq, key, self._data.get(key)))
+        self._data[key] = Record(value, meta, tombstone, seq)
+        if key not in self._tokens:
+            self._tokens[key] = key_token(key)
+        return seq
+
+    def put(self, key: bytes, value: bytes, meta: bytes = b"") -> int:
+        return self._write(key, value, meta, False)
+
+    def delete(self, key: bytes, meta: bytes = b"") -> int:
+        return self._write(key, b"", meta, True)
+
+    def purge(self, key: bytes) -> None:
+        self._check_open()
+        old = self._data.pop(key, None)
+        if old is not None:
+            self._tokens.pop(key, None)
+            with self._lock:
+                # A purge is undone by a crash too, like any unsynced change.
+                self._undo.append((self._last_seq, key, old))
+
+    # -- durability ------------------------------------------------------------
+    @property
+    def last_seq(self) -> int:
+        return self._last_seq
+
+    @property
+    def durable_seq(self) -> int:
+        return self._durable_seq
+
+    def sync(self) -> int:
+        with self._lock:
+            self._undo.clear()
+            self._durable_seq = self._last_seq
+            return self._durable_seq
+
+    def crash(self) -> None:
+        """Lose every write since the last sync, as a power cut would."""
+        with self._lock:
+            for _, key, old in reversed(self._undo):
+                if old is None:
+                    self._data.pop(key, None)
+                    self._tokens.pop(key, None)
+                else:
+                    self._data[key] = old
+                    self._tokens[key] = key_token(key)
+            self._undo.clear()
+            self._last_seq = self._durable_seq
+
+    # -- maintenance -----------------------------------------------------------
+    def maybe_merge(self) -> bool:
+        if self._may_drop is None:
+            return False
+        doomed = [k for k, r in self._data.items() if r.tombstone and self._may_drop(k, r)]
+        for k in doomed:
+            self.purge(k)
+        if doomed:
+            self._merges += 1
+        return bool(doomed)
+
+    def stats(self) -> EngineStats:
+        live = sum(len(k) + len(r.value) + len(r.meta) for k, r in self._data.items())
+        return EngineStats(
+            keys=len(self._data),
+            tombstones=sum(1 for r in self._data.values() if r.tombstone),
+            last_seq=self._last_seq,
+            durable_seq=self._durable_seq,
+            data_bytes=live,
+            live_bytes=live,
+            segments=1,
+            corrupt_records=0,
+            merges=self._merges,
+        )
+
+    def close(self) -> None:
+        if not self._closed:
+            self.sync()
+            self._closed = True
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("engine is closed")

@@ -1,1 +1,38 @@
-"""ringfs"""
+"""ringfs: a Dynamo-style peer-to-peer key/value and file store.
+
+The public API: `Client` (blocking) and `AsyncClient` (trio), the results they
+return, the errors they raise, and the node configuration.
+"""
+
+__version__ = "0.1.0"
+
+from ringfs.client import AsyncClient, Client, GetResult  # noqa: E402
+from ringfs.config import ConfigError, Durability, NodeConfig  # noqa: E402
+from ringfs.errors import (  # noqa: E402
+    ErrorCode,
+    LocalProtocolError,
+    QuorumNotMet,
+    RemoteProtocolError,
+    RequestTimeout,
+    RingfsError,
+    ServerError,
+    Unavailable,
+)
+
+__all__ = [
+    "AsyncClient",
+    "Client",
+    "ConfigError",
+    "Durability",
+    "ErrorCode",
+    "GetResult",
+    "LocalProtocolError",
+    "NodeConfig",
+    "QuorumNotMet",
+    "RemoteProtocolError",
+    "RequestTimeout",
+    "RingfsError",
+    "ServerError",
+    "Unavailable",
+    "__version__",
+]

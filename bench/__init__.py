@@ -1,0 +1,1 @@
+"""Benchmarks, one script per figure; run each as `python -m bench.<name>`."""

@@ -1,0 +1,5 @@
+import sys
+
+from ringfs.cli import main
+
+sys.exit(main())

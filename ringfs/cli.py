@@ -1,0 +1,387 @@
+"""The `ringfs` command: run nodes and local clusters, and talk to them.
+
+Every error ends in one line on stderr starting with "ringfs: " and a non-zero
+exit status: 1 for a failed operation (or a key not found), 2 for bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from ringfs import __version__
+from ringfs.config import ConfigError, build_config, load_toml, parse_address
+
+DEFAULT_NODE = "127.0.0.1:7001"
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """A failure reported as one line and exit status 1."""
+
+
+def _fail(message: str, status: int = EXIT_FAILED) -> NoReturn:
+    print(f"ringfs: {message}", file=sys.stderr)
+    raise SystemExit(status)
+
+
+# -- argument types ---------------------------------------------------------------
+
+def _address(text: str) -> str:
+    try:
+        parse_address(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _listen_address(text: str) -> str:
+    try:
+        parse_address(text, allow_port_zero=True)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return v
+
+
+def _port(text: str) -> int:
+    v = _positive_int(text)
+    if v > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1..65535)")
+    return v
+
+
+def _seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < v <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r} must be in (0, 3600] seconds")
+    return v
+
+
+def _b64(text: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except ValueError:
+        raise argparse.ArgumentTypeError("context must be base64 as printed by get --json") from None
+
+
+# -- parser -----------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ringfs",
+        description="ringfs: a Dynamo-style peer-to-peer key/value and file store.",
+        epilog="Run `ringfs COMMAND --help` for the options of one command.",
+    )
+    p.add_argument("--version", action="version", version=f"ringfs {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    # node
+    n = sub.add_parser("node", help="run one node in the foreground",
+                       description="Run one ringfs node in the foreground until SIGINT or "
+                                   "SIGTERM. Flags override the TOML file given by --config.")
+    n.add_argument("--config", metavar="FILE", help="TOML file with node settings")
+    n.add_argument("--name", help="unique node name (letters, digits, . _ -)")
+    n.add_argument("--data-dir", metavar="DIR", help="directory for this node's data")
+    n.add_argument("--listen", metavar="HOST:PORT", type=_listen_address,
+                   help="address for clients and peers (default 127.0.0.1:7001)")
+    n.add_argument("--seeds", metavar="HOST:PORT[,...]", help="other nodes to join through")
+    n.add_argument("--engine", choices=("log", "memory"), help="storage engine")
+    n.add_argument("--durability", metavar="POLICY",
+                   help="always | group | interval:MS | none (default group)")
+    n.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    n.set_defaults(func=cmd_node)
+
+    # cluster
+    c = sub.add_parser("cluster", help="run a local cluster of node processes",
+                       description="Manage a cluster of node processes on this machine.")
+    csub = c.add_subparsers(dest="cluster_command", metavar="SUBCOMMAND", required=True)
+    up = csub.add_parser("up", help="start N nodes in the foreground; Ctrl-C stops them all",
+                         description="Start N node processes on consecutive ports, print where "
+                                     "each listens, and stop them all on Ctrl-C or SIGTERM.")
+    up.add_argument("--nodes", type=_positive_int, default=3, help="how many nodes (default 3)")
+    up.add_argument("--base-port", type=_port, default=7001, help="port of the first node")
+    up.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    up.add_argument("--data-root", metavar="DIR", default="./data",
+                    help="each node keeps its data in DIR/NAME (default ./data)")
+    up.add_argument("--engine", choices=("log", "memory"), help="storage engine")
+    up.add_argument("--durability", metavar="POLICY", help="sync policy for every node")
+    up.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                    default="info")
+    up.set_defaults(func=cmd_cluster_up)
+
+    def client_opts(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--node", metavar="HOST:PORT", type=_address, default=DEFAULT_NODE,
+                        help=f"node to talk to (default {DEFAULT_NODE})")
+        sp.add_argument("--timeout", type=_seconds, default=5.0, metavar="SECONDS",
+                        help="per-request timeout (default 5)")
+        sp.add_argument("--json", action="store_true", help="print one JSON object")
+
+    g = sub.add_parser("get", help="print the value(s) of a key",
+                       description="Print the value of KEY. With siblings, each is printed on "
+                                   "its own line after a header. Exit 1 if the key is absent.")
+    g.add_argument("key", metavar="KEY")
+    client_opts(g)
+    g.set_defaults(func=cmd_get)
+
+    pt = sub.add_parser("put", help="store a value under a key",
+                        description="Store VALUE under KEY ('-' reads the value from stdin). "
+                                    "Without --context the write supersedes what the node has.")
+    pt.add_argument("key", metavar="KEY")
+    pt.add_argument("value", metavar="VALUE", help="the value, or - to read stdin")
+    pt.add_argument("--context", type=_b64, help="base64 context from `get --json`")
+    client_opts(pt)
+    pt.set_defaults(func=cmd_put)
+
+    d = sub.add_parser("delete", help="delete a key",
+                       description="Delete KEY (a tombstone that replicates like a write).")
+    d.add_argument("key", metavar="KEY")
+    d.add_argument("--context", type=_b64, help="base64 context from `get --json`")
+    client_opts(d)
+    d.set_defaults(func=cmd_delete)
+
+    s = sub.add_parser("status", help="show a node's view of the cluster",
+                       description="Show members, storage and counters as one node sees them.")
+    client_opts(s)
+    s.set_defaults(func=cmd_status)
+    return p
+
+
+# -- node ---------------------------------------------------------------------------
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    values: dict[str, Any] = {}
+    if args.config:
+        values.update(load_toml(args.config))
+    for flag, key in (("name", "name"), ("data_dir", "data_dir"), ("listen", "listen"),
+                      ("engine", "engine"), ("durability", "durability"),
+                      ("log_level", "log_level")):
+        v = getattr(args, flag)
+        if v is not None:
+            values[key] = v
+    if args.seeds:
+        values["seeds"] = [s.strip() for s in args.seeds.split(",") if s.strip()]
+    config = build_config(values)
+    _setup_logging(config.log_level)
+    from ringfs.runtime.server import serve_config
+
+    try:
+        serve_config(config)
+    except OSError as exc:
+        raise CliError(f"cannot serve on {config.listen}: {exc.strerror or exc}") from None
+    return 0
+
+
+def _wait_listening(host: str, port: int, proc: subprocess.Popen[bytes], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+def cmd_cluster_up(args: argparse.Namespace) -> int:
+    if args.base_port + args.nodes - 1 > 65535:
+        raise CliError("--base-port + --nodes runs past port 65535")
+    procs: list[tuple[str, str, subprocess.Popen[bytes]]] = []
+    stopping = False
+
+    def stop(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    old_int = signal.signal(signal.SIGINT, stop)
+    old_term = signal.signal(signal.SIGTERM, stop)
+    try:
+        addresses = [f"{args.host}:{args.base_port + i}" for i in range(args.nodes)]
+        for i, addr in enumerate(addresses):
+            name = f"n{i + 1}"
+            data_dir = os.path.join(args.data_root, name)
+            os.makedirs(data_dir, exist_ok=True)
+            cmd = [sys.executable, "-m", "ringfs", "node", "--name", name, "--listen", addr,
+                   "--data-dir", data_dir, "--log-level", args.log_level]
+            seeds = [a for a in addresses if a != addr]
+            if seeds:
+                cmd += ["--seeds", ",".join(seeds)]
+            if args.engine:
+                cmd += ["--engine", args.engine]
+            if args.durability:
+                cmd += ["--durability", args.durability]
+            # Children ignore the terminal's Ctrl-C; this process stops them in order.
+            proc = subprocess.Popen(cmd, start_new_session=True)
+            procs.append((name, addr, proc))
+        for name, addr, proc in procs:
+            host, port = parse_address(addr)
+            if not _wait_listening(host, port, proc, 15.0):
+                raise CliError(f"node {name} did not start listening on {addr}")
+            print(f"{name} listening on {addr} (data {os.path.join(args.data_root, name)})",
+                  flush=True)
+        print(f"cluster of {len(procs)} node(s) up; Ctrl-C stops it", flush=True)
+        while not stopping:
+            for name, _addr, proc in procs:
+                if proc.poll() is not None:
+                    print(f"ringfs: node {name} exited with status {proc.returncode}",
+                          file=sys.stderr, flush=True)
+                    stopping = True
+            time.sleep(0.1)
+        return 0
+    finally:
+        for _name, _addr, proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for _name, _addr, proc in procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
+        if procs:
+            print("cluster stopped", flush=True)
+
+
+# -- client commands ------------------------------------------------------------------
+
+def _client(args: argparse.Namespace) -> Any:
+    from ringfs.client import Client
+
+    return Client(args.node, timeout_s=args.timeout)
+
+
+def _key_arg(text: str) -> bytes:
+    key = os.fsencode(text)
+    if not key:
+        raise CliError("KEY must not be empty")
+    return key
+
+
+def _values_json(values: Sequence[bytes]) -> dict[str, Any]:
+    try:
+        return {"values": [v.decode("utf-8") for v in values], "encoding": "utf-8"}
+    except UnicodeDecodeError:
+        return {"values": [base64.b64encode(v).decode() for v in values], "encoding": "base64"}
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    key = _key_arg(args.key)
+    with _client(args) as c:
+        res = c.get(key)
+    if args.json:
+        out = {"key": args.key, "found": res.found,
+               "context": base64.b64encode(res.context).decode(), **_values_json(res.values)}
+        print(json.dumps(out))
+        return 0
+    if not res.values:
+        raise CliError(f"key {args.key!r} not found")
+    if len(res.values) == 1:
+        sys.stdout.buffer.write(res.values[0])
+        if sys.stdout.isatty():
+            sys.stdout.buffer.write(b"\n")
+    else:
+        print(f"# {len(res.values)} siblings", flush=True)
+        for v in res.values:
+            sys.stdout.buffer.write(v + b"\n")
+    sys.stdout.flush()
+    return 0
+
+
+def cmd_put(args: argparse.Namespace) -> int:
+    key = _key_arg(args.key)
+    value = sys.stdin.buffer.read() if args.value == "-" else os.fsencode(args.value)
+    with _client(args) as c:
+        ctx = c.put(key, value, args.context)
+    if args.json:
+        print(json.dumps({"key": args.key, "ok": True, "bytes": len(value),
+                          "context": base64.b64encode(ctx).decode()}))
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    key = _key_arg(args.key)
+    with _client(args) as c:
+        ctx = c.delete(key, args.context)
+    if args.json:
+        print(json.dumps({"key": args.key, "ok": True,
+                          "context": base64.b64encode(ctx).decode()}))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        st = c.status()
+    if args.json:
+        print(json.dumps(st, default=str))
+        return 0
+    print(f"node {st.get('node')} at {st.get('address')} (ringfs {st.get('version')})")
+    if st.get("read_only"):
+        print(f"  READ-ONLY: {st['read_only']}")
+    print("members:")
+    for m in st.get("members", []):
+        print(f"  {m.get('name'):<16} {m.get('address'):<22} {m.get('state'):<8} "
+              f"incarnation {m.get('incarnation')}")
+    s = st.get("storage", {})
+    print(f"storage: {s.get('engine')} ({s.get('durability')}), {s.get('keys')} keys, "
+          f"{s.get('tombstones')} tombstones, {s.get('data_bytes')} bytes")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from ringfs.errors import RingfsError
+
+    try:
+        status: int = args.func(args)
+        return status
+    except CliError as exc:
+        _fail(str(exc))
+    except ConfigError as exc:
+        _fail(f"bad configuration: {exc}", EXIT_USAGE)
+    except RingfsError as exc:
+        _fail(f"{exc.code.name.lower()}: {exc.message}")
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,459 @@
+"""Clients: `AsyncClient` for trio programs and `Client` for plain blocking scripts.
+
+Both speak the protocol of docs/protocol.md. A client holds one connection per
+node it has used and pipelines every concurrent request over it (ids match
+replies to requests, in any order). Each request has a deadline. Failures are
+retried with exponential backoff and full jitter, moving to the next node, when
+retrying is safe: always when the request provably did not run (no connection,
+OVERLOADED, SHUTTING_DOWN), and after a lost connection or a timeout only for
+reads. A write whose fate is unknown is reported, never silently repeated: a
+repeated write would add a sibling.
+
+`Client` runs an `AsyncClient` on a private trio thread, so both share one
+implementation; a `Client` may be used from several threads at once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import threading
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import trio
+
+from ringfs.config import parse_address
+from ringfs.errors import (
+    NOT_EXECUTED,
+    ErrorCode,
+    LocalProtocolError,
+    RemoteProtocolError,
+    RequestTimeout,
+    RingfsError,
+    Unavailable,
+    error_from_wire,
+)
+from ringfs.wire import (
+    ERROR,
+    PROTOCOL_VERSION,
+    RESPONSE,
+    FrameDecoder,
+    Limits,
+    Op,
+    WireError,
+    encode_request,
+)
+
+T = TypeVar("T")
+
+Key = bytes | str
+
+
+def _key(key: Key) -> bytes:
+    if isinstance(key, str):
+        return key.encode("utf-8")
+    if isinstance(key, bytes | bytearray | memoryview):
+        return bytes(key)
+    raise LocalProtocolError(f"keys are bytes or str, not {type(key).__name__}")
+
+
+def _value(value: bytes | bytearray | memoryview) -> bytes:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    raise LocalProtocolError(f"values are bytes, not {type(value).__name__}")
+
+
+@dataclass(frozen=True)
+class GetResult:
+    """What a get found: every sibling value and the context to write back with."""
+
+    key: bytes
+    values: list[bytes]
+    """Every sibling; empty when the key is absent or deleted."""
+    context: bytes
+    """Opaque causal context; pass it to put/delete to supersede what this get saw."""
+
+    @property
+    def found(self) -> bool:
+        return bool(self.values)
+
+    @property
+    def value(self) -> bytes | None:
+        """The value when there is exactly one, None when absent; raises if there are siblings."""
+        if not self.values:
+            return None
+        if len(self.values) > 1:
+            raise LocalProtocolError(
+                f"key has {len(self.values)} siblings; read .values and resolve them")
+        return self.values[0]
+
+
+class _NotSent(Exception):
+    """The request never left this client: always safe to retry."""
+
+
+class _Lost(Exception):
+    """The request was sent but its reply is unknown: retry only if idempotent."""
+
+
+@dataclass(eq=False)
+class _Pending:
+    event: trio.Event = field(default_factory=trio.Event)
+    reply: Any = None
+    failure: Exception | None = None
+
+
+class _Connection:
+    """One TCP connection to one node, with requests pipelined over it."""
+
+    def __init__(self, address: str, stream: trio.SocketStream, max_frame_bytes: int) -> None:
+        self.address = address
+        self.stream = stream
+        self.decoder = FrameDecoder(max_frame_bytes)
+        self.pending: dict[int, _Pending] = {}
+        self.ids = itertools.count(1)
+        self.send_lock = trio.StrictFIFOLock()
+        self.broken: Exception | None = None
+        self.node_name: str | None = None
+        self.limits: Limits | None = None
+
+    async def reader(self) -> None:
+        try:
+            while True:
+                data = await self.stream.receive_some(256 * 1024)
+                if not data:
+                    raise _Lost(f"{self.address} closed the connection")
+                for body in self.decoder.feed(data):
+                    self._deliver(body)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            self._fail(_Lost(f"connection to {self.address} lost: {exc}"))
+        except (WireError, RemoteProtocolError, _Lost) as exc:
+            self._fail(_Lost(str(exc)))
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.stream.aclose()
+
+    def _deliver(self, body: Any) -> None:
+        if type(body) is not list or len(body) != 3 or body[0] not in (RESPONSE, ERROR):
+            raise RemoteProtocolError(f"{self.address} sent a malformed frame")
+        p = self.pending.pop(body[1], None) if body[1] is not None else None
+        if p is None:
+            if body[0] == ERROR and body[1] is None:
+                # A connection-level error (e.g. too many connections): fail everything.
+                err = body[2] if isinstance(body[2], dict) else {}
+                raise _Lost(f"{self.address}: {err.get('name')}: {err.get('message')}")
+            return  # a reply to a request we gave up on
+        p.reply = body
+        p.event.set()
+
+    def _fail(self, exc: Exception) -> None:
+        self.broken = exc
+        for p in self.pending.values():
+            p.failure = exc
+            p.event.set()
+        self.pending.clear()
+
+    async def request(self, op: int, args: dict[str, Any], deadline: float) -> dict[str, Any]:
+        if self.broken is not None:
+            raise _NotSent(str(self.broken))
+        rid = next(self.ids)
+        p = _Pending()
+        self.pending[rid] = p
+        frame = encode_request(rid, op, args)
+        try:
+            with trio.move_on_at(deadline) as scope:
+                async with self.send_lock:
+                    await self.stream.send_all(frame)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self.pending.pop(rid, None)
+            self._fail(_Lost(str(exc)))
+            raise _Lost(f"connection to {self.address} lost while sending") from None
+        if scope.cancelled_caught:
+            self.pending.pop(rid, None)
+            raise RequestTimeout(f"timed out sending to {self.address}")
+        with trio.move_on_at(deadline):
+            await p.event.wait()
+        if not p.event.is_set():
+            self.pending.pop(rid, None)
+            raise RequestTimeout(f"no reply from {self.address} in time", node=self.address)
+        if p.failure is not None:
+            raise p.failure
+        body = p.reply
+        if body[0] == ERROR:
+            err = body[2] if isinstance(body[2], dict) else {}
+            details = {k: v for k, v in err.items() if k not in ("code", "name", "message")}
+            raise error_from_wire(int(err.get("code", ErrorCode.INTERNAL)),
+                                  str(err.get("message", "")), details)
+        result = body[2]
+        if not isinstance(result, dict):
+            raise RemoteProtocolError(f"{self.address} sent a result that is not a map")
+        return result
+
+
+class AsyncClient:
+    """A trio client for a ringfs cluster. Use as `async with AsyncClient(...) as c:`."""
+
+    def __init__(
+        self,
+        nodes: str | Sequence[str],
+        *,
+        timeout_s: float = 5.0,
+        connect_timeout_s: float = 2.0,
+        retries: int = 4,
+        backoff_base_s: float = 0.02,
+        backoff_max_s: float = 1.0,
+        max_frame_bytes: int = Limits().max_frame_bytes,
+        rng: random.Random | None = None,
+    ) -> None:
+        addrs = [nodes] if isinstance(nodes, str) else list(nodes)
+        if not addrs:
+            raise LocalProtocolError("a client needs at least one node address")
+        for a in addrs:
+            try:
+                parse_address(a)
+            except ValueError as exc:
+                raise LocalProtocolError(str(exc)) from None
+        if timeout_s <= 0 or connect_timeout_s <= 0 or retries < 0:
+            raise LocalProtocolError("timeouts must be positive and retries >= 0")
+        self.nodes = addrs
+        self.timeout_s = timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        self.retries = retries
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self.max_frame_bytes = max_frame_bytes
+        self._rng = rng or random.Random()
+        self._conns: dict[str, _Connection] = {}
+        self._connecting: dict[str, trio.Event] = {}
+        self._next = 0
+        self._nursery: trio.Nursery | None = None
+        self._nursery_cm: Any = None
+
+    async def __aenter__(self) -> AsyncClient:
+        self._nursery_cm = trio.open_nursery()
+        self._nursery = await self._nursery_cm.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+        await self._nursery_cm.__aexit__(*exc)
+
+    async def aclose(self) -> None:
+        """Close every connection; requests in flight fail."""
+        for c in list(self._conns.values()):
+            c._fail(_Lost("client closed"))
+            with trio.CancelScope(shield=True):
+                await c.stream.aclose()
+        self._conns.clear()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    # -- public API ----------------------------------------------------------------
+    async def get(self, key: Key, *, timeout_s: float | None = None) -> GetResult:
+        """Every sibling of `key` and the context to write back with."""
+        k = _key(key)
+        res = await self._call(Op.GET, {"key": k}, safe=True, timeout_s=timeout_s)
+        values = res.get("values")
+        ctx = res.get("context", b"")
+        if not isinstance(values, list) or not all(isinstance(v, bytes) for v in values) \
+                or not isinstance(ctx, bytes):
+            raise RemoteProtocolError("GET result has the wrong shape")
+        return GetResult(k, values, ctx)
+
+    async def put(self, key: Key, value: bytes, context: bytes | None = None, *,
+                  timeout_s: float | None = None) -> bytes:
+        """Store `value`; with `context` from a get it supersedes what that get saw.
+
+        Returns the context of the new version.
+        """
+        args: dict[str, Any] = {"key": _key(key), "value": _value(value)}
+        if context is not None:
+            args["context"] = _context(context)
+        res = await self._call(Op.PUT, args, safe=False, timeout_s=timeout_s)
+        return bytes(res.get("context", b""))
+
+    async def delete(self, key: Key, context: bytes | None = None, *,
+                     timeout_s: float | None = None) -> bytes:
+        """Delete `key` (a tombstone superseding what `context`, or the node, has seen)."""
+        args: dict[str, Any] = {"key": _key(key)}
+        if context is not None:
+            args["context"] = _context(context)
+        res = await self._call(Op.DELETE, args, safe=False, timeout_s=timeout_s)
+        return bytes(res.get("context", b""))
+
+    async def ping(self, *, timeout_s: float | None = None) -> None:
+        await self._call(Op.PING, {}, safe=True, timeout_s=timeout_s)
+
+    async def status(self, *, timeout_s: float | None = None) -> dict[str, Any]:
+        """The status map of the first node that answers."""
+        return await self._call(Op.STATUS, {}, safe=True, timeout_s=timeout_s)
+
+    # -- machinery -----------------------------------------------------------------
+    async def _call(self, op: int, args: dict[str, Any], *, safe: bool,
+                    timeout_s: float | None) -> dict[str, Any]:
+        if self._nursery is None:
+            raise LocalProtocolError("use the client inside `async with AsyncClient(...)`")
+        deadline = trio.current_time() + (timeout_s if timeout_s is not None else self.timeout_s)
+        attempt = 0
+        while True:
+            address = self.nodes[self._next % len(self.nodes)]
+            try:
+                conn = await self._connection(address, deadline)
+                return await conn.request(op, args, deadline)
+            except RingfsError as exc:
+                retry = exc.code in NOT_EXECUTED or (safe and exc.code == ErrorCode.TIMEOUT)
+                last: Exception = exc
+            except _NotSent as exc:
+                retry, last = True, exc
+            except _Lost as exc:
+                retry, last = safe, exc
+            if not retry or attempt >= self.retries or trio.current_time() >= deadline:
+                if isinstance(last, RingfsError):
+                    raise last
+                if isinstance(last, _NotSent):
+                    raise Unavailable(f"no node reachable: {last}") from None
+                raise Unavailable(f"outcome unknown, connection lost: {last}") from None
+            attempt += 1
+            self._next += 1  # try the next node
+            cap = min(self.backoff_max_s, self.backoff_base_s * (2 ** attempt))
+            delay = min(self._rng.uniform(0, cap), max(0.0, deadline - trio.current_time()))
+            await trio.sleep(delay)
+
+    async def _connection(self, address: str, deadline: float) -> _Connection:
+        c = self._conns.get(address)
+        if c is not None and c.broken is None:
+            return c
+        ev = self._connecting.get(address)
+        if ev is not None:
+            with trio.move_on_at(deadline):
+                await ev.wait()
+            c = self._conns.get(address)
+            if c is not None and c.broken is None:
+                return c
+            raise _NotSent(f"could not connect to {address}")
+        ev = self._connecting[address] = trio.Event()
+        try:
+            return await self._connect(address, min(deadline,
+                                                    trio.current_time() + self.connect_timeout_s))
+        finally:
+            del self._connecting[address]
+            ev.set()
+
+    async def _connect(self, address: str, deadline: float) -> _Connection:
+        host, port = parse_address(address)
+        assert self._nursery is not None
+        with trio.move_on_at(deadline):
+            try:
+                stream = await trio.open_tcp_stream(host, port)
+            except OSError as exc:
+                raise _NotSent(f"cannot connect to {address}: {exc.strerror or exc}") from None
+            c = _Connection(address, stream, self.max_frame_bytes)
+            self._nursery.start_soon(c.reader)
+            try:
+                hello = await c.request(Op.HELLO, {"versions": [PROTOCOL_VERSION],
+                                                   "client": "ringfs-python"}, deadline)
+            except (_Lost, RingfsError) as exc:
+                raise _NotSent(f"handshake with {address} failed: {exc}") from None
+            c.node_name = str(hello.get("node"))
+            lim = hello.get("limits")
+            if isinstance(lim, dict):
+                try:
+                    c.limits = Limits(**{k: v for k, v in lim.items()
+                                         if k in Limits.__dataclass_fields__})
+                except (TypeError, ValueError):
+                    c.limits = None
+            self._conns[address] = c
+            return c
+        raise _NotSent(f"timed out connecting to {address}")
+
+
+def _context(ctx: bytes) -> bytes:
+    if not isinstance(ctx, bytes | bytearray):
+        raise LocalProtocolError("context must be the bytes a get returned")
+    return bytes(ctx)
+
+
+class Client:
+    """A blocking client, for scripts: `with Client("127.0.0.1:7001") as c: c.put(...)`.
+
+    It runs an AsyncClient on a private thread, so it shares its connection reuse,
+    pipelining (across caller threads), timeouts and retries.
+    """
+
+    def __init__(self, nodes: str | Sequence[str], **options: Any) -> None:
+        self._async = AsyncClient(nodes, **options)
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._ready = threading.Event()
+        self._stop: trio.Event | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="ringfs-client", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        async def main() -> None:
+            self._token = trio.lowlevel.current_trio_token()
+            self._stop = trio.Event()
+            async with self._async:
+                self._ready.set()
+                await self._stop.wait()
+
+        try:
+            trio.run(main)
+        except BaseException as exc:  # surface start-up failures to the constructor
+            self._error = exc
+            self._ready.set()
+
+    def _do(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        if self._token is None or not self._thread.is_alive():
+            raise LocalProtocolError("client is closed")
+
+        async def call() -> T:
+            return await fn(*args, **kwargs)
+
+        return trio.from_thread.run(call, trio_token=self._token)
+
+    def get(self, key: Key, *, timeout_s: float | None = None) -> GetResult:
+        return self._do(self._async.get, key, timeout_s=timeout_s)
+
+    def put(self, key: Key, value: bytes, context: bytes | None = None, *,
+            timeout_s: float | None = None) -> bytes:
+        return self._do(self._async.put, key, value, context, timeout_s=timeout_s)
+
+    def delete(self, key: Key, context: bytes | None = None, *,
+               timeout_s: float | None = None) -> bytes:
+        return self._do(self._async.delete, key, context, timeout_s=timeout_s)
+
+    def ping(self, *, timeout_s: float | None = None) -> None:
+        self._do(self._async.ping, timeout_s=timeout_s)
+
+    def status(self, *, timeout_s: float | None = None) -> dict[str, Any]:
+        return self._do(self._async.status, timeout_s=timeout_s)
+
+    def close(self) -> None:
+        """Close connections and stop the client thread."""
+        if self._token is not None and self._stop is not None and self._thread.is_alive():
+            stop = self._stop
+            try:
+                trio.from_thread.run_sync(stop.set, trio_token=self._token)
+            except trio.RunFinishedError:
+                pass
+            self._thread.join(timeout=5)
+        self._token = None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_token", None) is not None:
+            self.close()
+
+
+__all__ = ["AsyncClient", "Client", "GetResult"]

@@ -1,0 +1,196 @@
+"""Node configuration: frozen dataclasses, one docstring per field, units in names.
+
+Settings come from a TOML file (`--config FILE`) and command-line flags; flags
+win. Every value is validated when the config is built, so a node never starts
+with a setting it cannot honour.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ringfs.wire import Limits
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+DURABILITY_KINDS = ("always", "group", "interval", "none")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(ValueError):
+    """A setting is missing, unknown or out of range; the message names it."""
+
+
+def parse_address(text: str, *, allow_port_zero: bool = False) -> tuple[str, int]:
+    """Split "HOST:PORT" (or "[V6]:PORT") and validate the port (0 only if allowed)."""
+    if not isinstance(text, str) or ":" not in text:
+        raise ConfigError(f"address {text!r} is not HOST:PORT")
+    host, _, port_s = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    low = 0 if allow_port_zero else 1
+    if not host or not port_s.isdigit() or not low <= int(port_s) < 65536:
+        raise ConfigError(f"address {text!r} is not HOST:PORT with a port in 1..65535")
+    return host, int(port_s)
+
+
+@dataclass(frozen=True)
+class Durability:
+    """When writes reach stable storage, relative to acknowledging them."""
+
+    kind: str = "group"
+    """always: one fsync per write before its ack; group: writes that arrive together
+    share one fsync before their acks (the default); interval: ack at once, fsync every
+    interval_ms (a crash may lose that much); none: ack at once, the OS decides."""
+    interval_ms: int = 1000
+    """Period of the background fsync when kind is interval."""
+
+    @classmethod
+    def parse(cls, text: str) -> Durability:
+        """Parse always | group | interval:MS | none."""
+        kind, _, arg = text.partition(":")
+        if kind not in DURABILITY_KINDS:
+            raise ConfigError(f"durability {text!r}: expected always, group, interval:MS or none")
+        if kind == "interval":
+            if not arg.isdigit() or not 1 <= int(arg) <= 3_600_000:
+                raise ConfigError(f"durability {text!r}: interval needs milliseconds 1..3600000")
+            return cls(kind, int(arg))
+        if arg:
+            raise ConfigError(f"durability {text!r}: only interval takes an argument")
+        return cls(kind)
+
+    @property
+    def acks_after_sync(self) -> bool:
+        return self.kind in ("always", "group")
+
+    def __str__(self) -> str:
+        return f"interval:{self.interval_ms}" if self.kind == "interval" else self.kind
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything one node needs to run."""
+
+    name: str
+    """Unique node name in the cluster; also the node's id in causal versions."""
+    listen: str = "127.0.0.1:7001"
+    """HOST:PORT for client and peer TCP (and, with gossip, UDP on the same port)."""
+    data_dir: str = "./data/node"
+    """Directory holding this node's store; locked while the node runs."""
+    engine: str = "memory"
+    """Storage engine: memory (volatile, for tests and simulation) or log (on disk)."""
+    durability: Durability = field(default_factory=Durability)
+    """Sync policy; see Durability."""
+    limits: Limits = field(default_factory=Limits)
+    """Sizes accepted from clients and peers."""
+    max_siblings: int = 64
+    """Writes that would leave a key with more siblings are refused (TOO_MANY_SIBLINGS)."""
+    max_connections: int = 1024
+    """Client connections beyond this are refused at accept time."""
+    max_inflight_per_connection: int = 4096
+    """Requests awaiting durability on one connection before reading from it pauses."""
+    request_timeout_s: float = 5.0
+    """How long a coordinator waits for replicas before giving up on a request."""
+    log_level: str = "info"
+    """debug, info, warning or error."""
+    seeds: tuple[str, ...] = ()
+    """HOST:PORT of other nodes to join through."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
+            raise ConfigError(
+                f"name {self.name!r}: 1-64 characters of letters, digits, '.', '_' or '-'"
+            )
+        parse_address(self.listen, allow_port_zero=True)
+        for s in self.seeds:
+            parse_address(s)
+        if self.engine not in ("memory", "log"):
+            raise ConfigError(f"engine {self.engine!r}: expected memory or log")
+        if not 1 <= self.max_siblings <= 1024:
+            raise ConfigError("max_siblings must be in 1..1024")
+        if not 1 <= self.max_connections <= 1_000_000:
+            raise ConfigError("max_connections must be in 1..1000000")
+        if not 1 <= self.max_inflight_per_connection <= 1_000_000:
+            raise ConfigError("max_inflight_per_connection must be in 1..1000000")
+        if not 0.001 <= self.request_timeout_s <= 3600:
+            raise ConfigError("request_timeout_s must be in 0.001..3600")
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(f"log_level {self.log_level!r}: expected one of {LOG_LEVELS}")
+
+
+_SCALARS: dict[str, type | tuple[type, ...]] = {
+    "name": str,
+    "listen": str,
+    "data_dir": str,
+    "engine": str,
+    "durability": str,
+    "max_siblings": int,
+    "max_connections": int,
+    "max_inflight_per_connection": int,
+    "request_timeout_s": (int, float),
+    "log_level": str,
+    "seeds": list,
+}
+_LIMITS = {f.name for f in dataclasses.fields(Limits)}
+
+
+def build_config(values: dict[str, Any]) -> NodeConfig:
+    """Build a NodeConfig from plain values (TOML tables, flags); ConfigError on bad input."""
+    kwargs: dict[str, Any] = {}
+    for key, val in values.items():
+        if key == "limits":
+            if not isinstance(val, dict):
+                raise ConfigError("[limits] must be a table")
+            unknown = set(val) - _LIMITS
+            if unknown:
+                raise ConfigError(f"unknown limits setting(s): {', '.join(sorted(unknown))}")
+            for k, v in val.items():
+                if type(v) is not int:
+                    raise ConfigError(f"limits.{k} must be an integer")
+            try:
+                kwargs["limits"] = Limits(**val)
+            except ValueError as exc:
+                raise ConfigError(f"limits: {exc}") from None
+            continue
+        want = _SCALARS.get(key)
+        if want is None:
+            raise ConfigError(f"unknown setting {key!r}")
+        if not isinstance(val, want) or isinstance(val, bool):
+            raise ConfigError(f"setting {key!r} has the wrong type")
+        if key == "durability":
+            kwargs[key] = Durability.parse(val)
+        elif key == "seeds":
+            if not all(isinstance(s, str) for s in val):
+                raise ConfigError("seeds must be a list of HOST:PORT strings")
+            kwargs[key] = tuple(val)
+        elif key == "request_timeout_s":
+            kwargs[key] = float(val)
+        else:
+            kwargs[key] = val
+    if "name" not in kwargs:
+        raise ConfigError("a node needs a name (--name or name = ... in the config file)")
+    try:
+        return NodeConfig(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML config file into plain values; ConfigError when unreadable or invalid."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    node = data.pop("node", None)
+    if node is not None:
+        if not isinstance(node, dict):
+            raise ConfigError("[node] must be a table")
+        data = {**data, **node}
+    return data

@@ -1,0 +1,1 @@
+"""The trio runtime: the only package that imports trio."""

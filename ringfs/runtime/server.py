@@ -1,0 +1,303 @@
+"""The trio shell around a Node: sockets, worker-thread syncs and the one timer.
+
+It owns no protocol logic. Each connection has a reader task that splits frames
+and hands them to the node, and a writer task that sends whatever replies have
+queued, many per send when requests are pipelined. Syncs run in a worker thread;
+while one runs, writes keep arriving and the next sync covers all of them (group
+commit). Every node call is followed by `_dispatch()`, which carries out the
+node's effects and re-arms the timer if the node's next deadline moved earlier.
+
+A misbehaving client can cost the node its own connection and nothing more:
+every connection handler catches everything, logs, counts and closes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import os
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from ringfs.config import NodeConfig, parse_address
+from ringfs.errors import ErrorCode
+from ringfs.node import ClientReply, CloseConnection, Node, RequestSync
+from ringfs.storage.engine import StorageEngine
+from ringfs.storage.memory import MemoryEngine
+from ringfs.wire import FrameDecoder, WireError, encode_error
+
+log = logging.getLogger("ringfs.server")
+
+RECEIVE_BYTES = 256 * 1024
+
+
+def open_engine(config: NodeConfig) -> StorageEngine:
+    """The engine the config names, opened on the node's data directory."""
+    if config.engine == "memory":
+        return MemoryEngine()
+    from ringfs.storage.logstore import LogStore
+
+    os.makedirs(config.data_dir, exist_ok=True)
+    return LogStore(config.data_dir)  # type: ignore[no-any-return]
+
+
+@dataclass(eq=False)
+class _Connection:
+    conn_id: int
+    stream: trio.abc.Stream
+    out: list[bytes] = field(default_factory=list)
+    wake: trio.Event = field(default_factory=trio.Event)
+    drained: trio.Event = field(default_factory=trio.Event)
+    closing: bool = False
+    reading_done: bool = False
+    reader_scope: trio.CancelScope | None = None
+
+    def push(self, frame: bytes) -> None:
+        self.out.append(frame)
+        self.wake.set()
+
+
+class NodeServer:
+    """Serves one Node over TCP until cancelled."""
+
+    def __init__(self, config: NodeConfig, engine: StorageEngine | None = None,
+                 *, clock: Callable[[], float] | None = None) -> None:
+        self.config = config
+        self._engine = engine
+        self.node: Node | None = None
+        self.address: tuple[str, int] | None = None
+        self._conns: dict[int, _Connection] = {}
+        self._ids = itertools.count(1)
+        self._sync_wanted = trio.Event()
+        self._sync_queue: list[int] = []
+        self._timer_rearm = trio.Event()
+        self._deadline = math.inf
+        self._clock = clock or trio.current_time
+
+    # -- lifecycle -----------------------------------------------------------------
+    async def serve(self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
+                    ) -> None:
+        """Open the store and listen; `task_status.started` gets the bound (host, port)."""
+        engine = self._engine if self._engine is not None else open_engine(self.config)
+        self._engine = engine
+        self.node = Node(self.config, engine, random.Random(), self._clock())
+        host, port = parse_address(self.config.listen, allow_port_zero=True)
+        try:
+            listeners = await trio.open_tcp_listeners(port, host=host)
+        except OSError:
+            engine.close()
+            raise
+        sockname = listeners[0].socket.getsockname()
+        self.address = (sockname[0], sockname[1])
+        log.info("node %s listening on %s:%d", self.config.name, *self.address)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._syncer)
+                nursery.start_soon(self._timer)
+                nursery.start_soon(self._accept_loop, listeners, nursery)
+                task_status.started(self.address)
+        finally:
+            with trio.CancelScope(shield=True):
+                for ln in listeners:
+                    await ln.aclose()
+                engine.close()
+                log.info("node %s stopped", self.config.name)
+
+    async def _accept_loop(self, listeners: list[trio.SocketListener],
+                           nursery: trio.Nursery) -> None:
+        async def accept_on(ln: trio.SocketListener) -> None:
+            while True:
+                try:
+                    stream = await ln.accept()
+                except OSError as exc:
+                    # EMFILE and friends: back off instead of spinning or dying.
+                    log.warning("accept failed: %s", exc)
+                    await trio.sleep(0.1)
+                    continue
+                nursery.start_soon(self._handle, stream)
+
+        async with trio.open_nursery() as inner:
+            for ln in listeners:
+                inner.start_soon(accept_on, ln)
+
+    # -- effects -------------------------------------------------------------------
+    def _dispatch(self) -> None:
+        node = self.node
+        assert node is not None
+        for eff in node.drain_outbox():
+            if type(eff) is ClientReply:
+                c = self._conns.get(eff.conn)
+                if c is not None:
+                    c.push(eff.frame)
+            elif type(eff) is RequestSync:
+                self._sync_queue.append(eff.seq)
+                self._sync_wanted.set()
+            elif type(eff) is CloseConnection:
+                c = self._conns.get(eff.conn)
+                if c is not None:
+                    c.closing = True
+                    c.wake.set()
+        dl = node.next_deadline()
+        if dl is not None and dl < self._deadline:
+            self._timer_rearm.set()
+
+    async def _syncer(self) -> None:
+        node = self.node
+        engine = self._engine
+        assert node is not None and engine is not None
+        per_write = self.config.durability.kind == "always"
+        while True:
+            await self._sync_wanted.wait()
+            self._sync_wanted = trio.Event()
+            # Group commit: one fsync covers every write issued before it starts.
+            # Under `always` each requested write gets an fsync of its own.
+            rounds = len(self._sync_queue) if per_write else 1
+            self._sync_queue.clear()
+            for _ in range(max(rounds, 1)):
+                try:
+                    durable = await trio.to_thread.run_sync(engine.sync)
+                except OSError as exc:
+                    node.on_sync_failed(str(exc), self._clock())
+                else:
+                    node.on_sync_complete(durable, self._clock())
+                self._dispatch()
+
+    async def _timer(self) -> None:
+        node = self.node
+        assert node is not None
+        while True:
+            dl = node.next_deadline()
+            self._deadline = dl if dl is not None else math.inf
+            self._timer_rearm = trio.Event()
+            with trio.move_on_at(self._deadline):
+                await self._timer_rearm.wait()
+                continue
+            node.handle_timer(self._clock())
+            self._dispatch()
+
+    # -- connections ---------------------------------------------------------------
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        node = self.node
+        assert node is not None
+        if len(self._conns) >= self.config.max_connections:
+            node.counters["connections_refused"] += 1
+            with trio.move_on_after(1):
+                try:
+                    await stream.send_all(encode_error(None, ErrorCode.OVERLOADED,
+                                                       "too many connections"))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+            await stream.aclose()
+            return
+        conn_id = next(self._ids)
+        c = _Connection(conn_id, stream)
+        self._conns[conn_id] = c
+        node.client_connected(conn_id, self._clock())
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._writer, c)
+                try:
+                    await self._reader(c)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    c.closing = True
+                finally:
+                    c.reading_done = True
+                    c.wake.set()
+        except Exception:
+            node.counters["connection_bugs"] += 1
+            log.exception("connection %d failed", conn_id)
+        finally:
+            self._conns.pop(conn_id, None)
+            node.client_disconnected(conn_id, self._clock())
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await stream.aclose()
+
+    async def _reader(self, c: _Connection) -> None:
+        node = self.node
+        assert node is not None
+        decoder = FrameDecoder(self.config.limits.max_frame_bytes)
+        max_inflight = self.config.max_inflight_per_connection
+        request = node.client_request
+        conn_id = c.conn_id
+        stream = c.stream
+        with trio.CancelScope() as scope:
+            c.reader_scope = scope
+            while not c.closing:
+                data = await stream.receive_some(RECEIVE_BYTES)
+                if not data:
+                    break
+                try:
+                    bodies = decoder.feed(data)
+                except WireError as exc:
+                    node.counters[f"error_{exc.code.name.lower()}"] += 1
+                    c.push(encode_error(None, exc.code, exc.message))
+                    c.closing = True
+                    break
+                now = self._clock()
+                out = c.out
+                for body in bodies:
+                    frame = request(conn_id, body, now)
+                    if frame is not None:
+                        out.append(frame)
+                self._dispatch()
+                if out:
+                    c.wake.set()
+                # Back-pressure: stop reading while too many replies await durability.
+                while node.inflight(conn_id) >= max_inflight and not c.closing:
+                    c.drained = trio.Event()
+                    await c.drained.wait()
+        # End of input: wait (bounded) for replies still awaiting a sync, then finish.
+        with trio.move_on_after(self.config.request_timeout_s):
+            while node.inflight(conn_id) and not c.closing:
+                c.drained = trio.Event()
+                await c.drained.wait()
+
+    async def _writer(self, c: _Connection) -> None:
+        node = self.node
+        assert node is not None
+        stream = c.stream
+        while True:
+            await c.wake.wait()
+            c.wake = trio.Event()
+            if c.out:
+                data = b"".join(c.out) if len(c.out) > 1 else c.out[0]
+                c.out.clear()
+                try:
+                    await stream.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    # The peer is gone: stop reading from it too.
+                    c.closing = True
+                    if c.reader_scope is not None:
+                        c.reader_scope.cancel()
+                    return
+            c.drained.set()
+            if (c.closing or c.reading_done) and not c.out:
+                if c.closing and c.reader_scope is not None:
+                    c.reader_scope.cancel()
+                return
+
+
+def serve_config(config: NodeConfig) -> Any:
+    """Entry point for `ringfs node`: run a NodeServer until SIGINT or SIGTERM."""
+    import signal
+
+    async def main() -> None:
+        server = NodeServer(config)
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(server.serve)
+
+                async def watch() -> None:
+                    async for sig in signals:
+                        log.info("received %s, shutting down", signal.Signals(sig).name)
+                        nursery.cancel_scope.cancel()
+                        return
+
+                nursery.start_soon(watch)
+
+    trio.run(main)

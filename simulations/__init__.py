@@ -1,0 +1,1 @@
+"""The deterministic simulated world: the same Node objects over a virtual network and disks."""

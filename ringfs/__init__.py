@@ -6,9 +6,9 @@ return, the errors they raise, and the node configuration.
 
 __version__ = "0.1.0"
 
-from ringfs.client import AsyncClient, Client, GetResult  # noqa: E402
-from ringfs.config import ConfigError, Durability, NodeConfig  # noqa: E402
-from ringfs.errors import (  # noqa: E402
+from ringfs.client import AsyncClient, Client, GetResult
+from ringfs.config import ConfigError, Durability, NodeConfig
+from ringfs.errors import (
     ErrorCode,
     LocalProtocolError,
     QuorumNotMet,

@@ -85,7 +85,8 @@ def _b64(text: str) -> bytes:
     try:
         return base64.b64decode(text, validate=True)
     except ValueError:
-        raise argparse.ArgumentTypeError("context must be base64 as printed by get --json") from None
+        raise argparse.ArgumentTypeError(
+            "context must be base64 as printed by get --json") from None
 
 
 # -- parser -----------------------------------------------------------------------

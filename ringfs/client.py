@@ -15,6 +15,7 @@ implementation; a `Client` may be used from several threads at once.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import random
 import threading
@@ -49,6 +50,13 @@ from ringfs.wire import (
 T = TypeVar("T")
 
 Key = bytes | str
+Connector = Callable[[str], Awaitable[trio.abc.Stream]]
+"""Opens a byte stream to a node address; TCP by default, replaceable in tests."""
+
+
+async def _tcp_connect(address: str) -> trio.abc.Stream:
+    host, port = parse_address(address)
+    return await trio.open_tcp_stream(host, port)
 
 
 def _key(key: Key) -> bytes:
@@ -108,7 +116,7 @@ class _Pending:
 class _Connection:
     """One TCP connection to one node, with requests pipelined over it."""
 
-    def __init__(self, address: str, stream: trio.SocketStream, max_frame_bytes: int) -> None:
+    def __init__(self, address: str, stream: trio.abc.Stream, max_frame_bytes: int) -> None:
         self.address = address
         self.stream = stream
         self.decoder = FrameDecoder(max_frame_bytes)
@@ -206,6 +214,7 @@ class AsyncClient:
         backoff_max_s: float = 1.0,
         max_frame_bytes: int = Limits().max_frame_bytes,
         rng: random.Random | None = None,
+        connect: Connector | None = None,
     ) -> None:
         addrs = [nodes] if isinstance(nodes, str) else list(nodes)
         if not addrs:
@@ -225,6 +234,7 @@ class AsyncClient:
         self.backoff_max_s = backoff_max_s
         self.max_frame_bytes = max_frame_bytes
         self._rng = rng or random.Random()
+        self._connect_fn = connect or _tcp_connect
         self._conns: dict[str, _Connection] = {}
         self._connecting: dict[str, trio.Event] = {}
         self._next = 0
@@ -342,11 +352,10 @@ class AsyncClient:
             ev.set()
 
     async def _connect(self, address: str, deadline: float) -> _Connection:
-        host, port = parse_address(address)
         assert self._nursery is not None
         with trio.move_on_at(deadline):
             try:
-                stream = await trio.open_tcp_stream(host, port)
+                stream = await self._connect_fn(address)
             except OSError as exc:
                 raise _NotSent(f"cannot connect to {address}: {exc.strerror or exc}") from None
             c = _Connection(address, stream, self.max_frame_bytes)
@@ -438,10 +447,8 @@ class Client:
         """Close connections and stop the client thread."""
         if self._token is not None and self._stop is not None and self._thread.is_alive():
             stop = self._stop
-            try:
+            with contextlib.suppress(trio.RunFinishedError):
                 trio.from_thread.run_sync(stop.set, trio_token=self._token)
-            except trio.RunFinishedError:
-                pass
             self._thread.join(timeout=5)
         self._token = None
 

@@ -141,6 +141,7 @@ _LIMITS = {f.name for f in dataclasses.fields(Limits)}
 def build_config(values: dict[str, Any]) -> NodeConfig:
     """Build a NodeConfig from plain values (TOML tables, flags); ConfigError on bad input."""
     kwargs: dict[str, Any] = {}
+    val: Any
     for key, val in values.items():
         if key == "limits":
             if not isinstance(val, dict):
@@ -161,6 +162,7 @@ def build_config(values: dict[str, Any]) -> NodeConfig:
             raise ConfigError(f"unknown setting {key!r}")
         if not isinstance(val, want) or isinstance(val, bool):
             raise ConfigError(f"setting {key!r} has the wrong type")
+        val = values[key]  # re-read untyped: isinstance against a tuple narrows to object
         if key == "durability":
             kwargs[key] = Durability.parse(val)
         elif key == "seeds":

@@ -174,7 +174,7 @@ class DVVSet:
     def from_wire(cls, obj: Any, *, max_entries: int = 1024, max_siblings: int = 1024) -> DVVSet:
         """Parse and validate the form made by `to_wire`; raises ValueError on bad input."""
         if not isinstance(obj, list) or len(obj) > max_entries:
-            raise ValueError("version set must be a list of at most %d entries" % max_entries)
+            raise ValueError(f"version set must be a list of at most {max_entries} entries")
         entries: list[Entry] = []
         total = 0
         last = None

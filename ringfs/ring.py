@@ -443,7 +443,7 @@ class Ring:
         if cache is None:
             return self._lookup(key_token(key), n)[1]
         # Inlined key_token(key): this line runs for every request.
-        pos = bisect_left(self._tokens, mmh3.hash128(key, 0, True, signed=False) + 1)
+        pos = bisect_left(self._tokens, mmh3.hash128(key, 0, True, signed=False))
         if pos == self._nvnodes:
             pos = 0
         pl = cache[pos]

@@ -108,7 +108,7 @@ def pack(obj: Any) -> bytes:
 
 def encode_frame(obj: Any) -> bytes:
     """One complete frame: length prefix and msgpack body."""
-    body = _pack(obj)
+    body: bytes = _pack(obj)
     return _LEN.pack(len(body)) + body
 
 
@@ -163,7 +163,7 @@ class FrameDecoder:
         """Bytes held waiting for the rest of a frame."""
         return len(self._buf)
 
-    def feed(self, data: bytes) -> list[Any]:
+    def feed(self, data: bytes | bytearray) -> list[Any]:
         buf = self._buf
         if buf:
             buf += data

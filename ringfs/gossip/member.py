@@ -43,8 +43,6 @@ class MemberInfo:
     meta: Mapping[str, MetaValue]
     """Application metadata the member advertises (capacity, zone...); read-only."""
 
-    __hash__ = None  # type: ignore[assignment]  # meta is a mapping
-
 
 @dataclass(frozen=True)
 class MemberEvent:
@@ -72,7 +70,12 @@ class Member:
     )
 
     def __init__(
-        self, name: str, address: str, incarnation: int, state: int, meta: dict[str, MetaValue],
+        self,
+        name: str,
+        address: str,
+        incarnation: int,
+        state: int,
+        meta: dict[str, MetaValue],
         now: float,
     ) -> None:
         self.name = name

@@ -15,8 +15,11 @@ msgpack array whose first element is the `MsgType`:
 
 A stream (push-pull) message is one array:
 
-    PUSH_PULL [8, sender_name, sender_address, join, reply, [[name, address,
-               incarnation, state, meta], ...]]
+    PUSH_PULL [8, seq, sender_name, sender_address, join, reply,
+               [[name, address, incarnation, state, meta], ...]]
+
+The reply echoes the request's seq, which is how the requester matches it (the
+replier may know itself under another address than the one we dialled).
 
 Messages are encoded once when queued, so filling a packet is concatenating bytes.
 Decoding validates every field against `Limits`; a message that fails is reported
@@ -54,7 +57,7 @@ class MsgType(IntEnum):
     PUSH_PULL = 8
 
 
-class Malformed(Exception):  # noqa: N818 - an input condition rather than an error
+class Malformed(Exception):
     """Remote input that does not decode or validate; the caller drops and counts it."""
 
 
@@ -123,6 +126,7 @@ class StateEntry(NamedTuple):
 
 
 class PushPull(NamedTuple):
+    seq: int
     name: str
     address: str
     join: bool
@@ -173,9 +177,9 @@ def encode_left(incarnation: int, name: str) -> bytes:
 
 
 def encode_push_pull(
-    name: str, address: str, join: bool, reply: bool, states: list[StateEntry]
+    seq: int, name: str, address: str, join: bool, reply: bool, states: list[StateEntry]
 ) -> bytes:
-    return _pack((8, name, address, join, reply, [tuple(s) for s in states]))
+    return _pack((8, seq, name, address, join, reply, states))
 
 
 def build_packet(parts: list[bytes]) -> bytes:
@@ -270,20 +274,10 @@ def _parse(raw: list[Any], limits: Limits) -> Message | None:
     return None  # a type from a newer version: skip it
 
 
-def _unpack(data: bytes, limit: int) -> Any:
+def _unpack(data: bytes) -> Any:
     try:
-        return msgpack.unpackb(
-            data,
-            raw=False,
-            use_list=True,
-            strict_map_key=True,
-            max_buffer_size=limit,
-            max_str_len=limit,
-            max_bin_len=limit,
-            max_array_len=limit,
-            max_map_len=limit,
-            max_ext_len=0,
-        )
+        # msgpack bounds every string/array/map by len(data) by default.
+        return msgpack.unpackb(data, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises many types for garbage; all mean malformed
         raise Malformed(f"undecodable msgpack: {type(exc).__name__}") from None
 
@@ -291,7 +285,7 @@ def _unpack(data: bytes, limit: int) -> Any:
 def decode_packet(data: bytes, limits: Limits) -> tuple[list[Message], int]:
     """The messages of a compound datagram and how many were malformed (skipped).
     Raises `Malformed` only when the datagram as a whole does not decode."""
-    obj = _unpack(data, max(len(data), 16))
+    obj = _unpack(data)
     if type(obj) is not list or not obj or len(obj) > limits.max_packet_messages:
         raise Malformed("a packet is a non-empty bounded array of messages")
     out: list[Message] = []
@@ -314,10 +308,10 @@ def decode_push_pull(data: bytes, limits: Limits) -> tuple[PushPull, int]:
     """A push-pull message and how many state entries were malformed (skipped)."""
     if len(data) > limits.max_stream_bytes:
         raise Malformed("stream message too large")
-    obj = _unpack(data, max(len(data), 16))
-    if type(obj) is not list or len(obj) != 6 or obj[0] != MsgType.PUSH_PULL:
+    obj = _unpack(data)
+    if type(obj) is not list or len(obj) != 7 or obj[0] != MsgType.PUSH_PULL:
         raise Malformed("not a push-pull message")
-    _, name, address, join, reply, states = obj
+    _, seq, name, address, join, reply, states = obj
     if type(states) is not list or len(states) > limits.max_members:
         raise Malformed("bad state list")
     entries: list[StateEntry] = []
@@ -338,5 +332,12 @@ def decode_push_pull(data: bytes, limits: Limits) -> tuple[PushPull, int]:
             )
         except Malformed:
             bad += 1
-    msg = PushPull(_name(name, limits), _address(address), _bool(join), _bool(reply), entries)
+    msg = PushPull(
+        _uint(seq, MAX_SEQ),
+        _name(name, limits),
+        _address(address),
+        _bool(join),
+        _bool(reply),
+        entries,
+    )
     return msg, bad

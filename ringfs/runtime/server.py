@@ -13,6 +13,7 @@ every connection handler catches everything, logs, counts and closes.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
@@ -80,26 +81,33 @@ class NodeServer:
         self._clock = clock or trio.current_time
 
     # -- lifecycle -----------------------------------------------------------------
-    async def serve(self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
-                    ) -> None:
-        """Open the store and listen; `task_status.started` gets the bound (host, port)."""
+    async def serve(
+        self,
+        *,
+        listen: bool = True,
+        task_status: trio.TaskStatus[tuple[str, int] | None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Open the store, start the node and (unless listen=False) accept connections.
+
+        `task_status.started` receives the bound (host, port), or None without a
+        listener; streams can then be handed to `handle_stream` directly (tests do).
+        """
         engine = self._engine if self._engine is not None else open_engine(self.config)
         self._engine = engine
         self.node = Node(self.config, engine, random.Random(), self._clock())
-        host, port = parse_address(self.config.listen, allow_port_zero=True)
+        listeners: list[trio.SocketListener] = []
         try:
-            listeners = await trio.open_tcp_listeners(port, host=host)
-        except OSError:
-            engine.close()
-            raise
-        sockname = listeners[0].socket.getsockname()
-        self.address = (sockname[0], sockname[1])
-        log.info("node %s listening on %s:%d", self.config.name, *self.address)
-        try:
+            if listen:
+                host, port = parse_address(self.config.listen, allow_port_zero=True)
+                listeners = await trio.open_tcp_listeners(port, host=host)
+                sockname = listeners[0].socket.getsockname()
+                self.address = (sockname[0], sockname[1])
+                log.info("node %s listening on %s:%d", self.config.name, *self.address)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._syncer)
                 nursery.start_soon(self._timer)
-                nursery.start_soon(self._accept_loop, listeners, nursery)
+                if listeners:
+                    nursery.start_soon(self._accept_loop, listeners, nursery)
                 task_status.started(self.address)
         finally:
             with trio.CancelScope(shield=True):
@@ -119,7 +127,7 @@ class NodeServer:
                     log.warning("accept failed: %s", exc)
                     await trio.sleep(0.1)
                     continue
-                nursery.start_soon(self._handle, stream)
+                nursery.start_soon(self.handle_stream, stream)
 
         async with trio.open_nursery() as inner:
             for ln in listeners:
@@ -151,6 +159,8 @@ class NodeServer:
         engine = self._engine
         assert node is not None and engine is not None
         per_write = self.config.durability.kind == "always"
+        # An engine whose sync never touches a disk (the memory engine) is synced inline.
+        blocking = getattr(engine, "sync_blocks", True)
         while True:
             await self._sync_wanted.wait()
             self._sync_wanted = trio.Event()
@@ -160,7 +170,11 @@ class NodeServer:
             self._sync_queue.clear()
             for _ in range(max(rounds, 1)):
                 try:
-                    durable = await trio.to_thread.run_sync(engine.sync)
+                    if blocking:
+                        durable = await trio.to_thread.run_sync(engine.sync)
+                    else:
+                        durable = engine.sync()
+                        await trio.lowlevel.checkpoint()
                 except OSError as exc:
                     node.on_sync_failed(str(exc), self._clock())
                 else:
@@ -181,17 +195,16 @@ class NodeServer:
             self._dispatch()
 
     # -- connections ---------------------------------------------------------------
-    async def _handle(self, stream: trio.SocketStream) -> None:
+    async def handle_stream(self, stream: trio.abc.Stream) -> None:
+        """Serve one client connection until it closes; never raises."""
         node = self.node
         assert node is not None
         if len(self._conns) >= self.config.max_connections:
             node.counters["connections_refused"] += 1
             with trio.move_on_after(1):
-                try:
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                     await stream.send_all(encode_error(None, ErrorCode.OVERLOADED,
                                                        "too many connections"))
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass
             await stream.aclose()
             return
         conn_id = next(self._ids)

@@ -18,6 +18,9 @@ from ringfs.storage.engine import EngineStats, Record, TombstonePolicy
 class MemoryEngine:
     """A dict-backed StorageEngine that can lose its unsynced writes on `crash()`."""
 
+    sync_blocks = False
+    """sync() never waits on a device, so drivers may call it inline."""
+
     def __init__(self, may_drop_tombstone: TombstonePolicy | None = None) -> None:
         self._data: dict[bytes, Record] = {}
         self._tokens: dict[bytes, int] = {}

@@ -1,0 +1,355 @@
+"""The simulated world: real `Node` objects over a simulated network and disks.
+
+Everything random derives from one seed: the network's losses and delays, each
+node's rng, each client's choices. Nodes are driven exactly as the trio runtime
+drives them (the same frames, the same effects), only time is virtual:
+
+- a client request travels as encoded frames over a simulated stream, is split by
+  the same FrameDecoder and handed to `Node.client_request`;
+- `RequestSync` snapshots the in-memory engine's durable point at once and
+  reports completion after a simulated fsync latency (group commit: syncs asked
+  for while one runs are covered by the next);
+- each node has one timer, re-armed from `next_deadline()` after every call;
+- a crash drops the node off the network and loses its unsynced writes.
+
+`trace` records every externally visible event as one line; the same seed gives
+the same trace, byte for byte.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ringfs.config import Durability, NodeConfig
+from ringfs.node import ClientReply, CloseConnection, Node, RequestSync
+from ringfs.storage.memory import MemoryEngine
+from ringfs.wire import (
+    ERROR,
+    PROTOCOL_VERSION,
+    RESPONSE,
+    FrameDecoder,
+    Op,
+    WireError,
+    encode_error,
+    encode_request,
+)
+from simulations.loop import EventLoop, Handle
+from simulations.network import LinkConfig, SimNetwork
+
+
+@dataclass(frozen=True)
+class DiskConfig:
+    """How a simulated disk behaves."""
+
+    fsync_latency_s: float = 0.002
+    """Time from asking for a sync to its completion."""
+    fsync_jitter_s: float = 0.001
+    """Uniform extra latency in [0, fsync_jitter_s]."""
+
+
+@dataclass(eq=False)
+class SimNode:
+    """One node process in the world, with its disk surviving crashes."""
+
+    name: str
+    address: str
+    config: NodeConfig
+    engine: MemoryEngine
+    node: Node
+    up: bool = True
+    timer: Handle | None = None
+    timer_at: float | None = None
+    syncing: bool = False
+    sync_again: bool = False
+    decoders: dict[str, FrameDecoder] = field(default_factory=dict)
+    conn_ids: dict[str, int] = field(default_factory=dict)
+    conn_addrs: dict[int, str] = field(default_factory=dict)
+    next_conn: int = 1
+
+
+class SimWorld:
+    """A seeded world of nodes, clients, a network and disks."""
+
+    def __init__(
+        self,
+        seed: int,
+        *,
+        link: LinkConfig | None = None,
+        disk: DiskConfig | None = None,
+        node_defaults: dict[str, Any] | None = None,
+    ) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.loop = EventLoop()
+        self.net = SimNetwork(self.loop, self._child_rng(), link)
+        self.disk = disk or DiskConfig()
+        self._disk_rng = self._child_rng()
+        self.node_defaults = node_defaults or {}
+        self.nodes: dict[str, SimNode] = {}
+        self.clients: dict[str, SimClient] = {}
+        self.trace: list[str] = []
+        self._by_address: dict[str, SimNode] = {}
+
+    def _child_rng(self) -> random.Random:
+        return random.Random(self.rng.getrandbits(64))
+
+    @property
+    def now(self) -> float:
+        return self.loop.now
+
+    def log(self, text: str) -> None:
+        self.trace.append(f"{self.loop.now:12.6f} {text}")
+
+    def trace_digest(self) -> str:
+        """A short hash of the whole trace, for comparing runs."""
+        h = hashlib.sha256()
+        for line in self.trace:
+            h.update(line.encode())
+            h.update(b"\n")
+        return h.hexdigest()[:16]
+
+    # -- nodes ---------------------------------------------------------------------
+    def add_node(self, name: str, **overrides: Any) -> SimNode:
+        address = f"10.0.0.{len(self.nodes) + 1}:7001"
+        settings = {"durability": Durability("group"), **self.node_defaults, **overrides}
+        config = NodeConfig(name=name, listen=address, engine="memory", **settings)
+        engine = MemoryEngine()
+        sn = SimNode(name, address, config, engine,
+                     Node(config, engine, self._child_rng(), self.loop.now))
+        self.nodes[name] = sn
+        self._by_address[address] = sn
+        self.net.register(
+            address,
+            on_packet=lambda data, src, sn=sn: None,
+            on_stream=lambda data, src, sn=sn: self._node_stream(sn, data, src),
+            on_stream_failed=lambda dest: None,
+        )
+        self.log(f"node {name} started at {address}")
+        self._pump(sn)
+        return sn
+
+    def crash(self, name: str) -> None:
+        """Kill the process and cut the power: unsynced writes are lost."""
+        sn = self.nodes[name]
+        if not sn.up:
+            return
+        sn.up = False
+        self.net.set_up(sn.address, False)
+        if sn.timer is not None:
+            sn.timer.cancel()
+        sn.engine.crash()
+        self.log(f"node {name} crashed (durable seq {sn.engine.durable_seq})")
+
+    def restart(self, name: str) -> None:
+        """Start a crashed node again on the disk it left behind."""
+        sn = self.nodes[name]
+        if sn.up:
+            return
+        sn.node = Node(sn.config, sn.engine, self._child_rng(), self.loop.now)
+        sn.up = True
+        sn.syncing = sn.sync_again = False
+        sn.decoders.clear()
+        sn.conn_ids.clear()
+        sn.conn_addrs.clear()
+        sn.timer = None
+        sn.timer_at = None
+        self.net.set_up(sn.address, True)
+        self.log(f"node {name} restarted with {len(sn.engine)} keys")
+        self._pump(sn)
+
+    # -- driving a node ------------------------------------------------------------
+    def _node_stream(self, sn: SimNode, data: bytes, src: str) -> None:
+        if not sn.up:
+            return
+        node = sn.node
+        conn = sn.conn_ids.get(src)
+        if conn is None:
+            conn = sn.next_conn
+            sn.next_conn += 1
+            sn.conn_ids[src] = conn
+            sn.conn_addrs[conn] = src
+            sn.decoders[src] = FrameDecoder(sn.config.limits.max_frame_bytes)
+            node.client_connected(conn, self.loop.now)
+        try:
+            bodies = sn.decoders[src].feed(data)
+        except WireError as exc:
+            self.net.send_stream(sn.address, src, encode_error(None, exc.code, exc.message))
+            self._drop_conn(sn, conn)
+            return
+        for body in bodies:
+            frame = node.client_request(conn, body, self.loop.now)
+            if frame is not None:
+                self.net.send_stream(sn.address, src, frame)
+        self._pump(sn)
+
+    def _drop_conn(self, sn: SimNode, conn: int) -> None:
+        src = sn.conn_addrs.pop(conn, None)
+        if src is not None:
+            sn.conn_ids.pop(src, None)
+            sn.decoders.pop(src, None)
+            sn.node.client_disconnected(conn, self.loop.now)
+
+    def _pump(self, sn: SimNode) -> None:
+        """Carry out a node's effects and re-arm its timer."""
+        if not sn.up:
+            return
+        node = sn.node
+        for eff in node.drain_outbox():
+            if type(eff) is ClientReply:
+                dest = sn.conn_addrs.get(eff.conn)
+                if dest is not None:
+                    self.net.send_stream(sn.address, dest, eff.frame)
+            elif type(eff) is RequestSync:
+                self._start_sync(sn)
+            elif type(eff) is CloseConnection:
+                self._drop_conn(sn, eff.conn)
+        dl = node.next_deadline()
+        if dl != sn.timer_at:
+            if sn.timer is not None:
+                sn.timer.cancel()
+            sn.timer_at = dl
+            sn.timer = None if dl is None else self.loop.call_at(dl, self._fire_timer, sn)
+
+    def _fire_timer(self, sn: SimNode) -> None:
+        if not sn.up:
+            return
+        sn.timer = None
+        sn.timer_at = None
+        sn.node.handle_timer(self.loop.now)
+        self._pump(sn)
+
+    def _start_sync(self, sn: SimNode) -> None:
+        if sn.syncing:
+            sn.sync_again = True
+            return
+        sn.syncing = True
+        node = sn.node
+        durable = sn.engine.sync()  # the write-back happens now; its completion later
+        delay = self.disk.fsync_latency_s + self._disk_rng.random() * self.disk.fsync_jitter_s
+        self.loop.call_later(delay, self._finish_sync, sn, node, durable)
+
+    def _finish_sync(self, sn: SimNode, node: Node, durable: int) -> None:
+        if not sn.up or sn.node is not node:
+            return  # the process that asked crashed meanwhile
+        sn.syncing = False
+        node.on_sync_complete(durable, self.loop.now)
+        if sn.sync_again:
+            sn.sync_again = False
+            self._start_sync(sn)
+        self._pump(sn)
+
+    # -- clients -------------------------------------------------------------------
+    def add_client(self, name: str) -> SimClient:
+        address = f"10.1.0.{len(self.clients) + 1}:40000"
+        c = SimClient(self, name, address)
+        self.clients[name] = c
+        self.net.register(address, on_packet=lambda d, s: None, on_stream=c._on_stream,
+                          on_stream_failed=c._on_stream_failed)
+        return c
+
+    # -- running -------------------------------------------------------------------
+    def run_for(self, seconds: float) -> None:
+        self.loop.run_until(self.loop.now + seconds)
+        self.check_invariants()
+
+    def check_invariants(self) -> None:
+        for sn in self.nodes.values():
+            if sn.up:
+                sn.node.check_invariants()
+
+
+Callback = Callable[[str, Any], None]
+
+
+class SimClient:
+    """A client speaking the wire protocol to one node at a time over simulated streams.
+
+    Requests complete through callbacks `(outcome, payload)`: outcome is "ok"
+    (payload: the result map), "error" (payload: the error map) or "timeout".
+    """
+
+    def __init__(self, world: SimWorld, name: str, address: str) -> None:
+        self.world = world
+        self.name = name
+        self.address = address
+        self.node: str | None = None
+        self._decoder = FrameDecoder(1 << 30)
+        self._ids = 0
+        self._waiting: dict[int, tuple[str, Callback, Handle]] = {}
+        self.completed = 0
+
+    def connect(self, node_address: str, on_ready: Callable[[bool], None] | None = None) -> None:
+        """Open a connection (HELLO) to the node at `node_address`."""
+        self.node = node_address
+        self._decoder = FrameDecoder(1 << 30)
+
+        def done(outcome: str, payload: Any) -> None:
+            if on_ready is not None:
+                on_ready(outcome == "ok")
+
+        self._send(Op.HELLO, {"versions": [PROTOCOL_VERSION], "client": self.name}, done, 5.0)
+
+    def request(self, op: Op, args: dict[str, Any], callback: Callback,
+                timeout_s: float = 5.0) -> None:
+        self._send(op, args, callback, timeout_s)
+
+    def _send(self, op: Op, args: dict[str, Any], callback: Callback, timeout_s: float) -> None:
+        if self.node is None:
+            raise RuntimeError("connect() first")
+        self._ids += 1
+        rid = self._ids
+        world = self.world
+        h = world.loop.call_later(timeout_s, self._timeout, rid)
+        self._waiting[rid] = (op.name, callback, h)
+        world.log(f"client {self.name} -> {self.node} #{rid} {op.name} {_brief(args)}")
+        world.net.send_stream(self.address, self.node, encode_request(rid, op, args))
+
+    def _timeout(self, rid: int) -> None:
+        w = self._waiting.pop(rid, None)
+        if w is not None:
+            self.world.log(f"client {self.name} #{rid} {w[0]} timed out")
+            w[1]("timeout", None)
+
+    def _on_stream(self, data: bytes, src: str) -> None:
+        if src != self.node:
+            return
+        for body in self._decoder.feed(data):
+            kind, rid, payload = body
+            w = self._waiting.pop(rid, None) if rid is not None else None
+            if w is None:
+                continue
+            w[2].cancel()
+            self.completed += 1
+            if kind == RESPONSE:
+                self.world.log(f"client {self.name} <- #{rid} ok {_brief(payload)}")
+                w[1]("ok", payload)
+            elif kind == ERROR:
+                self.world.log(f"client {self.name} <- #{rid} error {payload.get('name')}")
+                w[1]("error", payload)
+
+    def _on_stream_failed(self, dest: str) -> None:
+        # The connection broke: everything in flight on it has an unknown outcome.
+        for rid in sorted(self._waiting):
+            op, cb, h = self._waiting.pop(rid)
+            h.cancel()
+            self.world.log(f"client {self.name} #{rid} {op} connection failed")
+            cb("timeout", None)
+
+
+def _brief(m: Any) -> str:
+    if not isinstance(m, dict):
+        return repr(m)[:60]
+    parts = []
+    for k in sorted(m):
+        v = m[k]
+        if isinstance(v, bytes):
+            parts.append(f"{k}={v[:16]!r}")
+        elif isinstance(v, list):
+            parts.append(f"{k}=[{len(v)}]")
+        else:
+            parts.append(f"{k}={v!r}"[:40])
+    return " ".join(parts)

@@ -1,0 +1,92 @@
+"""The `ringfs` command against real node processes."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.integration.procs import NodeProcess, free_port, ringfs, wait_listening
+
+pytestmark = pytest.mark.integration
+
+
+def test_put_get_delete_through_the_cli(tmp_path: Path) -> None:
+    n = NodeProcess(tmp_path)
+    try:
+        node = ["--node", n.address]
+        assert ringfs("put", "greeting", "hello", *node).returncode == 0
+        got = ringfs("get", "greeting", *node)
+        assert got.returncode == 0 and got.stdout == b"hello"
+        assert ringfs("put", "bin", "-", *node, input=b"\x00\xff").returncode == 0
+        js = json.loads(ringfs("get", "bin", "--json", *node).stdout)
+        assert js["encoding"] == "base64" and js["values"] == ["AP8="]
+        # Write back with the context: supersedes, no sibling.
+        assert ringfs("put", "bin", "x", "--context", js["context"], *node).returncode == 0
+        assert ringfs("get", "bin", *node).stdout == b"x"
+        assert ringfs("delete", "greeting", *node).returncode == 0
+        missing = ringfs("get", "greeting", *node)
+        assert missing.returncode == 1 and missing.stderr.startswith(b"ringfs: ")
+        st = json.loads(ringfs("status", "--json", *node).stdout)
+        assert st["members"][0]["name"] == "n1" and st["members"][0]["state"] == "alive"
+    finally:
+        assert n.stop() == 0
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["get", "k", "--node", "nonsense"],
+        ["put", "k"],
+        ["node", "--name", "bad name!", "--listen", "127.0.0.1:1"],
+        ["node", "--name", "a", "--durability", "sometimes"],
+        ["get", "k", "--timeout", "-1"],
+        ["frobnicate"],
+    ],
+)
+def test_usage_errors_are_one_line_and_nonzero(args: list[str]) -> None:
+    r = ringfs(*args)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1].decode().startswith(("ringfs", "usage"))
+
+
+def test_unreachable_node_is_one_clear_line() -> None:
+    r = ringfs("get", "k", "--node", f"127.0.0.1:{free_port()}", "--timeout", "1")
+    assert r.returncode == 1
+    lines = r.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and "unavailable" in lines[0]
+
+
+def test_help_explains_every_command() -> None:
+    for cmd in ([], ["node"], ["cluster", "up"], ["get"], ["put"], ["delete"], ["status"]):
+        r = ringfs(*cmd, "--help")
+        assert r.returncode == 0 and len(r.stdout) > 200, cmd
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signals_shut_a_node_down_cleanly(tmp_path: Path, sig: int) -> None:
+    n = NodeProcess(tmp_path)
+    assert ringfs("put", "k", "v", "--node", n.address).returncode == 0
+    assert n.stop(sig) == 0
+    assert "stopped" in n.log_text()
+
+
+def test_cluster_up_starts_and_stops_all_nodes(tmp_path: Path) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ringfs", "cluster", "up", "--nodes", "1", "--base-port",
+         str(port), "--data-root", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_listening(port, proc)
+        assert ringfs("put", "k", "v", "--node", f"127.0.0.1:{port}").returncode == 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 0
+    assert b"listening on" in out and b"cluster stopped" in out

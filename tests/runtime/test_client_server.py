@@ -1,0 +1,192 @@
+"""Client and server together over in-memory streams, on trio's autojump clock.
+
+Every test takes `autojump_clock`: timeouts and backoffs cost no wall time.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator, Callable
+from functools import partial
+
+import pytest
+import trio
+import trio.testing
+from trio.testing import MockClock
+
+from ringfs.client import AsyncClient
+from ringfs.config import Durability, NodeConfig
+from ringfs.errors import ErrorCode, LocalProtocolError, ServerError, Unavailable
+from ringfs.runtime.server import NodeServer
+from ringfs.wire import FrameDecoder, Op, encode_request
+
+
+@pytest.fixture
+async def server(nursery: trio.Nursery) -> NodeServer:
+    srv = NodeServer(NodeConfig(name="n1", durability=Durability("group")))
+    await nursery.start(partial(srv.serve, listen=False))
+    return srv
+
+
+def connector(srv: NodeServer, nursery: trio.Nursery) -> Callable[[str], object]:
+    async def connect(address: str) -> trio.abc.Stream:
+        client_side, server_side = trio.testing.memory_stream_pair()
+        nursery.start_soon(srv.handle_stream, server_side)
+        return client_side
+
+    return connect
+
+
+@pytest.fixture
+async def client(server: NodeServer, nursery: trio.Nursery) -> AsyncIterator[AsyncClient]:
+    async with AsyncClient("n1:7001", connect=connector(server, nursery)) as c:  # type: ignore[arg-type]
+        yield c
+
+
+async def test_put_get_delete(autojump_clock: MockClock, client: AsyncClient) -> None:
+    await client.put("k", b"v1")
+    r = await client.get(b"k")
+    assert r.values == [b"v1"] and r.value == b"v1"
+    await client.put("k", b"v2", r.context)
+    assert (await client.get("k")).values == [b"v2"]
+    await client.delete("k")
+    r = await client.get("k")
+    assert not r.found and r.value is None
+
+
+async def test_siblings_through_the_client(autojump_clock: MockClock, client: AsyncClient) -> None:
+    await client.put("k", b"base")
+    ctx = (await client.get("k")).context
+    await client.put("k", b"a", ctx)
+    await client.put("k", b"b", ctx)
+    r = await client.get("k")
+    assert sorted(r.values) == [b"a", b"b"]
+    with pytest.raises(LocalProtocolError):
+        _ = r.value
+    await client.put("k", b"merged", r.context)
+    assert (await client.get("k")).values == [b"merged"]
+
+
+async def test_many_concurrent_requests_share_one_connection(
+    autojump_clock: MockClock, client: AsyncClient
+) -> None:
+    async with trio.open_nursery() as n:
+        for i in range(200):
+            n.start_soon(client.put, f"k{i}", b"v%d" % i)
+    results: dict[int, bytes] = {}
+
+    async def read(i: int) -> None:
+        results[i] = (await client.get(f"k{i}")).values[0]
+
+    async with trio.open_nursery() as n:
+        for i in range(200):
+            n.start_soon(read, i)
+    assert results == {i: b"v%d" % i for i in range(200)}
+    assert len(client._conns) == 1
+
+
+async def test_server_errors_surface_with_codes(
+    autojump_clock: MockClock, client: AsyncClient
+) -> None:
+    with pytest.raises(ServerError) as ei:
+        await client.put("k" * 5000, b"v")
+    assert ei.value.code == ErrorCode.KEY_TOO_LARGE
+    await client.ping()  # the connection survived
+
+
+async def test_responses_out_of_order_on_one_connection(
+    autojump_clock: MockClock, server: NodeServer, nursery: trio.Nursery
+) -> None:
+    stream = await connector(server, nursery)("n1:7001")  # type: ignore[misc]
+    dec = FrameDecoder(1 << 20)
+    await stream.send_all(encode_request(1, Op.HELLO, {"versions": [1]}))
+    # A put waits for its group-commit sync; a get pipelined after it answers first.
+    await stream.send_all(
+        encode_request(2, Op.PUT, {"key": b"k", "value": b"v"})
+        + encode_request(3, Op.GET, {"key": b"nothing"})
+    )
+    ids: list[int] = []
+    while len(ids) < 3:
+        ids.extend(body[1] for body in dec.feed(await stream.receive_some()))
+    assert ids == [1, 3, 2]
+
+
+async def test_request_timeout_against_a_silent_node(
+    autojump_clock: MockClock, nursery: trio.Nursery
+) -> None:
+    async def silent(address: str) -> trio.abc.Stream:
+        a, b = trio.testing.memory_stream_pair()
+        nursery.start_soon(b.receive_some)  # accepts bytes, never answers
+        return a
+
+    async with AsyncClient("n1:7001", connect=silent, timeout_s=2.0) as c:
+        start = trio.current_time()
+        with pytest.raises(Unavailable):  # the handshake never completes
+            await c.get("k")
+        assert trio.current_time() - start == pytest.approx(2.0, abs=0.01)
+
+
+async def test_retry_with_backoff_until_a_node_accepts(
+    autojump_clock: MockClock, server: NodeServer, nursery: trio.Nursery
+) -> None:
+    attempts: list[tuple[str, float]] = []
+    good = connector(server, nursery)
+
+    async def flaky(address: str) -> trio.abc.Stream:
+        attempts.append((address, trio.current_time()))
+        if len(attempts) < 3:
+            raise OSError(111, "Connection refused")
+        return await good(address)  # type: ignore[no-any-return, operator]
+
+    async with AsyncClient(["a:1", "b:2"], connect=flaky, retries=4) as c:
+        await c.put("k", b"v")
+    assert [a for a, _ in attempts] == ["a:1", "b:2", "a:1"]
+    gaps = [t2 - t1 for (_, t1), (_, t2) in itertools.pairwise(attempts)]
+    assert all(g <= 0.02 * 2 ** (i + 1) + 1e-9 for i, g in enumerate(gaps))
+
+
+async def test_unknown_outcome_of_a_write_is_not_retried(
+    autojump_clock: MockClock, nursery: trio.Nursery
+) -> None:
+    attempts = 0
+
+    async def dies_after_handshake(address: str) -> trio.abc.Stream:
+        nonlocal attempts
+        attempts += 1
+        a, b = trio.testing.memory_stream_pair()
+
+        async def serve() -> None:
+            dec = FrameDecoder(1 << 20)
+            while True:
+                data = await b.receive_some()
+                for body in dec.feed(data):
+                    if body[2] == Op.HELLO:
+                        from ringfs.wire import encode_response
+
+                        await b.send_all(encode_response(body[1], {"node": "x", "version": 1}))
+                    else:
+                        await b.aclose()  # the write arrived; its reply never will
+                        return
+
+        nursery.start_soon(serve)
+        return a
+
+    async with AsyncClient("n1:7001", connect=dies_after_handshake, retries=5) as c:
+        with pytest.raises(Unavailable, match="outcome unknown"):
+            await c.put("k", b"v")
+        assert attempts == 1
+        with pytest.raises(Unavailable):
+            await c.get("k")  # reads are retried: one connection per attempt
+        assert attempts > 2
+
+
+async def test_client_validates_arguments(autojump_clock: MockClock) -> None:
+    with pytest.raises(LocalProtocolError):
+        AsyncClient([])
+    with pytest.raises(LocalProtocolError):
+        AsyncClient("no-port")
+    async with AsyncClient("n1:1", connect=None) as c:
+        with pytest.raises(LocalProtocolError):
+            await c.put(5, b"v")  # type: ignore[arg-type]
+        with pytest.raises(LocalProtocolError):
+            await c.put("k", "text")  # type: ignore[arg-type]

@@ -1,0 +1,60 @@
+"""Configuration: TOML files and flags, validated with clear messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ringfs.config import ConfigError, Durability, build_config, load_toml, parse_address
+
+
+def test_toml_round_trip(tmp_path: Path) -> None:
+    p = tmp_path / "n.toml"
+    p.write_text(
+        '[node]\nname = "a1"\nlisten = "127.0.0.1:7100"\ndurability = "interval:250"\n'
+        'seeds = ["127.0.0.1:7101"]\n[limits]\nmax_key_bytes = 100\n'
+    )
+    cfg = build_config(load_toml(p))
+    assert cfg.name == "a1" and cfg.listen == "127.0.0.1:7100"
+    assert cfg.durability == Durability("interval", 250)
+    assert cfg.seeds == ("127.0.0.1:7101",)
+    assert cfg.limits.max_key_bytes == 100
+
+
+@pytest.mark.parametrize(
+    ("values", "needle"),
+    [
+        ({}, "needs a name"),
+        ({"name": "bad name"}, "name"),
+        ({"name": "a", "listen": "nohost"}, "HOST:PORT"),
+        ({"name": "a", "listen": "h:70000"}, "HOST:PORT"),
+        ({"name": "a", "durability": "sometimes"}, "durability"),
+        ({"name": "a", "durability": "interval:x"}, "milliseconds"),
+        ({"name": "a", "bogus": 1}, "unknown setting"),
+        ({"name": "a", "max_siblings": "3"}, "wrong type"),
+        ({"name": "a", "max_siblings": True}, "wrong type"),
+        ({"name": "a", "limits": {"max_key_bytes": 0}}, "limits"),
+        ({"name": "a", "limits": {"nope": 1}}, "unknown limits"),
+        ({"name": "a", "engine": "rocks"}, "engine"),
+    ],
+)
+def test_bad_settings_name_the_problem(values: dict[str, object], needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        build_config(values)
+
+
+def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_toml(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("name = ")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_toml(bad)
+
+
+def test_addresses() -> None:
+    assert parse_address("[::1]:7001") == ("::1", 7001)
+    assert parse_address("h:0", allow_port_zero=True) == ("h", 0)
+    with pytest.raises(ConfigError):
+        parse_address("h:0")

@@ -1,0 +1,215 @@
+"""The sans-IO node, driven directly: handshake, key/value semantics, durability."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ringfs.config import Durability, NodeConfig
+from ringfs.errors import ErrorCode
+from ringfs.node import ClientReply, CloseConnection, Node, RequestSync
+from ringfs.storage.memory import MemoryEngine
+from ringfs.wire import ERROR, RESPONSE, FrameDecoder, Limits, Op
+
+
+def decode(frame: bytes) -> Any:
+    (body,) = FrameDecoder(1 << 30).feed(frame)
+    return body
+
+
+class Harness:
+    def __init__(self, durability: str = "none", **cfg: Any) -> None:
+        self.engine = MemoryEngine()
+        self.node = Node(NodeConfig(name="n1", durability=Durability.parse(durability), **cfg),
+                         self.engine, random.Random(0), 0.0)
+        self.rid = 0
+        self.conn = 1
+        self.node.client_connected(1, 0.0)
+        assert self.call(Op.HELLO, versions=[1])["node"] == "n1"
+
+    def raw(self, body: Any, conn: int = 1) -> Any:
+        frame = self.node.client_request(conn, body, 0.0)
+        return None if frame is None else decode(frame)
+
+    def call(self, op: int, **args: Any) -> Any:
+        self.rid += 1
+        body = self.raw([0, self.rid, int(op), args])
+        assert body is not None, "reply deferred"
+        assert body[0] == RESPONSE, body
+        return body[2]
+
+    def error(self, op: int, **args: Any) -> dict[str, Any]:
+        self.rid += 1
+        body = self.raw([0, self.rid, int(op), args])
+        assert body[0] == ERROR, body
+        return body[2]  # type: ignore[no-any-return]
+
+
+def test_handshake_required_first() -> None:
+    node = Node(NodeConfig(name="n1"), MemoryEngine(), random.Random(0), 0.0)
+    node.client_connected(5, 0.0)
+    body = decode(node.client_request(5, [0, 1, int(Op.GET), {"key": b"k"}], 0.0) or b"")
+    assert body[2]["code"] == ErrorCode.HANDSHAKE_REQUIRED
+    assert node.drain_outbox() == [CloseConnection(5, "the first request on a connection "
+                                                      "must be HELLO")]
+
+
+def test_unsupported_version_closes() -> None:
+    node = Node(NodeConfig(name="n1"), MemoryEngine(), random.Random(0), 0.0)
+    node.client_connected(1, 0.0)
+    body = decode(node.client_request(1, [0, 1, int(Op.HELLO), {"versions": [99]}], 0.0) or b"")
+    assert body[2]["code"] == ErrorCode.UNSUPPORTED_VERSION
+    assert isinstance(node.drain_outbox()[0], CloseConnection)
+
+
+def test_put_get_delete_cycle() -> None:
+    h = Harness()
+    assert h.call(Op.GET, key=b"k") == {"found": False, "values": [], "context": b""}
+    ctx = h.call(Op.PUT, key=b"k", value=b"v1")["context"]
+    got = h.call(Op.GET, key=b"k")
+    assert got["values"] == [b"v1"] and got["context"] == ctx and got["found"]
+    h.call(Op.PUT, key=b"k", value=b"v2", context=got["context"])
+    assert h.call(Op.GET, key=b"k")["values"] == [b"v2"]
+    h.call(Op.DELETE, key=b"k")
+    gone = h.call(Op.GET, key=b"k")
+    assert gone["values"] == [] and not gone["found"] and gone["context"]
+    assert h.engine.get(b"k") is not None and h.engine.get(b"k").tombstone  # type: ignore[union-attr]
+
+
+def test_stale_contexts_make_siblings_and_merged_context_resolves() -> None:
+    h = Harness()
+    h.call(Op.PUT, key=b"k", value=b"base")
+    ctx = h.call(Op.GET, key=b"k")["context"]
+    h.call(Op.PUT, key=b"k", value=b"a", context=ctx)
+    h.call(Op.PUT, key=b"k", value=b"b", context=ctx)
+    got = h.call(Op.GET, key=b"k")
+    assert sorted(got["values"]) == [b"a", b"b"]
+    h.call(Op.PUT, key=b"k", value=b"ab", context=got["context"])
+    assert h.call(Op.GET, key=b"k")["values"] == [b"ab"]
+
+
+def test_blind_writes_do_not_pile_up_siblings() -> None:
+    h = Harness()
+    for i in range(100):
+        h.call(Op.PUT, key=b"k", value=b"%d" % i)
+    assert h.call(Op.GET, key=b"k")["values"] == [b"99"]
+
+
+def test_sibling_limit() -> None:
+    h = Harness(max_siblings=3)
+    for v in (b"a", b"b", b"c"):
+        h.call(Op.PUT, key=b"k", value=v, context=b"")
+    err = h.error(Op.PUT, key=b"k", value=b"d", context=b"")
+    assert err["code"] == ErrorCode.TOO_MANY_SIBLINGS
+    assert len(h.call(Op.GET, key=b"k")["values"]) == 3
+
+
+@pytest.mark.parametrize(
+    ("op", "args", "code"),
+    [
+        (Op.GET, {}, ErrorCode.BAD_REQUEST),
+        (Op.GET, {"key": "str"}, ErrorCode.BAD_REQUEST),
+        (Op.GET, {"key": b""}, ErrorCode.KEY_TOO_LARGE),
+        (Op.GET, {"key": b"x" * 33}, ErrorCode.KEY_TOO_LARGE),
+        (Op.PUT, {"key": b"k"}, ErrorCode.BAD_REQUEST),
+        (Op.PUT, {"key": b"k", "value": b"x" * 65}, ErrorCode.VALUE_TOO_LARGE),
+        (Op.PUT, {"key": b"k", "value": b"", "context": b"\xc1"}, ErrorCode.BAD_CONTEXT),
+        (Op.PUT, {"key": b"k", "value": b"", "context": msgpack.packb([["n", 0]])},
+         ErrorCode.BAD_CONTEXT),
+        (Op.PUT, {"key": b"k", "value": b"", "context": 5}, ErrorCode.BAD_REQUEST),
+        (Op.HELLO, {"versions": [1]}, ErrorCode.BAD_REQUEST),
+        (999, {}, ErrorCode.UNKNOWN_OP),
+    ],
+)
+def test_bad_requests_get_errors_and_the_node_keeps_going(op: int, args: dict[str, Any],
+                                                          code: ErrorCode) -> None:
+    h = Harness(limits=Limits(max_key_bytes=32, max_value_bytes=64))
+    assert h.error(op, **args)["code"] == code
+    assert h.node.drain_outbox() == []  # not fatal: the connection stays open
+    h.call(Op.PUT, key=b"k", value=b"ok")
+    assert h.call(Op.GET, key=b"k")["values"] == [b"ok"]
+
+
+@given(st.binary(max_size=64) | st.lists(st.integers() | st.binary(max_size=4), max_size=6))
+def test_arbitrary_bodies_never_raise(body: Any) -> None:
+    h = Harness()
+    out = h.raw(body)
+    assert out is None or out[0] in (RESPONSE, ERROR)
+
+
+def test_group_commit_acks_only_after_sync() -> None:
+    h = Harness("group")
+    for i in range(3):
+        h.rid += 1
+        assert h.raw([0, h.rid, int(Op.PUT), {"key": b"k%d" % i, "value": b"v"}]) is None
+    effects = h.node.drain_outbox()
+    assert [e for e in effects if isinstance(e, RequestSync)] == [RequestSync(1), RequestSync(2),
+                                                                  RequestSync(3)]
+    assert h.node.inflight(1) == 3
+    h.node.on_sync_complete(2, 0.0)
+    replies = h.node.drain_outbox()
+    assert [decode(r.frame)[1] for r in replies if isinstance(r, ClientReply)] == [2, 3]
+    h.node.on_sync_complete(3, 0.0)
+    assert len(h.node.drain_outbox()) == 1 and h.node.inflight(1) == 0
+
+
+def test_duplicate_inflight_request_id() -> None:
+    h = Harness("group")
+    assert h.raw([0, 42, int(Op.PUT), {"key": b"k", "value": b"v"}]) is None
+    err = h.raw([0, 42, int(Op.PUT), {"key": b"k", "value": b"w"}])
+    assert err[2]["code"] == ErrorCode.DUPLICATE_REQUEST_ID
+
+
+def test_sync_failure_makes_node_read_only_and_fails_pending() -> None:
+    h = Harness("group")
+    h.rid += 1
+    assert h.raw([0, h.rid, int(Op.PUT), {"key": b"k", "value": b"v"}]) is None
+    h.node.drain_outbox()
+    h.node.on_sync_failed("EIO", 0.0)
+    (reply,) = h.node.drain_outbox()
+    assert isinstance(reply, ClientReply)
+    assert decode(reply.frame)[2]["code"] == ErrorCode.STORAGE_ERROR
+    assert h.error(Op.PUT, key=b"k", value=b"v")["code"] == ErrorCode.STORAGE_ERROR
+    assert h.call(Op.GET, key=b"k")["values"] == [b"v"]  # reads still served
+    assert h.call(Op.STATUS)["read_only"]
+
+
+def test_disconnect_drops_replies_but_keeps_the_write() -> None:
+    h = Harness("group")
+    h.rid += 1
+    h.raw([0, h.rid, int(Op.PUT), {"key": b"k", "value": b"v"}])
+    h.node.drain_outbox()
+    h.node.client_disconnected(1, 0.0)
+    h.node.on_sync_complete(1, 0.0)
+    assert h.node.drain_outbox() == []
+    assert h.engine.get(b"k") is not None
+
+
+def test_interval_policy_acks_at_once_and_syncs_on_timer() -> None:
+    h = Harness("interval:100")
+    h.call(Op.PUT, key=b"k", value=b"v")
+    assert h.node.drain_outbox() == []
+    assert h.node.next_deadline() == pytest.approx(0.1)
+    h.node.handle_timer(0.1)
+    assert h.node.drain_outbox() == [RequestSync(1)]
+    assert h.node.next_deadline() == pytest.approx(0.2)
+
+
+def test_storage_error_on_write_is_reported() -> None:
+    class FullEngine(MemoryEngine):
+        def put(self, key: bytes, value: bytes, meta: bytes = b"") -> int:
+            raise OSError(28, "No space left on device")
+
+    node = Node(NodeConfig(name="n1", durability=Durability("none")), FullEngine(),
+                random.Random(0), 0.0)
+    node.client_connected(1, 0.0)
+    node.client_request(1, [0, 1, int(Op.HELLO), {"versions": [1]}], 0.0)
+    body = decode(node.client_request(1, [0, 2, int(Op.PUT), {"key": b"k", "value": b"v"}], 0.0)
+                  or b"")
+    assert body[2]["code"] == ErrorCode.STORAGE_ERROR
+    assert "No space" in body[2]["message"]

@@ -1,0 +1,111 @@
+"""The frame codec: splitting at any byte, limits before allocation, envelope checks."""
+
+from __future__ import annotations
+
+import struct
+
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ringfs.errors import ErrorCode
+from ringfs.wire import (
+    REQUEST,
+    FrameDecoder,
+    Limits,
+    WireError,
+    encode_error,
+    encode_frame,
+    encode_request,
+    encode_response,
+    parse_request,
+)
+
+msg = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.binary(max_size=64)
+    | st.text(max_size=32),
+    lambda children: st.lists(children, max_size=5)
+    | st.dictionaries(st.text(max_size=8), children, max_size=5),
+    max_leaves=20,
+)
+
+
+@given(st.lists(msg, min_size=1, max_size=8), st.data())
+def test_frames_survive_any_split(objs: list[object], data: st.DataObject) -> None:
+    stream = b"".join(encode_frame(o) for o in objs)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=10)))
+    dec = FrameDecoder(1 << 20)
+    out: list[object] = []
+    prev = 0
+    for c in [*cuts, len(stream)]:
+        out.extend(dec.feed(stream[prev:c]))
+        prev = c
+    assert out == objs
+    assert dec.buffered == 0
+
+
+def test_oversized_length_rejected_before_body_arrives() -> None:
+    dec = FrameDecoder(1024)
+    with pytest.raises(WireError) as ei:
+        dec.feed(struct.pack(">I", 1025))
+    assert ei.value.code == ErrorCode.FRAME_TOO_LARGE and ei.value.fatal
+    assert dec.buffered == 0
+
+
+def test_huge_claim_buffers_only_what_arrived() -> None:
+    dec = FrameDecoder(8 * 1024 * 1024)
+    assert dec.feed(struct.pack(">I", 8 * 1024 * 1024) + b"\x00" * 10) == []
+    assert dec.buffered == 14
+
+
+def test_zero_length_and_garbage_are_fatal() -> None:
+    with pytest.raises(WireError) as ei:
+        FrameDecoder(100).feed(b"\x00\x00\x00\x00")
+    assert ei.value.code == ErrorCode.BAD_FRAME
+    with pytest.raises(WireError) as ei:
+        FrameDecoder(100).feed(b"\x00\x00\x00\x01\xc1")  # 0xc1 is never valid msgpack
+    assert ei.value.code == ErrorCode.BAD_FRAME and ei.value.fatal
+
+
+def test_declared_container_larger_than_frame_is_refused() -> None:
+    body = b"\xdd\xff\xff\xff\xff"  # array32 claiming 4 billion elements
+    with pytest.raises(WireError):
+        FrameDecoder(100).feed(struct.pack(">I", len(body)) + body)
+
+
+@pytest.mark.parametrize(
+    ("obj", "fatal"),
+    [
+        ({}, True),
+        ([1, 2, 3, {}], True),
+        ([REQUEST, -1, 2, {}], True),
+        ([REQUEST, "id", 2, {}], True),
+        ([REQUEST, 7, "op", {}], False),
+        ([REQUEST, 7, 2, []], False),
+    ],
+)
+def test_bad_envelopes(obj: object, fatal: bool) -> None:
+    with pytest.raises(WireError) as ei:
+        parse_request(obj)
+    assert ei.value.fatal is fatal
+
+
+def test_round_trip_of_the_three_kinds() -> None:
+    dec = FrameDecoder(1 << 20)
+    frames = encode_request(1, 2, {"key": b"k"}) + encode_response(1, {"x": 1}) + encode_error(
+        None, ErrorCode.BAD_FRAME, "m"
+    )
+    req, resp, err = dec.feed(frames)
+    assert parse_request(req) == (1, 2, {"key": b"k"})
+    assert resp == [1, 1, {"x": 1}]
+    assert err == [2, None, {"code": 1, "name": "BAD_FRAME", "message": "m"}]
+    first_len = struct.unpack(">I", frames[:4])[0]
+    assert msgpack.unpackb(frames[4 : 4 + first_len]) == [0, 1, 2, {"key": b"k"}]
+
+
+def test_limits_validation() -> None:
+    with pytest.raises(ValueError):
+        Limits(max_frame_bytes=10)
+    with pytest.raises(ValueError):
+        Limits(max_value_bytes=Limits().max_frame_bytes)

@@ -133,7 +133,7 @@ class _Connection:
                 data = await self.stream.receive_some(256 * 1024)
                 if not data:
                     raise _Lost(f"{self.address} closed the connection")
-                for body in self.decoder.feed(data):
+                for body in self.decoder.feed_or_raise(data):
                     self._deliver(body)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             self._fail(_Lost(f"connection to {self.address} lost: {exc}"))

@@ -99,6 +99,26 @@ class NodeConfig:
     """debug, info, warning or error."""
     seeds: tuple[str, ...] = ()
     """HOST:PORT of other nodes to join through."""
+    n_replicas: int = 3
+    """N: how many nodes keep a copy of each key."""
+    r: int = 2
+    """Default read quorum: replies a get waits for before answering."""
+    w: int = 2
+    """Default write quorum: durable acknowledgements a put waits for."""
+    capacity: float = 1.0
+    """Relative share of the ring this node takes (virtual nodes scale with it)."""
+    zone: str = ""
+    """Failure domain; replicas of a key go to distinct zones first. Empty: no zone."""
+    vnodes_per_capacity: int = 256
+    """Virtual nodes per unit of capacity; docs/ring.md has the balance/cost table."""
+    read_repair: bool = True
+    """Bring replicas that a get found stale up to the merged version."""
+    tombstone_grace_s: float = 10.0
+    """How long after every replica holds a tombstone before it is reaped."""
+    unreachable_s: float = 2.0
+    """A peer whose connection failed counts as down this long (until gossip knows better)."""
+    max_hints: int = 100_000
+    """Writes this node keeps for down owners at most; beyond it fallback writes are refused."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
@@ -118,6 +138,22 @@ class NodeConfig:
             raise ConfigError("max_inflight_per_connection must be in 1..1000000")
         if not 0.001 <= self.request_timeout_s <= 3600:
             raise ConfigError("request_timeout_s must be in 0.001..3600")
+        if not 1 <= self.n_replicas <= 16:
+            raise ConfigError("n_replicas must be in 1..16")
+        if not 1 <= self.r <= self.n_replicas or not 1 <= self.w <= self.n_replicas:
+            raise ConfigError("r and w must be in 1..n_replicas")
+        if not 0 < self.capacity <= 1000:
+            raise ConfigError("capacity must be in (0, 1000]")
+        if not 1 <= self.vnodes_per_capacity <= 4096:
+            raise ConfigError("vnodes_per_capacity must be in 1..4096")
+        if len(self.zone) > 64:
+            raise ConfigError("zone must be at most 64 characters")
+        if not 0 <= self.tombstone_grace_s <= 86400 * 30:
+            raise ConfigError("tombstone_grace_s must be in 0..2592000")
+        if not 0.01 <= self.unreachable_s <= 3600:
+            raise ConfigError("unreachable_s must be in 0.01..3600")
+        if not 0 <= self.max_hints <= 100_000_000:
+            raise ConfigError("max_hints must be in 0..100000000")
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"log_level {self.log_level!r}: expected one of {LOG_LEVELS}")
 
@@ -134,6 +170,16 @@ _SCALARS: dict[str, type | tuple[type, ...]] = {
     "request_timeout_s": (int, float),
     "log_level": str,
     "seeds": list,
+    "n_replicas": int,
+    "r": int,
+    "w": int,
+    "capacity": (int, float),
+    "zone": str,
+    "vnodes_per_capacity": int,
+    "read_repair": bool,
+    "tombstone_grace_s": (int, float),
+    "unreachable_s": (int, float),
+    "max_hints": int,
 }
 _LIMITS = {f.name for f in dataclasses.fields(Limits)}
 
@@ -160,7 +206,7 @@ def build_config(values: dict[str, Any]) -> NodeConfig:
         want = _SCALARS.get(key)
         if want is None:
             raise ConfigError(f"unknown setting {key!r}")
-        if not isinstance(val, want) or isinstance(val, bool):
+        if not isinstance(val, want) or (isinstance(val, bool) and want is not bool):
             raise ConfigError(f"setting {key!r} has the wrong type")
         val = values[key]  # re-read untyped: isinstance against a tuple narrows to object
         if key == "durability":
@@ -169,7 +215,7 @@ def build_config(values: dict[str, Any]) -> NodeConfig:
             if not all(isinstance(s, str) for s in val):
                 raise ConfigError("seeds must be a list of HOST:PORT strings")
             kwargs[key] = tuple(val)
-        elif key == "request_timeout_s":
+        elif key in ("request_timeout_s", "capacity", "tombstone_grace_s", "unreachable_s"):
             kwargs[key] = float(val)
         else:
             kwargs[key] = val

@@ -3,39 +3,52 @@
 Theory of operation
 -------------------
 A `Node` performs no I/O, never reads a clock and never creates randomness. Its
-drivers (the trio runtime in ringfs/runtime, the simulator in simulations/)
-feed it what happened and carry out what it asks:
+drivers (the trio runtime in ringfs/runtime, the simulator in simulations/) feed
+it what happened and carry out what it asks:
 
     client_connected(conn, now) / client_disconnected(conn, now)
-    client_request(conn, body, now) -> frame | None   a decoded request frame
-    on_sync_complete(durable_seq, now)                a sync the node asked for finished
-    on_sync_failed(message, now)                      ... or failed
+    client_request(conn, body, now) -> frame | None   one decoded frame from a connection
+    peer_unreachable(address, now)                    a peer connection failed
+    on_sync_complete(durable_seq, now) / on_sync_failed(message, now)
     handle_timer(now); next_deadline() -> float | None
-    drain_outbox() -> list[Effect]                    replies, syncs, closes to perform
+    drain_outbox() -> list[Effect]                    replies, peer frames, syncs, closes
 
-`client_request` answers at once when it can (reads, and writes under a policy
-that acknowledges before syncing) by returning the encoded response frame; when
-an answer must wait (a write awaiting its fsync) it returns None and the reply
-later appears in the outbox as `ClientReply`.
+Connections carry either a client (HELLO without "peer") or another node (HELLO
+with "peer": its name); peer frames are routed to the replication handlers.
 
-Durability: a write is handed to the storage engine, which passes it to the OS at
-once and returns its sequence number. Under the `always` and `group` policies the
-node emits `RequestSync(seq)` and holds the acknowledgement until
-`on_sync_complete` reports a durable sequence number at or beyond it. A failed
-sync puts the node into a read-only state: it can no longer tell what reached the
+Replication (Dynamo): a key lives on the N nodes of its preference list. Any
+node takes any request. A get is sent to the N replicas of the annotated
+preference list (`Ring.apl`: primaries that are up, fallbacks standing in for
+those that are not) and answered after R replies with their causal merge; the
+replies that come later still count for read repair. A put is coordinated by a
+primary replica (a node that is none forwards it to one): the coordinator
+applies the write to its own copy, creating a new dot, then ships the resulting
+state to the other replicas, which merge it; the client is answered after W
+replicas made it durable. A fallback keeps what it receives for the down
+primary as a hint, stored apart from its own data under a reserved key prefix.
+
+Dots are stamped with an *actor* id, `name@epoch`, where the driver bumps the
+epoch durably at every start. A crash can lose writes the node had not synced
+but whose dots other replicas already hold; a new actor id per run means such a
+dot is never issued twice with different values.
+
+Durability: engine writes go to the OS at once; under the `always` and `group`
+policies every acknowledgement (to a client, or to a coordinator) waits until
+`on_sync_complete` reports a durable sequence number at or beyond the write. A
+failed sync leaves the node read-only: it can no longer tell what reached the
 disk, so it refuses writes rather than acknowledge something it may lose.
-
-Connection state (handshake done, requests in flight) lives here too, so the
-protocol rules are enforced identically over real sockets and in the simulator.
 """
 
 from __future__ import annotations
 
+import contextlib
+import heapq
 import logging
 import random
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import msgpack
@@ -44,27 +57,43 @@ from ringfs import __version__
 from ringfs.config import NodeConfig
 from ringfs.dvv import DVVSet, Value, decode_context, encode_context, from_stored
 from ringfs.errors import ErrorCode
+from ringfs.membership import Member, Membership
+from ringfs.peer import PeerMsg, encode_peer, parse_peer
+from ringfs.quorum import GetCoordinator, PutCoordinator, QuorumFailure
+from ringfs.ring import Replica
 from ringfs.storage.engine import StorageEngine
 from ringfs.wire import (
+    ERROR,
+    RESPONSE,
     SUPPORTED_VERSIONS,
     Op,
     WireError,
     encode_error,
+    encode_frame,
     encode_response,
+    error_body,
     field_key,
     field_opt_bytes,
+    field_opt_uint,
     field_value,
     parse_request,
+    unpack,
 )
 
 log = logging.getLogger("ringfs.node")
+
+HINT_PREFIX = b"\x00h"
+"""Keys beginning with 0x00 are the node's own; a hint is HINT_PREFIX + owner + 0 + key."""
+
+# Room left in a frame for the envelope and contexts when bounding sibling sets.
+_FRAME_SLACK = 64 * 1024
 
 
 # -- effects the drivers carry out ------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
 class ClientReply:
-    """Send `frame` (a complete encoded frame) on client connection `conn`."""
+    """Send `frame` (a complete encoded frame) on connection `conn`."""
 
     conn: int
     frame: bytes
@@ -72,7 +101,7 @@ class ClientReply:
 
 @dataclass(frozen=True, slots=True)
 class CloseConnection:
-    """Close client connection `conn` once the frames queued before this are sent."""
+    """Close connection `conn` once the frames queued before this are sent."""
 
     conn: int
     reason: str
@@ -85,31 +114,87 @@ class RequestSync:
     seq: int
 
 
-Effect = ClientReply | CloseConnection | RequestSync
+@dataclass(frozen=True, slots=True)
+class PeerSend:
+    """Deliver `frame` to the node at `address` over this node's connection to it."""
+
+    address: str
+    frame: bytes
+
+
+Effect = ClientReply | CloseConnection | RequestSync | PeerSend
 
 
 @dataclass
 class _Conn:
     handshaken: bool = False
+    peer: str | None = None
     inflight: set[int] | None = None
+    forwarded_from: tuple[str, int] | None = None
+    """For the pseudo-connection of a forwarded write: (sender node, its forward id)."""
+    closing: bool = False
+    """A fatal error was answered: later frames on this connection are ignored."""
 
 
 @dataclass(slots=True)
-class _PendingAck:
+class _Pending:
+    """An acknowledgement held until `seq` is durable."""
+
     seq: int
+    release: Callable[[], None]
+
+
+@dataclass(eq=False)
+class _ClientGet:
     conn: int
-    req_id: int
-    frame: bytes
+    rid: int
+    coord: GetCoordinator
+    whereis: bool = False
+    sent: bool = False
+
+
+@dataclass(eq=False)
+class _ClientPut:
+    conn: int
+    rid: int
+    coord: PutCoordinator
+
+
+@dataclass(eq=False)
+class _Forwarded:
+    conn: int
+    rid: int
+    deadline: float
+
+
+def hint_key(owner: str, key: bytes) -> bytes:
+    return HINT_PREFIX + owner.encode() + b"\x00" + key
+
+
+def parse_hint_key(stored: bytes) -> tuple[str, bytes] | None:
+    if not stored.startswith(HINT_PREFIX):
+        return None
+    owner, sep, key = stored[len(HINT_PREFIX):].partition(b"\x00")
+    if not sep:
+        return None
+    return owner.decode(errors="replace"), key
 
 
 class Node:
     """One ringfs node's protocol logic. See the module docstring."""
 
     def __init__(
-        self, config: NodeConfig, engine: StorageEngine, rng: random.Random, now: float
+        self,
+        config: NodeConfig,
+        engine: StorageEngine,
+        rng: random.Random,
+        now: float,
+        *,
+        epoch: int = 1,
     ) -> None:
         self.config = config
         self.name = config.name
+        self.actor = f"{config.name}@{epoch}"
         self.engine = engine
         self.rng = rng
         self.limits = config.limits
@@ -117,23 +202,90 @@ class Node:
         self.started_at = now
         self.read_only_reason: str | None = None
         self.counters: Counter[str] = Counter()
+        meta: dict[str, str | int | float] = {"capacity": config.capacity}
+        if config.zone:
+            meta["zone"] = config.zone
+        self.membership = Membership(
+            Member(config.name, config.listen, meta=meta),
+            vnodes_per_capacity=config.vnodes_per_capacity,
+            unreachable_s=config.unreachable_s,
+        )
         self._outbox: list[Effect] = []
         self._conns: dict[int, _Conn] = {}
-        self._pending: deque[_PendingAck] = deque()
+        self._pending: deque[_Pending] = deque()
         self._sync_requested = 0
         self._next_interval_sync: float | None = (
             now + config.durability.interval_ms / 1000.0
             if config.durability.kind == "interval" else None
         )
-        self._handlers: dict[int, Callable[[int, int, dict[str, Any]], bytes | None]] = {
+        self._timers: list[tuple[float, int, Callable[[float], None]]] = []
+        self._timer_seq = 0
+        self._ids = 0
+        self._gets: dict[int, _ClientGet] = {}
+        self._puts: dict[int, _ClientPut] = {}
+        self._forwards: dict[int, _Forwarded] = {}
+        self._pseudo_conn = 0
+        self._max_sibling_bytes = self.limits.max_frame_bytes - _FRAME_SLACK
+        self.hints = sum(1 for _ in self._iter_hints()) if len(engine) else 0
+        self._handlers: dict[int, Callable[[int, int, dict[str, Any], float], bytes | None]] = {
             Op.PING: self._on_ping,
             Op.GET: self._on_get,
             Op.PUT: self._on_put,
             Op.DELETE: self._on_delete,
             Op.STATUS: self._on_status,
+            Op.WHEREIS: self._on_whereis,
         }
-        log.info("node %s starting: engine=%s durability=%s", self.name, config.engine,
-                 config.durability)
+        self._peer_handlers: dict[int, Callable[[str, dict[str, Any], float], None]] = {
+            PeerMsg.JOIN: self.on_join,
+            PeerMsg.MEMBERS: self.on_members,
+            PeerMsg.REPLICA_PUT: self.on_replica_put,
+            PeerMsg.REPLICA_PUT_ACK: self.on_replica_put_ack,
+            PeerMsg.REPLICA_GET: self.on_replica_get,
+            PeerMsg.REPLICA_GET_REPLY: self.on_replica_get_reply,
+            PeerMsg.REPLICA_REAP: self.on_replica_reap,
+            PeerMsg.FORWARD: self.on_forward,
+            PeerMsg.FORWARD_REPLY: self.on_forward_reply,
+        }
+        log.info("node %s (actor %s) starting: engine=%s durability=%s N=%d R=%d W=%d",
+                 self.name, self.actor, config.engine, config.durability,
+                 config.n_replicas, config.r, config.w)
+        for seed in config.seeds:
+            if seed != config.listen:
+                self._send_address(seed, PeerMsg.JOIN, self._join_body())
+
+    # -- small helpers -------------------------------------------------------------
+    def _next_id(self) -> int:
+        self._ids += 1
+        return self._ids
+
+    def _after(self, when: float, fn: Callable[[float], None]) -> None:
+        self._timer_seq += 1
+        heapq.heappush(self._timers, (when, self._timer_seq, fn))
+
+    def _send(self, node: str, msg: PeerMsg, body: dict[str, Any]) -> bool:
+        addr = self.membership.address_of(node)
+        if addr is None:
+            self.counters["peer_unknown_destination"] += 1
+            return False
+        self._outbox.append(PeerSend(addr, encode_peer(self.name, msg, body)))
+        return True
+
+    def _send_address(self, address: str, msg: PeerMsg, body: dict[str, Any]) -> None:
+        self._outbox.append(PeerSend(address, encode_peer(self.name, msg, body)))
+
+    def _reply(self, conn: int, frame: bytes) -> None:
+        if conn in self._conns:
+            self._outbox.append(ClientReply(conn, frame))
+
+    def _hold_until_durable(self, seq: int, release: Callable[[], None]) -> None:
+        """Run `release` once `seq` is durable (at once under policies that ack early)."""
+        if not self.durability.acks_after_sync or seq <= self.engine.durable_seq:
+            release()
+            return
+        self._pending.append(_Pending(seq, release))
+        if seq > self._sync_requested:
+            self._sync_requested = seq
+            self._outbox.append(RequestSync(seq))
 
     # -- connections ---------------------------------------------------------------
     def client_connected(self, conn: int, now: float) -> None:
@@ -143,7 +295,7 @@ class Node:
         self.counters["connections_opened"] += 1
 
     def client_disconnected(self, conn: int, now: float) -> None:
-        """Forget a connection. Writes it issued still complete; their replies are dropped."""
+        """Forget a connection. Requests it issued still complete; their replies are dropped."""
         if self._conns.pop(conn, None) is not None:
             self.counters["connections_closed"] += 1
 
@@ -152,21 +304,52 @@ class Node:
         return len(self._conns)
 
     def inflight(self, conn: int) -> int:
-        """Requests on `conn` whose replies are still held (for read back-pressure)."""
+        """Requests on `conn` whose replies are still to come (for read back-pressure)."""
         c = self._conns.get(conn)
         return len(c.inflight) if c is not None and c.inflight else 0
 
+    def _track(self, conn: int, rid: int) -> None:
+        c = self._conns[conn]
+        if c.inflight is None:
+            c.inflight = set()
+        c.inflight.add(rid)
+
+    def _finish(self, conn: int, rid: int, frame: bytes) -> None:
+        c = self._conns.get(conn)
+        if c is None:
+            return  # the client went away; what it asked for stands regardless
+        if c.inflight is not None:
+            c.inflight.discard(rid)
+        if c.forwarded_from is not None:
+            self._conns.pop(conn, None)
+            self._reply_forward(c.forwarded_from, frame)
+            return
+        self._outbox.append(ClientReply(conn, frame))
+
+    def _reply_forward(self, origin: tuple[str, int], frame: bytes) -> None:
+        sender, fid = origin
+        kind, _rid, payload = unpack(memoryview(frame)[4:], len(frame))
+        self._send(sender, PeerMsg.FORWARD_REPLY,
+                   {"id": fid, "ok": kind == RESPONSE, "body": payload})
+
     # -- requests ------------------------------------------------------------------
     def client_request(self, conn: int, body: Any, now: float) -> bytes | None:
-        """Handle one decoded request frame from `conn`.
+        """Handle one decoded frame from `conn`.
 
         Returns the encoded reply frame when the answer is ready now, else None (the
-        reply comes later through the outbox). Protocol violations are answered with
-        an error frame; fatal ones also queue CloseConnection.
+        reply, if any, comes later through the outbox). Protocol violations are
+        answered with an error frame; fatal ones also queue CloseConnection, and the
+        caller must not pass further frames of that connection.
         """
         c = self._conns.get(conn)
         if c is None:
             raise ValueError(f"request on unknown connection {conn}")
+        if c.closing:
+            self.counters["frames_after_close"] += 1
+            return None
+        if c.peer is not None:
+            self._on_peer_frame(c, conn, body, now)
+            return None
         try:
             rid, op, args = parse_request(body)
             if not c.handshaken:
@@ -181,15 +364,24 @@ class Node:
                     raise WireError(ErrorCode.BAD_REQUEST, "HELLO was already done", req_id=rid)
                 raise WireError(ErrorCode.UNKNOWN_OP, f"unknown op {op}", req_id=rid)
             if c.inflight and rid in c.inflight:
+                # The reply could not be told apart from the original's: the client is
+                # broken, so the connection is closed rather than answered ambiguously.
                 raise WireError(ErrorCode.DUPLICATE_REQUEST_ID,
-                                f"request id {rid} is already in flight", req_id=rid)
-            return handler(conn, rid, args)
+                                f"request id {rid} is already in flight", fatal=True)
+            return handler(conn, rid, args, now)
         except WireError as exc:
             self.counters[f"error_{exc.code.name.lower()}"] += 1
             if exc.fatal:
+                c.closing = True
                 self._outbox.append(CloseConnection(conn, exc.message))
                 log.debug("closing connection %d: %s", conn, exc.message)
             return encode_error(exc.req_id, exc.code, exc.message)
+        except Exception as exc:  # a bug must cost one request, never the node
+            self.counters["internal_errors"] += 1
+            log.exception("internal error handling a request")
+            rid_guess = body[1] if type(body) is list and len(body) > 1 and type(
+                body[1]) is int else None
+            return encode_error(rid_guess, ErrorCode.INTERNAL, f"internal error: {exc!r}")
 
     def _on_hello(self, conn: int, c: _Conn, rid: int, args: dict[str, Any]) -> bytes:
         versions = args.get("versions")
@@ -202,6 +394,13 @@ class Node:
             raise WireError(ErrorCode.UNSUPPORTED_VERSION,
                             f"this node speaks versions {list(SUPPORTED_VERSIONS)}",
                             req_id=rid, fatal=True)
+        peer = args.get("peer")
+        if peer is not None:
+            if type(peer) is not str or not peer or len(peer) > 64:
+                raise WireError(ErrorCode.BAD_REQUEST, "'peer' must be a node name",
+                                req_id=rid, fatal=True)
+            c.peer = peer
+            self.counters["peer_connections"] += 1
         c.handshaken = True
         return encode_response(rid, {
             "version": max(common),
@@ -210,22 +409,34 @@ class Node:
             "limits": self.limits.to_wire(),
         })
 
-    def _on_ping(self, conn: int, rid: int, args: dict[str, Any]) -> bytes:
+    def _on_ping(self, conn: int, rid: int, args: dict[str, Any], now: float) -> bytes:
         return encode_response(rid, {})
 
-    def _on_status(self, conn: int, rid: int, args: dict[str, Any]) -> bytes:
-        return encode_response(rid, self.status())
+    def _on_status(self, conn: int, rid: int, args: dict[str, Any], now: float) -> bytes:
+        return encode_response(rid, self.status(now))
 
-    def status(self) -> dict[str, Any]:
+    def status(self, now: float) -> dict[str, Any]:
         """What `ringfs status` shows for this node."""
         st = self.engine.stats()
+        shares = self.membership.ring.shares()
+        up = self.membership.up(now)
+        members = []
+        for m in sorted(self.membership.members.values(), key=lambda m: m.name):
+            d = m.to_status()
+            if d["state"] == "alive" and m.name not in up:
+                d["state"] = "suspect"  # alive by membership, unreachable by transport
+            d["ring_share"] = round(shares.get(m.name, 0.0), 6)
+            members.append(d)
         return {
             "node": self.name,
+            "actor": self.actor,
             "address": self.config.listen,
             "version": __version__,
             "read_only": self.read_only_reason,
-            "members": [{"name": self.name, "address": self.config.listen, "state": "alive",
-                         "incarnation": 0}],
+            "members": members,
+            "ring": {"n_replicas": self.config.n_replicas, "r": self.config.r,
+                     "w": self.config.w, "vnodes": len(self.membership.ring.vnodes),
+                     "digest": self.membership.ring.digest.hex()},
             "storage": {
                 "engine": self.config.engine,
                 "durability": str(self.durability),
@@ -237,129 +448,583 @@ class Node:
                 "live_bytes": st.live_bytes,
                 "corrupt_records": st.corrupt_records,
             },
+            "hints": {"pending": self.hints, "max": self.config.max_hints},
             "connections": len(self._conns),
             "pending_acks": len(self._pending),
             "counters": dict(self.counters),
         }
 
-    # -- key/value -----------------------------------------------------------------
-    def _load(self, key: bytes) -> DVVSet | None:
-        rec = self.engine.get(key)
+    # -- local replica storage -------------------------------------------------------
+    def _stored_key(self, key: bytes, hint_for: str | None) -> bytes:
+        return key if hint_for is None else hint_key(hint_for, key)
+
+    def _load(self, stored_key: bytes) -> DVVSet | None:
+        rec = self.engine.get(stored_key)
         if rec is None:
             return None
         return from_stored(msgpack.unpackb(rec.meta, raw=False))
 
-    def _on_get(self, conn: int, rid: int, args: dict[str, Any]) -> bytes:
+    def _store(self, stored_key: bytes, state: DVVSet) -> int:
+        """Write a replica state; raises OSError from the engine."""
+        packed = msgpack.packb(state.to_wire(), use_bin_type=True)
+        if state.is_tombstone():
+            return self.engine.delete(stored_key, packed)
+        return self.engine.put(stored_key, b"", packed)
+
+    def _iter_hints(self) -> Any:
+        for k, _rec in self.engine.iter_range(0, 0):
+            if k.startswith(HINT_PREFIX):
+                yield k
+
+    def _merge_local(self, key: bytes, incoming: DVVSet, hint_for: str | None) -> int | None:
+        """Merge `incoming` into the local copy; the write's seq, or None if nothing changed.
+
+        Raises WireError when the node cannot take the write.
+        """
+        if self.read_only_reason is not None:
+            raise WireError(ErrorCode.STORAGE_ERROR, f"node is read-only: {self.read_only_reason}")
+        sk = self._stored_key(key, hint_for)
+        local = self._load(sk)
+        merged = incoming if local is None else local.sync(incoming)
+        if local is not None and merged == local:
+            return None
+        if hint_for is not None and local is None:
+            if self.hints >= self.config.max_hints:
+                self.counters["hints_refused_full"] += 1
+                raise WireError(ErrorCode.OVERLOADED, "hint store is full")
+            self.hints += 1
+        try:
+            return self._store(sk, merged)
+        except OSError as exc:
+            self.counters["storage_errors"] += 1
+            log.error("write failed: %s", exc)
+            raise WireError(ErrorCode.STORAGE_ERROR,
+                            f"write failed: {exc.strerror or exc}") from None
+
+    # -- client key/value ops ---------------------------------------------------------
+    def _client_key(self, args: dict[str, Any], rid: int) -> bytes:
         key = field_key(args, self.limits, rid)
+        if key[0] == 0:
+            raise WireError(ErrorCode.BAD_REQUEST, "keys starting with byte 0x00 are reserved",
+                            req_id=rid)
+        return key
+
+    def _quorum_arg(self, args: dict[str, Any], name: str, rid: int) -> int:
+        """R or W for a request: as asked, else the default; never more than the ring has.
+
+        A ring of fewer than N members keeps fewer than N copies, so quorums shrink
+        with it; members that are down still count, so failures still fail.
+        """
+        v = field_opt_uint(args, name, 1, self.config.n_replicas, rid)
+        q = v if v is not None else int(getattr(self.config, name))
+        return min(q, len(self.membership.ring))
+
+    def _apl(self, key: bytes, now: float) -> tuple[Replica, ...]:
+        return self.membership.ring.apl(key, self.config.n_replicas, self.membership.up(now))
+
+    def _on_get(self, conn: int, rid: int, args: dict[str, Any], now: float) -> bytes | None:
+        key = self._client_key(args, rid)
+        r = self._quorum_arg(args, "r", rid)
         self.counters["get"] += 1
-        state = self._load(key)
-        if state is None:
-            return encode_response(rid, {"found": False, "values": [], "context": b""})
+        return self._start_get(conn, rid, key, r, now, whereis=False)
+
+    def _on_whereis(self, conn: int, rid: int, args: dict[str, Any], now: float) -> bytes | None:
+        key = self._client_key(args, rid)
+        self.counters["whereis"] += 1
+        return self._start_get(conn, rid, key, 0, now, whereis=True)
+
+    def _start_get(self, conn: int, rid: int, key: bytes, r: int, now: float,
+                   whereis: bool) -> bytes | None:
+        apl = self._apl(key, now)
+        if whereis:
+            r = len(apl) or 1
+        if len(apl) < r:
+            raise WireError(ErrorCode.QUORUM_NOT_MET,
+                            f"only {len(apl)} replica(s) up, R={r}", req_id=rid)
+        coord = GetCoordinator(key, apl, r, now + self.config.request_timeout_s)
+        if len(apl) == 1 and apl[0].node == self.name and not whereis:
+            # A one-replica ring: read locally, nothing to merge or repair.
+            coord.on_reply(self.name, self._load(key))
+            return self._get_result(rid, coord)
+        gid = self._next_id()
+        self._gets[gid] = _ClientGet(conn, rid, coord, whereis)
+        self._track(conn, rid)
+        for rep in apl:
+            if rep.node == self.name:
+                coord.on_reply(self.name, self._load(self._stored_key(key, rep.hint_for)))
+            else:
+                body: dict[str, Any] = {"id": gid, "key": key}
+                if rep.hint_for is not None:
+                    body["hint_for"] = rep.hint_for
+                if not self._send(rep.node, PeerMsg.REPLICA_GET, body):
+                    coord.on_failed(rep.node, "unknown address")
+        self._after(coord.deadline, partial(self.on_get_timeout, gid))
+        self._advance_get(gid)
+        return None
+
+    def _get_result(self, rid: int, coord: GetCoordinator) -> bytes:
+        state = coord.merged
         values = state.live_values()
         return encode_response(rid, {
             "found": bool(values),
             "values": values,
-            "context": encode_context(state.context()),
+            "context": encode_context(state.context()) if state.entries else b"",
         })
 
-    def _on_put(self, conn: int, rid: int, args: dict[str, Any]) -> bytes | None:
-        key = field_key(args, self.limits, rid)
+    def _whereis_result(self, rid: int, coord: GetCoordinator) -> bytes:
+        replicas = []
+        for rep in coord.replicas:
+            st = coord.replies.get(rep.node)
+            entry: dict[str, Any] = {
+                "node": rep.node, "role": rep.role, "hint_for": rep.hint_for,
+                "answered": rep.node in coord.replies,
+                "present": st is not None and bool(st.live_values()),
+                "siblings": len(st.live_values()) if st is not None else 0,
+                "tombstone": st is not None and st.is_tombstone(),
+                "context": encode_context(st.context()) if st is not None else b"",
+            }
+            if rep.node in coord.failed:
+                entry["error"] = coord.failed[rep.node]
+            replicas.append(entry)
+        return encode_response(rid, {
+            "key": coord.key,
+            "preference_list": list(self.membership.ring.preference_list(
+                coord.key, self.config.n_replicas)),
+            "replicas": replicas,
+        })
+
+    def _advance_get(self, gid: int, failure: QuorumFailure | None = None) -> None:
+        g = self._gets.get(gid)
+        if g is None:
+            return
+        coord = g.coord
+        if failure is not None:
+            self._finish(g.conn, g.rid, self._quorum_error(g.rid, failure))
+        elif coord.answered and not g.whereis and not g.sent and len(coord.replies) >= coord.r:
+            g.sent = True
+            self._finish(g.conn, g.rid, self._get_result(g.rid, coord))
+        if coord.complete:
+            self._close_get(gid)
+
+    def _close_get(self, gid: int) -> None:
+        g = self._gets.pop(gid, None)
+        if g is None:
+            return
+        coord = g.coord
+        coord.closed = True
+        if g.whereis:
+            self._finish(g.conn, g.rid, self._whereis_result(g.rid, coord))
+            return
+        if not coord.answered:
+            return
+        if self.config.read_repair and coord.merged.entries:
+            for rep in coord.stale():
+                self.counters["read_repairs"] += 1
+                self._repair(rep, coord.key, coord.merged)
+        if coord.all_primaries_hold_tombstone():
+            self._schedule_reap(coord, coord.merged)
+
+    def _repair(self, rep: Replica, key: bytes, state: DVVSet) -> None:
+        if rep.node == self.name:
+            with contextlib.suppress(WireError):
+                self._merge_local(key, state, rep.hint_for)
+            return
+        body: dict[str, Any] = {"id": 0, "key": key, "state": state.to_wire()}
+        if rep.hint_for is not None:
+            body["hint_for"] = rep.hint_for
+        self._send(rep.node, PeerMsg.REPLICA_PUT, body)
+
+    def _schedule_reap(self, coord: GetCoordinator, tomb: DVVSet) -> None:
+        nodes = [rep.node for rep in coord.replicas]
+        key = coord.key
+
+        def reap(now: float) -> None:
+            self.counters["reaps"] += 1
+            for node in nodes:
+                if node == self.name:
+                    self._reap_local(key, tomb)
+                else:
+                    self._send(node, PeerMsg.REPLICA_REAP, {"key": key, "state": tomb.to_wire()})
+
+        self._after(coord.deadline + self.config.tombstone_grace_s, reap)
+
+    def _reap_local(self, key: bytes, tomb: DVVSet) -> None:
+        if self._load(key) == tomb:
+            self.engine.purge(key)
+            self.counters["tombstones_reaped"] += 1
+
+    def on_get_timeout(self, gid: int, now: float) -> None:
+        g = self._gets.get(gid)
+        if g is None:
+            return
+        failure = g.coord.on_timeout()
+        if failure is not None and not g.whereis:
+            self._finish(g.conn, g.rid, self._quorum_error(g.rid, failure))
+        self._close_get(gid)
+
+    def _quorum_error(self, rid: int, f: QuorumFailure) -> bytes:
+        self.counters["quorum_not_met"] += 1
+        return encode_error(rid, ErrorCode.QUORUM_NOT_MET,
+                            f"{f.replied} of {f.addressed} replica(s) replied, {f.needed} "
+                            f"needed: {f.reason}", replied=f.replied, needed=f.needed,
+                            addressed=f.addressed)
+
+    def _on_put(self, conn: int, rid: int, args: dict[str, Any], now: float) -> bytes | None:
+        key = self._client_key(args, rid)
         value = field_value(args, self.limits, rid)
         self.counters["put"] += 1
-        return self._write(conn, rid, key, value, args)
+        return self._write(conn, rid, key, value, args, now)
 
-    def _on_delete(self, conn: int, rid: int, args: dict[str, Any]) -> bytes | None:
-        key = field_key(args, self.limits, rid)
+    def _on_delete(self, conn: int, rid: int, args: dict[str, Any], now: float) -> bytes | None:
+        key = self._client_key(args, rid)
         self.counters["delete"] += 1
-        return self._write(conn, rid, key, None, args)
+        return self._write(conn, rid, key, None, args, now)
 
-    def _write(self, conn: int, rid: int, key: bytes, value: Value,
-               args: dict[str, Any]) -> bytes | None:
+    def _write(self, conn: int, rid: int, key: bytes, value: Value, args: dict[str, Any],
+               now: float) -> bytes | None:
         raw_ctx = field_opt_bytes(args, "context", self.limits.max_context_bytes, rid)
-        if self.read_only_reason is not None:
-            raise WireError(ErrorCode.STORAGE_ERROR,
-                            f"node is read-only: {self.read_only_reason}", req_id=rid)
-        state = self._load(key)
-        if raw_ctx is None:
-            # A blind write supersedes everything this node has seen of the key.
-            ctx = state.context() if state is not None else {}
-        else:
+        w = self._quorum_arg(args, "w", rid)
+        ctx: dict[str, int] | None = None
+        if raw_ctx is not None:
             try:
                 ctx = decode_context(raw_ctx)
             except ValueError as exc:
                 raise WireError(ErrorCode.BAD_CONTEXT, str(exc), req_id=rid) from None
-        if state is None:
-            if value is None and raw_ctx is None:
-                # Deleting a key this node never had: nothing to supersede, nothing to store.
-                return encode_response(rid, {"context": b""})
-            state = DVVSet()
-        new = state.update(ctx, value, self.name)
-        if new.sibling_count() > self.config.max_siblings:
-            raise WireError(ErrorCode.TOO_MANY_SIBLINGS,
-                            f"key would have {new.sibling_count()} siblings "
-                            f"(limit {self.config.max_siblings}); read, resolve and write back "
-                            "with the context", req_id=rid)
-        stored = msgpack.packb(new.to_wire(), use_bin_type=True)
+        apl = self._apl(key, now)
+        mine = next((rep for rep in apl if rep.node == self.name and rep.role == "primary"),
+                    None)
+        if mine is None:
+            if self._conns[conn].forwarded_from is not None:
+                # Views of the ring differ; a second hop could loop, so refuse instead.
+                raise WireError(ErrorCode.UNAVAILABLE, "forwarded to a node that is not a "
+                                "primary replica of the key", req_id=rid)
+            return self._forward(conn, rid, key, apl, args, now)
+        if len(apl) < w:
+            raise WireError(ErrorCode.QUORUM_NOT_MET,
+                            f"only {len(apl)} replica(s) up, W={w}", req_id=rid)
+        if self.read_only_reason is not None:
+            raise WireError(ErrorCode.STORAGE_ERROR,
+                            f"node is read-only: {self.read_only_reason}", req_id=rid)
+        local = self._load(key)
+        if ctx is None:
+            # A blind write supersedes everything this coordinator has seen of the key.
+            ctx = local.context() if local is not None else {}
+        base = local if local is not None else DVVSet()
+        if value is None and local is None and not ctx:
+            return encode_response(rid, {"context": b"", "siblings": 0})
+        new = base.update(ctx, value, self.actor)
+        self._check_siblings(new, rid)
         try:
-            if new.is_tombstone():
-                seq = self.engine.delete(key, stored)
-            else:
-                seq = self.engine.put(key, b"", stored)
+            seq = self._store(key, new)
         except OSError as exc:
             self.counters["storage_errors"] += 1
             log.error("write failed: %s", exc)
             raise WireError(ErrorCode.STORAGE_ERROR, f"write failed: {exc.strerror or exc}",
                             req_id=rid) from None
-        frame = encode_response(rid, {"context": encode_context(new.context())})
-        if not self.durability.acks_after_sync:
-            return frame
-        c = self._conns[conn]
-        if c.inflight is None:
-            c.inflight = set()
-        c.inflight.add(rid)
-        self._pending.append(_PendingAck(seq, conn, rid, frame))
-        if seq > self._sync_requested:
-            self._sync_requested = seq
-            self._outbox.append(RequestSync(seq))
+        if len(apl) == 1 and not self.durability.acks_after_sync:
+            return self._put_result(rid, new)  # one replica, acked before sync: done
+        coord = PutCoordinator(key, new, apl, w, now + self.config.request_timeout_s)
+        pid = self._next_id()
+        self._puts[pid] = _ClientPut(conn, rid, coord)
+        self._track(conn, rid)
+        wire_state = None
+        for rep in apl:
+            if rep.node == self.name:
+                continue
+            if wire_state is None:
+                wire_state = new.to_wire()
+            body: dict[str, Any] = {"id": pid, "key": key, "state": wire_state}
+            if rep.hint_for is not None:
+                body["hint_for"] = rep.hint_for
+            if not self._send(rep.node, PeerMsg.REPLICA_PUT, body):
+                coord.on_refused(rep.node, "unknown address")
+        self._after(coord.deadline, partial(self.on_put_timeout, pid))
+        self._hold_until_durable(seq, partial(self._put_acked, pid, self.name))
         return None
 
-    # -- durability ----------------------------------------------------------------
+    def _check_siblings(self, state: DVVSet, rid: int) -> None:
+        count = state.sibling_count()
+        if count > self.config.max_siblings:
+            live = len(state.live_values())
+            raise WireError(ErrorCode.TOO_MANY_SIBLINGS,
+                            f"key would have {count} siblings ({count - live} of them "
+                            f"tombstones; limit {self.config.max_siblings}): read, resolve "
+                            "and write back with the context", req_id=rid)
+        size = sum(len(v) for v in state.live_values())
+        if size > self._max_sibling_bytes:
+            raise WireError(ErrorCode.TOO_MANY_SIBLINGS,
+                            f"siblings would total {size} bytes, more than one reply frame "
+                            "holds: read, resolve and write back with the context", req_id=rid)
+
+    def _put_result(self, rid: int, state: DVVSet) -> bytes:
+        live = state.live_values()
+        # A context is only handed back when it covers nothing but what this writer saw
+        # plus its own write: with siblings left, writing again with the full context
+        # would silently discard values the writer never read.
+        siblings = state.sibling_count()
+        ctx = encode_context(state.context()) if siblings == 1 else b""
+        return encode_response(rid, {"context": ctx, "siblings": len(live)})
+
+    def _put_acked(self, pid: int, node: str) -> None:
+        p = self._puts.get(pid)
+        if p is None:
+            return
+        if p.coord.on_ack(node):
+            self._finish(p.conn, p.rid, self._put_result(p.rid, p.coord.state))
+        if len(p.coord.acked) + len(p.coord.refused) >= len(p.coord.replicas):
+            self._puts.pop(pid, None)
+
+    def _put_refused(self, pid: int, node: str, reason: str) -> None:
+        p = self._puts.get(pid)
+        if p is None:
+            return
+        failure = p.coord.on_refused(node, reason)
+        if failure is not None:
+            if node == self.name and self.read_only_reason is not None:
+                # This node's own disk failed: say so rather than blame the quorum.
+                frame = encode_error(p.rid, ErrorCode.STORAGE_ERROR,
+                                     f"write may not be durable: {self.read_only_reason}")
+            else:
+                frame = self._quorum_error(p.rid, failure)
+            self._finish(p.conn, p.rid, frame)
+        if len(p.coord.acked) + len(p.coord.refused) >= len(p.coord.replicas):
+            self._puts.pop(pid, None)
+
+    def on_put_timeout(self, pid: int, now: float) -> None:
+        p = self._puts.pop(pid, None)
+        if p is None:
+            return
+        failure = p.coord.on_timeout()
+        if failure is not None:
+            self._finish(p.conn, p.rid, self._quorum_error(p.rid, failure))
+
+    # -- forwarding --------------------------------------------------------------------
+    def _forward(self, conn: int, rid: int, key: bytes, apl: tuple[Replica, ...],
+                 args: dict[str, Any], now: float) -> bytes | None:
+        target = next((rep.node for rep in apl if rep.role == "primary"), None)
+        if target is None:
+            raise WireError(ErrorCode.UNAVAILABLE,
+                            "no primary replica of this key is up to coordinate the write",
+                            req_id=rid)
+        fid = self._next_id()
+        op = Op.DELETE if "value" not in args else Op.PUT
+        self._forwards[fid] = _Forwarded(conn, rid, now + self.config.request_timeout_s)
+        self._track(conn, rid)
+        self.counters["forwarded"] += 1
+        self._send(target, PeerMsg.FORWARD, {"id": fid, "op": int(op), "args": args})
+        self._after(now + self.config.request_timeout_s + 0.5,
+                    partial(self.on_forward_timeout, fid))
+        return None
+
+    def on_forward_timeout(self, fid: int, now: float) -> None:
+        f = self._forwards.pop(fid, None)
+        if f is not None:
+            self._finish(f.conn, f.rid, encode_error(
+                f.rid, ErrorCode.TIMEOUT, "the coordinating replica did not answer in time; "
+                "the write may or may not have happened"))
+
+    # -- peers -------------------------------------------------------------------------
+    def _on_peer_frame(self, c: _Conn, conn: int, body: Any, now: float) -> None:
+        parsed = parse_peer(body)
+        if parsed is None or parsed[0] != c.peer:
+            self.counters["peer_malformed"] += 1
+            return
+        sender, mtype, msg = parsed
+        handler = self._peer_handlers.get(mtype)
+        if handler is None:
+            self.counters["peer_unknown_type"] += 1
+            return
+        try:
+            handler(sender, msg, now)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            self.counters["peer_malformed"] += 1
+            log.debug("dropped malformed %s from %s: %r", mtype, sender, exc)
+
+    def peer_message(self, sender: str, mtype: int, body: dict[str, Any], now: float) -> None:
+        """Handle one peer message (used by drivers that do not frame peer traffic)."""
+        c = _Conn(handshaken=True, peer=sender)
+        self._on_peer_frame(c, 0, [3, sender, mtype, body], now)
+
+    def peer_unreachable(self, address: str, now: float) -> None:
+        """The connection to the peer at `address` failed: requests to it fail now."""
+        name = self.membership.name_at(address)
+        self.counters["peer_unreachable"] += 1
+        if name is None:
+            return
+        self.membership.mark_unreachable(name, now)
+        for pid in list(self._puts):
+            p = self._puts[pid]
+            if any(rep.node == name for rep in p.coord.replicas):
+                self._put_refused(pid, name, "unreachable")
+        for gid in list(self._gets):
+            g = self._gets[gid]
+            if any(rep.node == name for rep in g.coord.replicas):
+                f = g.coord.on_failed(name, "unreachable")
+                self._advance_get(gid, f)
+
+    def _join_body(self) -> dict[str, Any]:
+        me = self.membership.me
+        return {"name": me.name, "address": me.address, "meta": dict(me.meta)}
+
+    def on_join(self, sender: str, body: dict[str, Any], now: float) -> None:
+        name, address, meta = body["name"], body["address"], body["meta"]
+        if name != sender or type(address) is not str or type(meta) is not dict:
+            raise ValueError("bad JOIN")
+        known = self.membership.members.get(name)
+        if name != self.name:
+            self.membership.merge_wire([[name, address, meta]])
+            if known is not None and known.address != address:
+                self.membership.upsert(Member(name, address, meta=known.meta))
+            self.membership.mark_reachable(name)
+        self._send_address(address, PeerMsg.MEMBERS, {
+            "members": [m.to_wire() for m in self.membership.members.values()]})
+        if known is None:
+            log.info("member %s joined at %s", name, address)
+            # Tell everyone else about the newcomer (static membership until gossip).
+            for m in list(self.membership.members.values()):
+                if m.name not in (self.name, name):
+                    self._send(m.name, PeerMsg.MEMBERS, {"members": [[name, address, meta]]})
+
+    def on_members(self, sender: str, body: dict[str, Any], now: float) -> None:
+        entries = body["members"]
+        if type(entries) is not list or len(entries) > 10_000:
+            raise ValueError("bad MEMBERS")
+        self.membership.mark_reachable(sender)
+        before = set(self.membership.members)
+        if self.membership.merge_wire(entries):
+            for name in sorted(set(self.membership.members) - before):
+                log.info("learned of member %s", name)
+                addr = self.membership.address_of(name)
+                if addr is not None:
+                    self._send_address(addr, PeerMsg.JOIN, self._join_body())
+
+    def on_replica_put(self, sender: str, body: dict[str, Any], now: float) -> None:
+        pid, key = body["id"], body["key"]
+        hint_for = body.get("hint_for")
+        if type(pid) is not int or type(key) is not bytes or not key or (
+                hint_for is not None and type(hint_for) is not str):
+            raise ValueError("bad REPLICA_PUT")
+        self.membership.mark_reachable(sender)
+        try:
+            state = DVVSet.from_wire(body["state"], max_siblings=self.config.max_siblings * 2)
+            seq = self._merge_local(key, state, hint_for)
+        except WireError as exc:
+            if pid:
+                self._send(sender, PeerMsg.REPLICA_PUT_ACK,
+                           {"id": pid, "ok": False, "reason": exc.message})
+            return
+        self.counters["replica_puts"] += 1
+        if not pid:
+            return  # a repair: nobody waits for it
+        if seq is None:
+            seq = self.engine.last_seq  # unchanged, but what we hold may not be durable yet
+
+        def ack() -> None:
+            self._send(sender, PeerMsg.REPLICA_PUT_ACK, {"id": pid, "ok": True})
+
+        self._hold_until_durable(seq, ack)
+
+    def on_replica_put_ack(self, sender: str, body: dict[str, Any], now: float) -> None:
+        pid, ok = body["id"], body["ok"]
+        if type(pid) is not int:
+            raise ValueError("bad ack")
+        self.membership.mark_reachable(sender)
+        if ok is True:
+            self._put_acked(pid, sender)
+        else:
+            self._put_refused(pid, sender, str(body.get("reason", "refused"))[:200])
+
+    def on_replica_get(self, sender: str, body: dict[str, Any], now: float) -> None:
+        gid, key = body["id"], body["key"]
+        hint_for = body.get("hint_for")
+        if type(gid) is not int or type(key) is not bytes or not key or (
+                hint_for is not None and type(hint_for) is not str):
+            raise ValueError("bad REPLICA_GET")
+        self.membership.mark_reachable(sender)
+        state = self._load(self._stored_key(key, hint_for))
+        self.counters["replica_gets"] += 1
+        self._send(sender, PeerMsg.REPLICA_GET_REPLY,
+                   {"id": gid, "ok": True, "state": None if state is None else state.to_wire()})
+
+    def on_replica_get_reply(self, sender: str, body: dict[str, Any], now: float) -> None:
+        gid = body["id"]
+        if type(gid) is not int:
+            raise ValueError("bad reply")
+        self.membership.mark_reachable(sender)
+        g = self._gets.get(gid)
+        if g is None:
+            return
+        raw = body.get("state")
+        try:
+            state = None if raw is None else DVVSet.from_wire(raw)
+        except ValueError:
+            self._advance_get(gid, g.coord.on_failed(sender, "malformed state"))
+            return
+        g.coord.on_reply(sender, state)
+        self._advance_get(gid)
+
+    def on_replica_reap(self, sender: str, body: dict[str, Any], now: float) -> None:
+        key = body["key"]
+        if type(key) is not bytes or not key:
+            raise ValueError("bad REAP")
+        self._reap_local(key, DVVSet.from_wire(body["state"]))
+
+    def on_forward(self, sender: str, body: dict[str, Any], now: float) -> None:
+        fid, op, args = body["id"], body["op"], body["args"]
+        if type(fid) is not int or op not in (Op.PUT, Op.DELETE) or type(args) is not dict:
+            raise ValueError("bad FORWARD")
+        self.counters["forwards_received"] += 1
+        # Run it as a request on a pseudo-connection whose reply goes back to the sender.
+        self._pseudo_conn -= 1
+        conn = self._pseudo_conn
+        self._conns[conn] = _Conn(handshaken=True, forwarded_from=(sender, fid))
+        out = self.client_request(conn, [0, fid, op, args], now)
+        if out is not None:
+            self._finish(conn, fid, out)
+
+    def on_forward_reply(self, sender: str, body: dict[str, Any], now: float) -> None:
+        fid, ok, payload = body["id"], body["ok"], body["body"]
+        if type(fid) is not int or type(payload) is not dict:
+            raise ValueError("bad FORWARD_REPLY")
+        f = self._forwards.pop(fid, None)
+        if f is None:
+            return
+        kind = RESPONSE if ok is True else ERROR
+        self._finish(f.conn, f.rid, encode_frame([kind, f.rid, payload]))
+
+    # -- durability ----------------------------------------------------------------------
     def on_sync_complete(self, durable_seq: int, now: float) -> None:
         """A sync finished; release every acknowledgement it covers."""
         pending = self._pending
         while pending and pending[0].seq <= durable_seq:
-            p = pending.popleft()
-            c = self._conns.get(p.conn)
-            if c is None:
-                continue  # the client went away; the write stands regardless
-            if c.inflight is not None:
-                c.inflight.discard(p.req_id)
-            self._outbox.append(ClientReply(p.conn, p.frame))
+            pending.popleft().release()
 
     def on_sync_failed(self, message: str, now: float) -> None:
         """A sync failed: what reached the disk is unknown, so stop taking writes."""
         self.read_only_reason = f"sync failed: {message}"
         self.counters["sync_failures"] += 1
         log.error("storage sync failed, node is now read-only: %s", message)
-        while self._pending:
-            p = self._pending.popleft()
-            c = self._conns.get(p.conn)
-            if c is None:
-                continue
-            if c.inflight is not None:
-                c.inflight.discard(p.req_id)
-            self._outbox.append(ClientReply(
-                p.conn, encode_error(p.req_id, ErrorCode.STORAGE_ERROR,
-                                     f"write may not be durable: {message}")))
+        self._pending.clear()
+        for pid in list(self._puts):
+            self._put_refused(pid, self.name, "sync failed")
 
-    # -- timers --------------------------------------------------------------------
+    # -- timers --------------------------------------------------------------------------
     def next_deadline(self) -> float | None:
-        return self._next_interval_sync
+        t = self._next_interval_sync
+        if self._timers:
+            top = self._timers[0][0]
+            if t is None or top < t:
+                t = top
+        return t
 
     def handle_timer(self, now: float) -> None:
         t = self._next_interval_sync
         if t is not None and now >= t:
             self.on_interval_sync_timeout(now)
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            _, _, fn = heapq.heappop(timers)
+            fn(now)
 
     def on_interval_sync_timeout(self, now: float) -> None:
         interval = self.durability.interval_ms / 1000.0
@@ -369,7 +1034,7 @@ class Node:
             self._sync_requested = last
             self._outbox.append(RequestSync(last))
 
-    # -- plumbing ------------------------------------------------------------------
+    # -- plumbing ------------------------------------------------------------------------
     def drain_outbox(self) -> list[Effect]:
         out = self._outbox
         self._outbox = []
@@ -385,8 +1050,13 @@ class Node:
         assert self.engine.durable_seq <= self.engine.last_seq
         if not self.durability.acks_after_sync:
             assert not self._pending
+        assert self.hints >= 0
 
 
 def make_rng(seed: int | None = None) -> random.Random:
     """The randomness a driver hands a node: seeded in the simulator, OS-seeded at runtime."""
     return random.Random(seed)
+
+
+__all__ = ["ClientReply", "CloseConnection", "Effect", "Node", "PeerSend", "RequestSync",
+           "error_body"]

@@ -147,16 +147,19 @@ def unpack(body: bytes | bytearray | memoryview, max_len: int) -> Any:
 class FrameDecoder:
     """Incremental splitter of a byte stream into decoded frame bodies (sans-IO).
 
-    `feed(data)` returns every body completed by `data`, decoded from msgpack.
-    It raises a fatal WireError for a length prefix above the limit (before any of
-    that body is buffered) and for a body that is not valid msgpack.
+    `feed(data)` returns every body completed by `data`, decoded from msgpack. A
+    length prefix above the limit (refused before any of that body is buffered) or
+    a body that is not valid msgpack ends the stream: the bodies before it are
+    still returned, `error` is set to a fatal WireError, and every later `feed`
+    returns nothing. Callers answer the error and close the connection.
     """
 
-    __slots__ = ("_buf", "max_frame_bytes")
+    __slots__ = ("_buf", "error", "max_frame_bytes")
 
     def __init__(self, max_frame_bytes: int) -> None:
         self.max_frame_bytes = max_frame_bytes
         self._buf = bytearray()
+        self.error: WireError | None = None
 
     @property
     def buffered(self) -> int:
@@ -164,6 +167,8 @@ class FrameDecoder:
         return len(self._buf)
 
     def feed(self, data: bytes | bytearray) -> list[Any]:
+        if self.error is not None:
+            return []
         buf = self._buf
         if buf:
             buf += data
@@ -178,21 +183,19 @@ class FrameDecoder:
         while end - pos >= 4:
             (n,) = unpack_len(src, pos)
             if n > limit or n == 0:
-                self._buf = bytearray()
-                raise WireError(
+                self._fail(WireError(
                     ErrorCode.FRAME_TOO_LARGE if n else ErrorCode.BAD_FRAME,
-                    f"frame length {n} outside 1..{limit}",
-                    fatal=True,
-                )
+                    f"frame length {n} outside 1..{limit}", fatal=True))
+                return out
             stop = pos + 4 + n
             if stop > end:
                 break
             try:
                 out.append(unpack(src[pos + 4 : stop], n))
             except Exception as exc:  # msgpack raises several unrelated types
-                self._buf = bytearray()
-                raise WireError(ErrorCode.BAD_FRAME, f"invalid msgpack body: {exc}",
-                                fatal=True) from None
+                self._fail(WireError(ErrorCode.BAD_FRAME, f"invalid msgpack body: {exc}",
+                                     fatal=True))
+                return out
             pos = stop
         if src is buf:
             del buf[:pos]
@@ -200,10 +203,21 @@ class FrameDecoder:
             self._buf = bytearray(data[pos:])
         return out
 
+    def _fail(self, error: WireError) -> None:
+        self.error = error
+        self._buf = bytearray()
+
+    def feed_or_raise(self, data: bytes | bytearray) -> list[Any]:
+        """Like feed, but raise the stream's error (after nothing is left to return)."""
+        out = self.feed(data)
+        if not out and self.error is not None:
+            raise self.error
+        return out
+
 
 def parse_request(obj: Any) -> tuple[int, int, dict[str, Any]]:
     """Check the envelope of a request body; returns (id, op, args)."""
-    if type(obj) is not list or len(obj) != 4 or obj[0] != REQUEST:
+    if type(obj) is not list or len(obj) != 4 or type(obj[0]) is not int or obj[0] != REQUEST:
         rid = obj[1] if type(obj) is list and len(obj) > 1 and _is_id(obj[1]) else None
         raise WireError(ErrorCode.BAD_FRAME, "a request is [0, id, op, args]", req_id=rid,
                         fatal=True)

@@ -33,7 +33,6 @@ from ringfs.wire import (
     RESPONSE,
     FrameDecoder,
     Op,
-    WireError,
     encode_error,
     encode_request,
 )
@@ -174,16 +173,15 @@ class SimWorld:
             sn.conn_addrs[conn] = src
             sn.decoders[src] = FrameDecoder(sn.config.limits.max_frame_bytes)
             node.client_connected(conn, self.loop.now)
-        try:
-            bodies = sn.decoders[src].feed(data)
-        except WireError as exc:
-            self.net.send_stream(sn.address, src, encode_error(None, exc.code, exc.message))
-            self._drop_conn(sn, conn)
-            return
-        for body in bodies:
+        decoder = sn.decoders[src]
+        for body in decoder.feed(data):
             frame = node.client_request(conn, body, self.loop.now)
             if frame is not None:
                 self.net.send_stream(sn.address, src, frame)
+        if decoder.error is not None:
+            exc = decoder.error
+            self.net.send_stream(sn.address, src, encode_error(None, exc.code, exc.message))
+            self._drop_conn(sn, conn)
         self._pump(sn)
 
     def _drop_conn(self, sn: SimNode, conn: int) -> None:

@@ -14,6 +14,7 @@ every connection handler catches everything, logs, counts and closes.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import logging
 import math
@@ -27,14 +28,49 @@ import trio
 
 from ringfs.config import NodeConfig, parse_address
 from ringfs.errors import ErrorCode
-from ringfs.node import ClientReply, CloseConnection, Node, RequestSync
+from ringfs.node import ClientReply, CloseConnection, Node, PeerSend, RequestSync
 from ringfs.storage.engine import StorageEngine
 from ringfs.storage.memory import MemoryEngine
-from ringfs.wire import FrameDecoder, WireError, encode_error
+from ringfs.wire import PROTOCOL_VERSION, FrameDecoder, Op, encode_error, encode_request
 
 log = logging.getLogger("ringfs.server")
 
 RECEIVE_BYTES = 256 * 1024
+PEER_CONNECT_TIMEOUT_S = 2.0
+PEER_QUEUE_BYTES = 64 * 1024 * 1024
+"""Frames queued for one peer beyond this are dropped and the peer reported unreachable."""
+MAX_UNSENT_REPLY_BYTES = 8 * 1024 * 1024
+"""A connection whose client does not read its replies stops being read past this."""
+
+
+def next_epoch(data_dir: str) -> int:
+    """Bump and durably record the actor epoch kept in `data_dir`; returns the new one.
+
+    Every run of a node stamps its writes with a fresh epoch, so a dot issued before
+    a crash is never issued again (see ringfs/node.py).
+    """
+    os.makedirs(data_dir, exist_ok=True)
+    path = os.path.join(data_dir, "EPOCH")
+    epoch = 0
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+        epoch = int(text) if text.isdigit() else 0
+    except FileNotFoundError:
+        pass
+    epoch += 1
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(f"{epoch}\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dfd = os.open(data_dir, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+    return epoch
 
 
 def open_engine(config: NodeConfig) -> StorageEngine:
@@ -44,7 +80,17 @@ def open_engine(config: NodeConfig) -> StorageEngine:
     from ringfs.storage.logstore import LogStore
 
     os.makedirs(config.data_dir, exist_ok=True)
-    return LogStore(config.data_dir)  # type: ignore[no-any-return]
+    return LogStore(config.data_dir)
+
+
+@dataclass(eq=False)
+class _PeerLink:
+    """This node's outbound connection to one peer, with the frames waiting for it."""
+
+    address: str
+    queue: list[bytes] = field(default_factory=list)
+    queued_bytes: int = 0
+    wake: trio.Event = field(default_factory=trio.Event)
 
 
 @dataclass(eq=False)
@@ -58,8 +104,11 @@ class _Connection:
     reading_done: bool = False
     reader_scope: trio.CancelScope | None = None
 
+    unsent: int = 0
+
     def push(self, frame: bytes) -> None:
         self.out.append(frame)
+        self.unsent += len(frame)
         self.wake.set()
 
 
@@ -79,6 +128,8 @@ class NodeServer:
         self._timer_rearm = trio.Event()
         self._deadline = math.inf
         self._clock = clock or trio.current_time
+        self._peers: dict[str, _PeerLink] = {}
+        self._nursery: trio.Nursery | None = None
 
     # -- lifecycle -----------------------------------------------------------------
     async def serve(
@@ -94,16 +145,23 @@ class NodeServer:
         """
         engine = self._engine if self._engine is not None else open_engine(self.config)
         self._engine = engine
-        self.node = Node(self.config, engine, random.Random(), self._clock())
         listeners: list[trio.SocketListener] = []
         try:
+            config = self.config
             if listen:
                 host, port = parse_address(self.config.listen, allow_port_zero=True)
                 listeners = await trio.open_tcp_listeners(port, host=host)
                 sockname = listeners[0].socket.getsockname()
                 self.address = (sockname[0], sockname[1])
-                log.info("node %s listening on %s:%d", self.config.name, *self.address)
+                # Peers must be told the port actually bound, not ":0".
+                config = dataclasses.replace(config, listen=f"{host}:{sockname[1]}")
+            epoch = next_epoch(config.data_dir) if config.engine == "log" else 1
+            self.node = Node(config, engine, random.Random(), self._clock(), epoch=epoch)
+            if self.address is not None:
+                log.info("node %s listening on %s:%d", config.name, *self.address)
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self._dispatch()
                 nursery.start_soon(self._syncer)
                 nursery.start_soon(self._timer)
                 if listeners:
@@ -145,6 +203,8 @@ class NodeServer:
             elif type(eff) is RequestSync:
                 self._sync_queue.append(eff.seq)
                 self._sync_wanted.set()
+            elif type(eff) is PeerSend:
+                self._send_peer(eff.address, eff.frame)
             elif type(eff) is CloseConnection:
                 c = self._conns.get(eff.conn)
                 if c is not None:
@@ -153,6 +213,73 @@ class NodeServer:
         dl = node.next_deadline()
         if dl is not None and dl < self._deadline:
             self._timer_rearm.set()
+
+    # -- peers ---------------------------------------------------------------------
+    def _send_peer(self, address: str, frame: bytes) -> None:
+        link = self._peers.get(address)
+        if link is None:
+            link = self._peers[address] = _PeerLink(address)
+            assert self._nursery is not None
+            self._nursery.start_soon(self._peer_sender, link)
+        if link.queued_bytes + len(frame) > PEER_QUEUE_BYTES:
+            assert self.node is not None
+            self.node.counters["peer_queue_overflow"] += 1
+            self.node.peer_unreachable(address, self._clock())
+            return
+        link.queue.append(frame)
+        link.queued_bytes += len(frame)
+        link.wake.set()
+
+    async def _peer_sender(self, link: _PeerLink) -> None:
+        """Keep one connection to a peer and send what is queued for it, in order."""
+        node = self.node
+        assert node is not None
+        host, port = parse_address(link.address)
+        hello = encode_request(1, Op.HELLO, {"versions": [PROTOCOL_VERSION],
+                                            "peer": self.config.name})
+        while True:
+            await link.wake.wait()
+            link.wake = trio.Event()
+            if not link.queue:
+                continue
+            try:
+                with trio.fail_after(PEER_CONNECT_TIMEOUT_S):
+                    stream = await trio.open_tcp_stream(host, port)
+                async with stream, trio.open_nursery() as inner:
+                    inner.start_soon(self._drain_peer_replies, stream, link.address)
+                    await stream.send_all(hello)
+                    while True:
+                        if link.queue:
+                            data = b"".join(link.queue)
+                            link.queue.clear()
+                            link.queued_bytes = 0
+                            await stream.send_all(data)
+                        else:
+                            await link.wake.wait()
+                            link.wake = trio.Event()
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError,
+                    trio.TooSlowError, _PeerClosed) as exc:
+                log.debug("peer %s unreachable: %r", link.address, exc)
+                lost = len(link.queue)
+                link.queue.clear()
+                link.queued_bytes = 0
+                node.counters["peer_frames_dropped"] += lost
+                node.peer_unreachable(link.address, self._clock())
+                self._dispatch()
+                # Reconnect on the next message, but not in a tight loop.
+                await trio.sleep(0.2)
+
+    async def _drain_peer_replies(self, stream: trio.SocketStream, address: str) -> None:
+        """Read what a peer sends back on our connection (HELLO reply, errors) and log it."""
+        decoder = FrameDecoder(self.config.limits.max_frame_bytes)
+        while True:
+            data = await stream.receive_some(RECEIVE_BYTES)
+            if not data:
+                raise _PeerClosed(address)
+            for body in decoder.feed(data):
+                if type(body) is list and len(body) == 3 and body[0] == 2:
+                    log.warning("peer %s refused our connection: %r", address, body[2])
+                    raise _PeerClosed(address)
 
     async def _syncer(self) -> None:
         node = self.node
@@ -244,24 +371,28 @@ class NodeServer:
                 data = await stream.receive_some(RECEIVE_BYTES)
                 if not data:
                     break
-                try:
-                    bodies = decoder.feed(data)
-                except WireError as exc:
-                    node.counters[f"error_{exc.code.name.lower()}"] += 1
-                    c.push(encode_error(None, exc.code, exc.message))
-                    c.closing = True
-                    break
+                bodies = decoder.feed(data)
                 now = self._clock()
                 out = c.out
                 for body in bodies:
                     frame = request(conn_id, body, now)
                     if frame is not None:
                         out.append(frame)
+                        c.unsent += len(frame)
+                if decoder.error is not None:
+                    exc = decoder.error
+                    node.counters[f"error_{exc.code.name.lower()}"] += 1
+                    out.append(encode_error(None, exc.code, exc.message))
+                    c.closing = True
                 self._dispatch()
                 if out:
                     c.wake.set()
-                # Back-pressure: stop reading while too many replies await durability.
-                while node.inflight(conn_id) >= max_inflight and not c.closing:
+                if c.closing:
+                    break
+                # Back-pressure: stop reading while too many replies are outstanding or
+                # the client is not reading what was already sent.
+                while (node.inflight(conn_id) >= max_inflight
+                       or c.unsent > MAX_UNSENT_REPLY_BYTES) and not c.closing:
                     c.drained = trio.Event()
                     await c.drained.wait()
         # End of input: wait (bounded) for replies still awaiting a sync, then finish.
@@ -280,6 +411,7 @@ class NodeServer:
             if c.out:
                 data = b"".join(c.out) if len(c.out) > 1 else c.out[0]
                 c.out.clear()
+                c.unsent = 0
                 try:
                     await stream.send_all(data)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -293,6 +425,10 @@ class NodeServer:
                 if c.closing and c.reader_scope is not None:
                     c.reader_scope.cancel()
                 return
+
+
+class _PeerClosed(Exception):
+    """A peer closed or refused our outbound connection."""
 
 
 def serve_config(config: NodeConfig) -> Any:

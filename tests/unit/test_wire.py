@@ -47,10 +47,11 @@ def test_frames_survive_any_split(objs: list[object], data: st.DataObject) -> No
 
 def test_oversized_length_rejected_before_body_arrives() -> None:
     dec = FrameDecoder(1024)
-    with pytest.raises(WireError) as ei:
-        dec.feed(struct.pack(">I", 1025))
-    assert ei.value.code == ErrorCode.FRAME_TOO_LARGE and ei.value.fatal
+    assert dec.feed(struct.pack(">I", 1025)) == []
+    assert dec.error is not None
+    assert dec.error.code == ErrorCode.FRAME_TOO_LARGE and dec.error.fatal
     assert dec.buffered == 0
+    assert dec.feed(encode_frame(1)) == []  # nothing after the error is read
 
 
 def test_huge_claim_buffers_only_what_arrived() -> None:
@@ -61,17 +62,24 @@ def test_huge_claim_buffers_only_what_arrived() -> None:
 
 def test_zero_length_and_garbage_are_fatal() -> None:
     with pytest.raises(WireError) as ei:
-        FrameDecoder(100).feed(b"\x00\x00\x00\x00")
+        FrameDecoder(100).feed_or_raise(b"\x00\x00\x00\x00")
     assert ei.value.code == ErrorCode.BAD_FRAME
     with pytest.raises(WireError) as ei:
-        FrameDecoder(100).feed(b"\x00\x00\x00\x01\xc1")  # 0xc1 is never valid msgpack
+        FrameDecoder(100).feed_or_raise(b"\x00\x00\x00\x01\xc1")  # never valid msgpack
     assert ei.value.code == ErrorCode.BAD_FRAME and ei.value.fatal
+
+
+def test_frames_before_a_broken_one_are_still_delivered() -> None:
+    dec = FrameDecoder(100)
+    good = encode_frame([0, 1, 0, {}])
+    assert dec.feed(good + b"\x00\x00\x00\x01\xc1" + good) == [[0, 1, 0, {}]]
+    assert dec.error is not None and dec.error.code == ErrorCode.BAD_FRAME
 
 
 def test_declared_container_larger_than_frame_is_refused() -> None:
     body = b"\xdd\xff\xff\xff\xff"  # array32 claiming 4 billion elements
     with pytest.raises(WireError):
-        FrameDecoder(100).feed(struct.pack(">I", len(body)) + body)
+        FrameDecoder(100).feed_or_raise(struct.pack(">I", len(body)) + body)
 
 
 @pytest.mark.parametrize(
@@ -81,6 +89,8 @@ def test_declared_container_larger_than_frame_is_refused() -> None:
         ([1, 2, 3, {}], True),
         ([REQUEST, -1, 2, {}], True),
         ([REQUEST, "id", 2, {}], True),
+        ([False, 7, 2, {}], True),
+        ([0.0, 7, 2, {}], True),
         ([REQUEST, 7, "op", {}], False),
         ([REQUEST, 7, 2, []], False),
     ],

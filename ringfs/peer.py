@@ -1,0 +1,59 @@
+"""Messages between nodes: the replication and membership traffic.
+
+Peers use the client framing (wire.py) on connections whose HELLO names the
+sending node (`"peer": NAME`). After it, each frame is
+
+    [3, sender, type, body]          sender: node name, type: PeerMsg, body: map
+
+Connections are one-way: a node sends on the connection it opened and receives
+on the ones others opened, so a reply travels on the replier's own connection.
+Messages from unknown senders or of unknown types are dropped and counted; a
+peer can never crash a node. PeerMsg is append-only.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import Any
+
+from ringfs.wire import encode_frame
+
+PEER = 3
+
+
+class PeerMsg(IntEnum):
+    """Peer message types. Append-only; numbers never change meaning."""
+
+    JOIN = 1
+    """{name, address, meta}: a node announces itself to a seed."""
+    MEMBERS = 2
+    """{members: [[name, address, meta], ...]}: what the sender knows of the cluster."""
+    REPLICA_PUT = 10
+    """{id, key, state, hint_for?}: merge `state` into the replica; ack when durable (id > 0)."""
+    REPLICA_PUT_ACK = 11
+    """{id, ok, reason?}: the write is durable (ok) or was refused."""
+    REPLICA_GET = 12
+    """{id, key, hint_for?}: send back the replica's state of key."""
+    REPLICA_GET_REPLY = 13
+    """{id, state?, ok, reason?}: the state (nil when absent)."""
+    REPLICA_REAP = 14
+    """{key, state}: drop the key if its state is still exactly this tombstone."""
+    FORWARD = 15
+    """{id, op, args}: coordinate this client request (the sender is not a replica)."""
+    FORWARD_REPLY = 16
+    """{id, ok, body}: the result map, or the error map, of a forwarded request."""
+    GOSSIP = 20
+    """{data}: a gossip stream message (push-pull), opaque to everything but gossip."""
+
+
+def encode_peer(sender: str, msg: PeerMsg, body: dict[str, Any]) -> bytes:
+    """One complete peer frame."""
+    return encode_frame([PEER, sender, int(msg), body])
+
+
+def parse_peer(obj: Any) -> tuple[str, int, dict[str, Any]] | None:
+    """(sender, type, body) of a peer frame, or None when it is not one."""
+    if (type(obj) is list and len(obj) == 4 and obj[0] == PEER and type(obj[1]) is str
+            and type(obj[2]) is int and type(obj[3]) is dict):
+        return obj[1], obj[2], obj[3]
+    return None

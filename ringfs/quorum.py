@@ -1,0 +1,144 @@
+"""Quorum coordination: one small state machine per client get or put.
+
+A coordinator is told which replicas it addressed and then fed their answers
+(or their silence, through `on_timeout`). It decides when the request succeeds
+or has failed; the node turns that decision into a reply. Coordinators never
+send anything themselves, which keeps them trivially testable.
+
+PutCoordinator: succeeds once W replicas acknowledged a durable write; fails as
+soon as W has become unreachable (too many refusals), or at the deadline, with
+the number that did acknowledge.
+
+GetCoordinator: answers once R replicas replied, with the causal merge of what
+they returned; keeps collecting until every replica answered or the deadline
+passed, and then reports which replicas hold something older than the merge
+(read repair) and whether every primary holds the same tombstone (reaping).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ringfs.dvv import DVVSet
+from ringfs.ring import Replica
+
+
+@dataclass(frozen=True, slots=True)
+class QuorumFailure:
+    """A request that could not gather its quorum."""
+
+    replied: int
+    needed: int
+    addressed: int
+    reason: str
+
+
+@dataclass(eq=False)
+class PutCoordinator:
+    """Counts durable acknowledgements of one replicated write."""
+
+    key: bytes
+    state: DVVSet
+    replicas: tuple[Replica, ...]
+    w: int
+    deadline: float
+    acked: set[str] = field(default_factory=set)
+    refused: dict[str, str] = field(default_factory=dict)
+    finished: bool = False
+
+    def on_ack(self, node: str) -> bool:
+        """A replica made the write durable. True when this completes the quorum."""
+        if self.finished or node in self.refused:
+            return False
+        self.acked.add(node)
+        if len(self.acked) >= self.w:
+            self.finished = True
+            return True
+        return False
+
+    def on_refused(self, node: str, reason: str) -> QuorumFailure | None:
+        """A replica refused or cannot be reached; a failure when W is now out of reach."""
+        if self.finished or node in self.acked:
+            return None
+        self.refused[node] = reason
+        if len(self.replicas) - len(self.refused) < self.w:
+            self.finished = True
+            return QuorumFailure(len(self.acked), self.w, len(self.replicas),
+                                 f"{len(self.refused)} replica(s) failed: "
+                                 + ", ".join(f"{n} ({r})" for n, r in sorted(self.refused.items())))
+        return None
+
+    def on_timeout(self) -> QuorumFailure | None:
+        if self.finished:
+            return None
+        self.finished = True
+        return QuorumFailure(len(self.acked), self.w, len(self.replicas),
+                             "timed out waiting for replicas")
+
+
+@dataclass(eq=False)
+class GetCoordinator:
+    """Merges replica states for one read and finds the stale replicas."""
+
+    key: bytes
+    replicas: tuple[Replica, ...]
+    r: int
+    deadline: float
+    replies: dict[str, DVVSet | None] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    answered: bool = False
+    closed: bool = False
+    merged: DVVSet = field(default_factory=DVVSet)
+
+    def on_reply(self, node: str, state: DVVSet | None) -> bool:
+        """A replica answered (None: it has nothing). True when this reaches R first."""
+        if self.closed or node in self.replies or node in self.failed:
+            return False
+        self.replies[node] = state
+        if state is not None:
+            self.merged = self.merged.sync(state)
+        if not self.answered and len(self.replies) >= self.r:
+            self.answered = True
+            return True
+        return False
+
+    def on_failed(self, node: str, reason: str) -> QuorumFailure | None:
+        """A replica cannot answer; a failure when R is now out of reach."""
+        if self.closed or node in self.replies:
+            return None
+        self.failed[node] = reason
+        if not self.answered and len(self.replicas) - len(self.failed) < self.r:
+            self.answered = True
+            return QuorumFailure(len(self.replies), self.r, len(self.replicas),
+                                 f"{len(self.failed)} replica(s) failed")
+        return None
+
+    @property
+    def complete(self) -> bool:
+        """Every addressed replica answered or failed."""
+        return len(self.replies) + len(self.failed) >= len(self.replicas)
+
+    def on_timeout(self) -> QuorumFailure | None:
+        """The deadline passed; a failure if R was never reached."""
+        self.closed = True
+        if self.answered:
+            return None
+        self.answered = True
+        return QuorumFailure(len(self.replies), self.r, len(self.replicas),
+                             "timed out waiting for replicas")
+
+    def stale(self) -> list[Replica]:
+        """Replicas that answered with something other than the merged state."""
+        merged = self.merged
+        if not merged.entries:
+            return []
+        return [rep for rep in self.replicas
+                if rep.node in self.replies and self.replies[rep.node] != merged]
+
+    def all_primaries_hold_tombstone(self) -> bool:
+        """Every addressed replica is a primary and returned exactly the merged tombstone."""
+        m = self.merged
+        return (bool(m.entries) and m.is_tombstone()
+                and all(rep.role == "primary" for rep in self.replicas)
+                and len(self.replies) == len(self.replicas)
+                and all(s == m for s in self.replies.values()))

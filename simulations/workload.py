@@ -10,6 +10,7 @@ which the checkers read.
 from __future__ import annotations
 
 import random
+from functools import partial
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,7 +54,10 @@ class Workload:
         for i in range(self.clients):
             c = self.world.add_client(f"c{i}")
             addr = node_addresses[i % len(node_addresses)]
-            c.connect(addr, lambda ok, c=c: self._next(c))
+            c.connect(addr, partial(self._ready, c))
+
+    def _ready(self, c: SimClient, ok: bool) -> None:
+        self._next(c)
 
     def stop(self) -> None:
         self.running = False

@@ -22,10 +22,11 @@ import hashlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from ringfs.config import Durability, NodeConfig
-from ringfs.node import ClientReply, CloseConnection, Node, RequestSync
+from ringfs.node import ClientReply, CloseConnection, Node, PeerSend, RequestSync
 from ringfs.storage.memory import MemoryEngine
 from ringfs.wire import (
     ERROR,
@@ -68,6 +69,7 @@ class SimNode:
     conn_ids: dict[str, int] = field(default_factory=dict)
     conn_addrs: dict[int, str] = field(default_factory=dict)
     next_conn: int = 1
+    epoch: int = 1
 
 
 class SimWorld:
@@ -113,19 +115,22 @@ class SimWorld:
 
     # -- nodes ---------------------------------------------------------------------
     def add_node(self, name: str, **overrides: Any) -> SimNode:
+        """Start a node; unless `seeds` is given it joins through every node already here."""
         address = f"10.0.0.{len(self.nodes) + 1}:7001"
-        settings = {"durability": Durability("group"), **self.node_defaults, **overrides}
+        seeds = tuple(n.address for n in self.nodes.values())
+        settings = {"durability": Durability("group"), "seeds": seeds,
+                    **self.node_defaults, **overrides}
         config = NodeConfig(name=name, listen=address, engine="memory", **settings)
         engine = MemoryEngine()
         sn = SimNode(name, address, config, engine,
-                     Node(config, engine, self._child_rng(), self.loop.now))
+                     Node(config, engine, self._child_rng(), self.loop.now, epoch=1))
         self.nodes[name] = sn
         self._by_address[address] = sn
         self.net.register(
             address,
-            on_packet=lambda data, src, sn=sn: None,
-            on_stream=lambda data, src, sn=sn: self._node_stream(sn, data, src),
-            on_stream_failed=lambda dest: None,
+            on_packet=_ignore_packet,
+            on_stream=partial(self._node_stream, sn),
+            on_stream_failed=partial(self._peer_failed, sn),
         )
         self.log(f"node {name} started at {address}")
         self._pump(sn)
@@ -148,7 +153,8 @@ class SimWorld:
         sn = self.nodes[name]
         if sn.up:
             return
-        sn.node = Node(sn.config, sn.engine, self._child_rng(), self.loop.now)
+        sn.epoch += 1  # the runtime bumps a durable epoch at every start
+        sn.node = Node(sn.config, sn.engine, self._child_rng(), self.loop.now, epoch=sn.epoch)
         sn.up = True
         sn.syncing = sn.sync_again = False
         sn.decoders.clear()
@@ -173,6 +179,12 @@ class SimWorld:
             sn.conn_addrs[conn] = src
             sn.decoders[src] = FrameDecoder(sn.config.limits.max_frame_bytes)
             node.client_connected(conn, self.loop.now)
+            peer = self._by_address.get(src)
+            if peer is not None:
+                # The peer's connection opens with HELLO naming it; its reply goes nowhere.
+                node.client_request(conn, [0, 1, int(Op.HELLO),
+                                           {"versions": [PROTOCOL_VERSION], "peer": peer.name}],
+                                    self.loop.now)
         decoder = sn.decoders[src]
         for body in decoder.feed(data):
             frame = node.client_request(conn, body, self.loop.now)
@@ -201,6 +213,8 @@ class SimWorld:
                 dest = sn.conn_addrs.get(eff.conn)
                 if dest is not None:
                     self.net.send_stream(sn.address, dest, eff.frame)
+            elif type(eff) is PeerSend:
+                self.net.send_stream(sn.address, eff.address, eff.frame)
             elif type(eff) is RequestSync:
                 self._start_sync(sn)
             elif type(eff) is CloseConnection:
@@ -211,6 +225,11 @@ class SimWorld:
                 sn.timer.cancel()
             sn.timer_at = dl
             sn.timer = None if dl is None else self.loop.call_at(dl, self._fire_timer, sn)
+
+    def _peer_failed(self, sn: SimNode, dest: str) -> None:
+        if sn.up:
+            sn.node.peer_unreachable(dest, self.loop.now)
+            self._pump(sn)
 
     def _fire_timer(self, sn: SimNode) -> None:
         if not sn.up:
@@ -245,7 +264,7 @@ class SimWorld:
         address = f"10.1.0.{len(self.clients) + 1}:40000"
         c = SimClient(self, name, address)
         self.clients[name] = c
-        self.net.register(address, on_packet=lambda d, s: None, on_stream=c._on_stream,
+        self.net.register(address, on_packet=_ignore_packet, on_stream=c._on_stream,
                           on_stream_failed=c._on_stream_failed)
         return c
 
@@ -261,6 +280,10 @@ class SimWorld:
 
 
 Callback = Callable[[str, Any], None]
+
+
+def _ignore_packet(data: bytes, src: str) -> None:
+    """Datagrams to an endpoint with no gossip attached are dropped."""
 
 
 class SimClient:
@@ -305,6 +328,22 @@ class SimClient:
         self._waiting[rid] = (op.name, callback, h)
         world.log(f"client {self.name} -> {self.node} #{rid} {op.name} {_brief(args)}")
         world.net.send_stream(self.address, self.node, encode_request(rid, op, args))
+
+    def call(self, op: Op, args: dict[str, Any], timeout_s: float = 5.0) -> tuple[str, Any]:
+        """Issue one request and run the world until it completes (for tests and tools)."""
+        box: list[tuple[str, Any]] = []
+        self.request(op, args, lambda o, p: box.append((o, p)), timeout_s)
+        self.world.loop.run_while(lambda: not box, self.world.now + timeout_s + 1)
+        assert box, "request neither completed nor timed out"
+        return box[0]
+
+    def open(self, node_address: str) -> None:
+        """Connect and run the world until the handshake completes."""
+        box: list[bool] = []
+        self.connect(node_address, box.append)
+        self.world.loop.run_while(lambda: not box, self.world.now + 6)
+        if not box or not box[0]:
+            raise RuntimeError(f"handshake with {node_address} failed")
 
     def _timeout(self, rid: int) -> None:
         w = self._waiting.pop(rid, None)

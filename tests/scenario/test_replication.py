@@ -1,0 +1,207 @@
+"""Replication in the simulated world: quorums, siblings, read repair, deletes,
+sloppy quorum, forwarding and tombstone reaping, driven through real frames."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import pytest
+
+from ringfs.dvv import from_stored
+from ringfs.node import hint_key
+from ringfs.wire import Op
+from simulations.world import SimClient, SimWorld
+
+
+def cluster(n: int, seed: int = 1, **defaults: Any) -> SimWorld:
+    w = SimWorld(seed, node_defaults=defaults)
+    for i in range(n):
+        w.add_node(f"n{i + 1}")
+    w.run_for(1.0)
+    for sn in w.nodes.values():
+        assert len(sn.node.membership.members) == n, "membership did not converge"
+    return w
+
+
+def client(w: SimWorld, node: str, name: str = "c") -> SimClient:
+    c = w.add_client(f"{name}{len(w.clients)}")
+    c.open(w.nodes[node].address)
+    return c
+
+
+def ok(result: tuple[str, Any]) -> dict[str, Any]:
+    outcome, payload = result
+    assert outcome == "ok", result
+    return payload  # type: ignore[no-any-return]
+
+
+def stored_values(w: SimWorld, node: str, key: bytes) -> list[bytes] | None:
+    rec = w.nodes[node].engine.get(key)
+    if rec is None:
+        return None
+    return from_stored(msgpack.unpackb(rec.meta)).live_values()
+
+
+def prefs(w: SimWorld, key: bytes) -> tuple[str, ...]:
+    return w.nodes["n1"].node.membership.ring.preference_list(key, 3)
+
+
+def test_a_put_reaches_all_three_replicas() -> None:
+    w = cluster(3)
+    c = client(w, "n1")
+    ok(c.call(Op.PUT, {"key": b"k", "value": b"v"}))
+    w.run_for(0.5)
+    assert all(stored_values(w, n, b"k") == [b"v"] for n in w.nodes)
+    assert ok(c.call(Op.GET, {"key": b"k"}))["values"] == [b"v"]
+
+
+def test_quorums_survive_one_crashed_replica() -> None:
+    w = cluster(3)
+    c = client(w, "n1")
+    w.crash("n3")
+    for i in range(20):
+        ok(c.call(Op.PUT, {"key": b"k%d" % i, "value": b"v%d" % i}))
+    for i in range(20):
+        assert ok(c.call(Op.GET, {"key": b"k%d" % i}))["values"] == [b"v%d" % i]
+
+
+def test_quorum_not_met_says_how_many_replied() -> None:
+    w = cluster(3)
+    c = client(w, "n1")
+    w.crash("n2")
+    w.crash("n3")
+    outcome, err = c.call(Op.PUT, {"key": b"k", "value": b"v"}, timeout_s=10)
+    assert outcome == "error" and err["name"] == "QUORUM_NOT_MET"
+    assert err["replied"] == 1 and err["needed"] == 2
+    # With R=1 the surviving replica still serves reads.
+    assert ok(c.call(Op.GET, {"key": b"k", "r": 1}))["values"] == [b"v"]
+
+
+def test_stale_contexts_make_siblings_resolved_everywhere() -> None:
+    w = cluster(3)
+    a, b = client(w, "n1"), client(w, "n2")
+    ok(a.call(Op.PUT, {"key": b"k", "value": b"base"}))
+    ctx = ok(a.call(Op.GET, {"key": b"k"}))["context"]
+    ok(a.call(Op.PUT, {"key": b"k", "value": b"from-a", "context": ctx}))
+    ok(b.call(Op.PUT, {"key": b"k", "value": b"from-b", "context": ctx}))
+    got = ok(a.call(Op.GET, {"key": b"k"}))
+    assert sorted(got["values"]) == [b"from-a", b"from-b"]
+    ok(b.call(Op.PUT, {"key": b"k", "value": b"merged", "context": got["context"]}))
+    w.run_for(1.0)
+    for n in w.nodes:
+        assert stored_values(w, n, b"k") == [b"merged"], n
+
+
+def test_read_repair_brings_a_stale_replica_up_to_date() -> None:
+    w = cluster(3)
+    c = client(w, "n1")
+    w.crash("n3")
+    ok(c.call(Op.PUT, {"key": b"k", "value": b"v"}))
+    assert stored_values(w, "n3", b"k") is None
+    w.restart("n3")
+    w.run_for(3.0)  # n3 rejoins and is reachable again
+    assert ok(c.call(Op.GET, {"key": b"k"}))["values"] == [b"v"]
+    w.run_for(1.0)
+    assert stored_values(w, "n3", b"k") == [b"v"]
+    assert w.nodes["n1"].node.counters["read_repairs"] >= 1
+
+
+def test_read_repair_off_leaves_the_stale_replica() -> None:
+    w = cluster(3, read_repair=False)
+    c = client(w, "n1")
+    w.crash("n3")
+    ok(c.call(Op.PUT, {"key": b"k", "value": b"v"}))
+    w.restart("n3")
+    w.run_for(3.0)
+    ok(c.call(Op.GET, {"key": b"k"}))
+    w.run_for(1.0)
+    assert stored_values(w, "n3", b"k") is None
+
+
+def test_a_deleted_key_never_comes_back_from_a_replica_that_missed_the_delete() -> None:
+    w = cluster(3)
+    c = client(w, "n1")
+    ok(c.call(Op.PUT, {"key": b"k", "value": b"v"}))
+    w.run_for(0.5)
+    w.net.isolate(w.nodes["n3"].address)
+    ctx = ok(c.call(Op.GET, {"key": b"k"}))["context"]
+    ok(c.call(Op.DELETE, {"key": b"k", "context": ctx}))
+    assert stored_values(w, "n3", b"k") == [b"v"]  # n3 missed it
+    w.net.heal()
+    w.run_for(3.0)
+    # n3 coordinates: its own stale copy is the first answer the coordinator has.
+    c3 = client(w, "n3")
+    got = ok(c3.call(Op.GET, {"key": b"k"}))
+    assert got["values"] == [] and not got["found"]
+    w.run_for(1.0)
+    assert stored_values(w, "n3", b"k") == []  # repaired to the tombstone
+    assert w.nodes["n3"].engine.get(b"k").tombstone  # type: ignore[union-attr]
+
+
+def test_tombstones_are_reaped_after_the_grace_period_only() -> None:
+    w = cluster(3, tombstone_grace_s=5.0)
+    c = client(w, "n1")
+    ok(c.call(Op.PUT, {"key": b"k", "value": b"v"}))
+    ok(c.call(Op.DELETE, {"key": b"k"}))
+    w.run_for(0.5)
+    ok(c.call(Op.GET, {"key": b"k"}))  # every replica answers with the tombstone
+    w.run_for(2.0)
+    assert all(w.nodes[n].engine.get(b"k") is not None for n in w.nodes)
+    w.run_for(10.0)
+    assert all(w.nodes[n].engine.get(b"k") is None for n in w.nodes)
+
+
+def test_sloppy_quorum_writes_to_a_fallback_with_a_hint() -> None:
+    w = cluster(5)
+    key = b"sloppy"
+    pl = prefs(w, key)
+    down = pl[0]
+    coordinator = pl[1]
+    c = client(w, coordinator)
+    w.crash(down)
+    ok(c.call(Op.PUT, {"key": key, "value": b"v"}))
+    w.run_for(1.2)  # the failed stream to the dead primary tells the coordinator
+    ok(c.call(Op.PUT, {"key": key, "value": b"v2"}))
+    w.run_for(0.5)
+    fallbacks = [n for n in w.nodes if n not in pl]
+    holders = [n for n in fallbacks
+               if w.nodes[n].engine.get(hint_key(down, key)) is not None]
+    assert len(holders) == 1, "exactly one fallback keeps the hint"
+    assert w.nodes[holders[0]].node.hints == 1
+    # Reads consult the fallback too.
+    assert ok(c.call(Op.GET, {"key": key, "r": 3}))["values"] == [b"v2"]
+
+
+def test_writes_at_a_non_replica_are_forwarded() -> None:
+    w = cluster(5)
+    key = b"forward-me"
+    outsider = next(n for n in w.nodes if n not in prefs(w, key))
+    c = client(w, outsider)
+    ok(c.call(Op.PUT, {"key": key, "value": b"v"}))
+    assert w.nodes[outsider].node.counters["forwarded"] == 1
+    assert w.nodes[outsider].engine.get(key) is None
+    assert ok(c.call(Op.GET, {"key": key}))["values"] == [b"v"]
+    ok(c.call(Op.DELETE, {"key": key}))
+    assert ok(c.call(Op.GET, {"key": key}))["values"] == []
+
+
+@pytest.mark.parametrize("r", [1, 2, 3])
+def test_per_request_r_and_w(r: int) -> None:
+    w = cluster(3)
+    c = client(w, "n1")
+    ok(c.call(Op.PUT, {"key": b"k", "value": b"v", "w": r}))
+    assert ok(c.call(Op.GET, {"key": b"k", "r": r}))["values"] == [b"v"]
+    outcome, err = c.call(Op.GET, {"key": b"k", "r": 4})
+    assert outcome == "error" and err["name"] == "BAD_REQUEST"
+
+
+def test_whereis_reports_each_replica() -> None:
+    w = cluster(3)
+    c = client(w, "n2")
+    ok(c.call(Op.PUT, {"key": b"k", "value": b"v"}))
+    w.run_for(0.5)
+    res = ok(c.call(Op.WHEREIS, {"key": b"k"}))
+    assert [r["node"] for r in res["replicas"]] == list(prefs(w, b"k"))
+    assert all(r["present"] and r["siblings"] == 1 and r["role"] == "primary"
+               for r in res["replicas"])

@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 
 ## run: a local cluster in the foreground, data under ./data (Ctrl-C stops it)
 run: $(STAMP)
-	$(BIN)/ringfs cluster up --nodes 1 --base-port 7001 --data-root ./data
+	$(BIN)/ringfs cluster up --nodes 3 --base-port 7001 --data-root ./data
 
 ## test: lint, type-check and the whole suite (under 10 minutes on 2 cores)
 test: lint typecheck unit

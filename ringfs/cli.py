@@ -114,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--durability", metavar="POLICY",
                    help="always | group | interval:MS | none (default group)")
     n.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    n.add_argument("--n-replicas", type=_positive_int, metavar="N", help="copies of each key")
+    n.add_argument("--r", type=_positive_int, metavar="R", help="default read quorum")
+    n.add_argument("--w", type=_positive_int, metavar="W", help="default write quorum")
+    n.add_argument("--zone", help="failure domain of this node")
+    n.add_argument("--capacity", type=float, help="relative share of the ring (default 1)")
     n.set_defaults(func=cmd_node)
 
     # cluster
@@ -124,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Start N node processes on consecutive ports, print where "
                                      "each listens, and stop them all on Ctrl-C or SIGTERM.")
     up.add_argument("--nodes", type=_positive_int, default=3, help="how many nodes (default 3)")
+    up.add_argument("--n-replicas", type=_positive_int, metavar="N",
+                    help="copies of each key (default 3)")
     up.add_argument("--base-port", type=_port, default=7001, help="port of the first node")
     up.add_argument("--host", default="127.0.0.1", help="address to listen on")
     up.add_argument("--data-root", metavar="DIR", default="./data",
@@ -145,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Print the value of KEY. With siblings, each is printed on "
                                    "its own line after a header. Exit 1 if the key is absent.")
     g.add_argument("key", metavar="KEY")
+    g.add_argument("--r", type=_positive_int, metavar="R", help="replies to wait for")
     client_opts(g)
     g.set_defaults(func=cmd_get)
 
@@ -154,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("key", metavar="KEY")
     pt.add_argument("value", metavar="VALUE", help="the value, or - to read stdin")
     pt.add_argument("--context", type=_b64, help="base64 context from `get --json`")
+    pt.add_argument("--w", type=_positive_int, metavar="W", help="durable acks to wait for")
     client_opts(pt)
     pt.set_defaults(func=cmd_put)
 
@@ -161,8 +170,17 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Delete KEY (a tombstone that replicates like a write).")
     d.add_argument("key", metavar="KEY")
     d.add_argument("--context", type=_b64, help="base64 context from `get --json`")
+    d.add_argument("--w", type=_positive_int, metavar="W", help="durable acks to wait for")
     client_opts(d)
     d.set_defaults(func=cmd_delete)
+
+    wh = sub.add_parser("whereis", help="show which nodes hold a key",
+                        description="Show KEY's preference list and, for each replica, its "
+                                    "role (primary or fallback), whether it holds the key and "
+                                    "how many siblings.")
+    wh.add_argument("key", metavar="KEY")
+    client_opts(wh)
+    wh.set_defaults(func=cmd_whereis)
 
     s = sub.add_parser("status", help="show a node's view of the cluster",
                        description="Show members, storage and counters as one node sees them.")
@@ -187,7 +205,8 @@ def cmd_node(args: argparse.Namespace) -> int:
         values.update(load_toml(args.config))
     for flag, key in (("name", "name"), ("data_dir", "data_dir"), ("listen", "listen"),
                       ("engine", "engine"), ("durability", "durability"),
-                      ("log_level", "log_level")):
+                      ("log_level", "log_level"), ("n_replicas", "n_replicas"),
+                      ("r", "r"), ("w", "w"), ("zone", "zone"), ("capacity", "capacity")):
         v = getattr(args, flag)
         if v is not None:
             values[key] = v
@@ -244,6 +263,8 @@ def cmd_cluster_up(args: argparse.Namespace) -> int:
                 cmd += ["--engine", args.engine]
             if args.durability:
                 cmd += ["--durability", args.durability]
+            if args.n_replicas:
+                cmd += ["--n-replicas", str(args.n_replicas)]
             # Children ignore the terminal's Ctrl-C; this process stops them in order.
             proc = subprocess.Popen(cmd, start_new_session=True)
             procs.append((name, addr, proc))
@@ -304,7 +325,7 @@ def _values_json(values: Sequence[bytes]) -> dict[str, Any]:
 def cmd_get(args: argparse.Namespace) -> int:
     key = _key_arg(args.key)
     with _client(args) as c:
-        res = c.get(key)
+        res = c.get(key, r=args.r)
     if args.json:
         out = {"key": args.key, "found": res.found,
                "context": base64.b64encode(res.context).decode(), **_values_json(res.values)}
@@ -328,7 +349,7 @@ def cmd_put(args: argparse.Namespace) -> int:
     key = _key_arg(args.key)
     value = sys.stdin.buffer.read() if args.value == "-" else os.fsencode(args.value)
     with _client(args) as c:
-        ctx = c.put(key, value, args.context)
+        ctx = c.put(key, value, args.context, w=args.w)
     if args.json:
         print(json.dumps({"key": args.key, "ok": True, "bytes": len(value),
                           "context": base64.b64encode(ctx).decode()}))
@@ -338,10 +359,43 @@ def cmd_put(args: argparse.Namespace) -> int:
 def cmd_delete(args: argparse.Namespace) -> int:
     key = _key_arg(args.key)
     with _client(args) as c:
-        ctx = c.delete(key, args.context)
+        ctx = c.delete(key, args.context, w=args.w)
     if args.json:
         print(json.dumps({"key": args.key, "ok": True,
                           "context": base64.b64encode(ctx).decode()}))
+    return 0
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, bytes):
+        try:
+            return obj.decode("utf-8")
+        except UnicodeDecodeError:
+            return base64.b64encode(obj).decode()
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+def cmd_whereis(args: argparse.Namespace) -> int:
+    key = _key_arg(args.key)
+    with _client(args) as c:
+        res = c.whereis(key)
+    if args.json:
+        print(json.dumps(_jsonable(res)))
+        return 0
+    print(f"key {args.key!r}: preference list {', '.join(res.get('preference_list', []))}")
+    for r in res.get("replicas", []):
+        role = r.get("role")
+        if r.get("hint_for"):
+            role = f"{role} for {r['hint_for']}"
+        held = ("tombstone" if r.get("tombstone") else
+                f"{r.get('siblings')} sibling(s)" if r.get("present") else "absent")
+        if not r.get("answered"):
+            held = f"no answer ({r.get('error', 'timeout')})"
+        print(f"  {r.get('node'):<16} {role:<22} {held}")
     return 0
 
 
@@ -349,15 +403,21 @@ def cmd_status(args: argparse.Namespace) -> int:
     with _client(args) as c:
         st = c.status()
     if args.json:
-        print(json.dumps(st, default=str))
+        print(json.dumps(_jsonable(st)))
         return 0
     print(f"node {st.get('node')} at {st.get('address')} (ringfs {st.get('version')})")
     if st.get("read_only"):
         print(f"  READ-ONLY: {st['read_only']}")
+    ring = st.get("ring", {})
+    print(f"ring: N={ring.get('n_replicas')} R={ring.get('r')} W={ring.get('w')}, "
+          f"{ring.get('vnodes')} virtual nodes")
     print("members:")
     for m in st.get("members", []):
+        share = m.get("ring_share", 0.0) * 100
         print(f"  {m.get('name'):<16} {m.get('address'):<22} {m.get('state'):<8} "
-              f"incarnation {m.get('incarnation')}")
+              f"incarnation {m.get('incarnation'):<4} owns {share:5.1f}% of the ring")
+    h = st.get("hints", {})
+    print(f"hints: {h.get('pending')} pending (max {h.get('max')})")
     s = st.get("storage", {})
     print(f"storage: {s.get('engine')} ({s.get('durability')}), {s.get('keys')} keys, "
           f"{s.get('tombstones')} tombstones, {s.get('data_bytes')} bytes")

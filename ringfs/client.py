@@ -146,9 +146,10 @@ class _Connection:
     def _deliver(self, body: Any) -> None:
         if type(body) is not list or len(body) != 3 or body[0] not in (RESPONSE, ERROR):
             raise RemoteProtocolError(f"{self.address} sent a malformed frame")
-        p = self.pending.pop(body[1], None) if body[1] is not None else None
+        rid = body[1]
+        p = self.pending.pop(rid, None) if type(rid) is int else None
         if p is None:
-            if body[0] == ERROR and body[1] is None:
+            if body[0] == ERROR and rid is None:
                 # A connection-level error (e.g. too many connections): fail everything.
                 err = body[2] if isinstance(body[2], dict) else {}
                 raise _Lost(f"{self.address}: {err.get('name')}: {err.get('message')}")
@@ -179,7 +180,10 @@ class _Connection:
             self._fail(_Lost(str(exc)))
             raise _Lost(f"connection to {self.address} lost while sending") from None
         if scope.cancelled_caught:
+            # Part of the frame may be on the wire: the stream can no longer be trusted.
             self.pending.pop(rid, None)
+            self._fail(_Lost("send interrupted"))
+            await self.stream.aclose()
             raise RequestTimeout(f"timed out sending to {self.address}")
         with trio.move_on_at(deadline):
             await p.event.wait()
@@ -192,7 +196,8 @@ class _Connection:
         if body[0] == ERROR:
             err = body[2] if isinstance(body[2], dict) else {}
             details = {k: v for k, v in err.items() if k not in ("code", "name", "message")}
-            raise error_from_wire(int(err.get("code", ErrorCode.INTERNAL)),
+            code = err.get("code")
+            raise error_from_wire(code if type(code) is int else int(ErrorCode.INTERNAL),
                                   str(err.get("message", "")), details)
         result = body[2]
         if not isinstance(result, dict):
@@ -261,10 +266,14 @@ class AsyncClient:
             self._nursery.cancel_scope.cancel()
 
     # -- public API ----------------------------------------------------------------
-    async def get(self, key: Key, *, timeout_s: float | None = None) -> GetResult:
-        """Every sibling of `key` and the context to write back with."""
+    async def get(self, key: Key, *, r: int | None = None,
+                  timeout_s: float | None = None) -> GetResult:
+        """Every sibling of `key` and the context to write back with; `r` replies needed."""
         k = _key(key)
-        res = await self._call(Op.GET, {"key": k}, safe=True, timeout_s=timeout_s)
+        args: dict[str, Any] = {"key": k}
+        if r is not None:
+            args["r"] = _quorum(r, "r")
+        res = await self._call(Op.GET, args, safe=True, timeout_s=timeout_s)
         values = res.get("values")
         ctx = res.get("context", b"")
         if not isinstance(values, list) or not all(isinstance(v, bytes) for v in values) \
@@ -273,25 +282,34 @@ class AsyncClient:
         return GetResult(k, values, ctx)
 
     async def put(self, key: Key, value: bytes, context: bytes | None = None, *,
-                  timeout_s: float | None = None) -> bytes:
+                  w: int | None = None, timeout_s: float | None = None) -> bytes:
         """Store `value`; with `context` from a get it supersedes what that get saw.
 
-        Returns the context of the new version.
+        Succeeds once `w` replicas made it durable. Returns the context of the new
+        version when it is the key's only value, else b"" (read to see the siblings).
         """
         args: dict[str, Any] = {"key": _key(key), "value": _value(value)}
         if context is not None:
             args["context"] = _context(context)
+        if w is not None:
+            args["w"] = _quorum(w, "w")
         res = await self._call(Op.PUT, args, safe=False, timeout_s=timeout_s)
         return bytes(res.get("context", b""))
 
     async def delete(self, key: Key, context: bytes | None = None, *,
-                     timeout_s: float | None = None) -> bytes:
+                     w: int | None = None, timeout_s: float | None = None) -> bytes:
         """Delete `key` (a tombstone superseding what `context`, or the node, has seen)."""
         args: dict[str, Any] = {"key": _key(key)}
         if context is not None:
             args["context"] = _context(context)
+        if w is not None:
+            args["w"] = _quorum(w, "w")
         res = await self._call(Op.DELETE, args, safe=False, timeout_s=timeout_s)
         return bytes(res.get("context", b""))
+
+    async def whereis(self, key: Key, *, timeout_s: float | None = None) -> dict[str, Any]:
+        """The key's preference list and, per replica, whether it holds the key."""
+        return await self._call(Op.WHEREIS, {"key": _key(key)}, safe=True, timeout_s=timeout_s)
 
     async def ping(self, *, timeout_s: float | None = None) -> None:
         await self._call(Op.PING, {}, safe=True, timeout_s=timeout_s)
@@ -378,6 +396,12 @@ class AsyncClient:
         raise _NotSent(f"timed out connecting to {address}")
 
 
+def _quorum(q: int, name: str) -> int:
+    if type(q) is not int or not 1 <= q <= 16:
+        raise LocalProtocolError(f"{name} must be an integer from 1 to N")
+    return q
+
+
 def _context(ctx: bytes) -> bytes:
     if not isinstance(ctx, bytes | bytearray):
         raise LocalProtocolError("context must be the bytes a get returned")
@@ -426,16 +450,20 @@ class Client:
 
         return trio.from_thread.run(call, trio_token=self._token)
 
-    def get(self, key: Key, *, timeout_s: float | None = None) -> GetResult:
-        return self._do(self._async.get, key, timeout_s=timeout_s)
+    def get(self, key: Key, *, r: int | None = None,
+            timeout_s: float | None = None) -> GetResult:
+        return self._do(self._async.get, key, r=r, timeout_s=timeout_s)
 
     def put(self, key: Key, value: bytes, context: bytes | None = None, *,
-            timeout_s: float | None = None) -> bytes:
-        return self._do(self._async.put, key, value, context, timeout_s=timeout_s)
+            w: int | None = None, timeout_s: float | None = None) -> bytes:
+        return self._do(self._async.put, key, value, context, w=w, timeout_s=timeout_s)
 
     def delete(self, key: Key, context: bytes | None = None, *,
-               timeout_s: float | None = None) -> bytes:
-        return self._do(self._async.delete, key, context, timeout_s=timeout_s)
+               w: int | None = None, timeout_s: float | None = None) -> bytes:
+        return self._do(self._async.delete, key, context, w=w, timeout_s=timeout_s)
+
+    def whereis(self, key: Key, *, timeout_s: float | None = None) -> dict[str, Any]:
+        return self._do(self._async.whereis, key, timeout_s=timeout_s)
 
     def ping(self, *, timeout_s: float | None = None) -> None:
         self._do(self._async.ping, timeout_s=timeout_s)

@@ -839,6 +839,9 @@ class Node:
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
             self.counters["peer_malformed"] += 1
             log.debug("dropped malformed %s from %s: %r", mtype, sender, exc)
+        except Exception:
+            self.counters["internal_errors"] += 1
+            log.exception("handling %s from %s failed", mtype, sender)
 
     def peer_message(self, sender: str, mtype: int, body: dict[str, Any], now: float) -> None:
         """Handle one peer message (used by drivers that do not frame peer traffic)."""
@@ -1024,7 +1027,11 @@ class Node:
         timers = self._timers
         while timers and timers[0][0] <= now:
             _, _, fn = heapq.heappop(timers)
-            fn(now)
+            try:
+                fn(now)
+            except Exception:  # a bug in one timer must not stop the others or the node
+                self.counters["internal_errors"] += 1
+                log.exception("timer callback failed")
 
     def on_interval_sync_timeout(self, now: float) -> None:
         interval = self.durability.interval_ms / 1000.0

@@ -231,35 +231,26 @@ class NodeServer:
         link.wake.set()
 
     async def _peer_sender(self, link: _PeerLink) -> None:
-        """Keep one connection to a peer and send what is queued for it, in order."""
+        """Keep one connection to a peer and send what is queued for it, in order.
+
+        Whatever goes wrong with the link (refused, reset, a bug) costs the frames
+        queued on it, which the node learns of as `peer_unreachable`, and nothing more.
+        """
         node = self.node
         assert node is not None
-        host, port = parse_address(link.address)
-        hello = encode_request(1, Op.HELLO, {"versions": [PROTOCOL_VERSION],
-                                            "peer": self.config.name})
         while True:
             await link.wake.wait()
             link.wake = trio.Event()
             if not link.queue:
                 continue
             try:
-                with trio.fail_after(PEER_CONNECT_TIMEOUT_S):
-                    stream = await trio.open_tcp_stream(host, port)
-                async with stream, trio.open_nursery() as inner:
-                    inner.start_soon(self._drain_peer_replies, stream, link.address)
-                    await stream.send_all(hello)
-                    while True:
-                        if link.queue:
-                            data = b"".join(link.queue)
-                            link.queue.clear()
-                            link.queued_bytes = 0
-                            await stream.send_all(data)
-                        else:
-                            await link.wake.wait()
-                            link.wake = trio.Event()
-            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError,
-                    trio.TooSlowError, _PeerClosed) as exc:
-                log.debug("peer %s unreachable: %r", link.address, exc)
+                await self._peer_session(link)
+            except Exception as exc:
+                expected = _only_transport_errors(exc)
+                if not expected:
+                    log.warning("peer link to %s failed: %r", link.address, exc)
+                else:
+                    log.debug("peer %s unreachable: %r", link.address, exc)
                 lost = len(link.queue)
                 link.queue.clear()
                 link.queued_bytes = 0
@@ -268,6 +259,25 @@ class NodeServer:
                 self._dispatch()
                 # Reconnect on the next message, but not in a tight loop.
                 await trio.sleep(0.2)
+
+    async def _peer_session(self, link: _PeerLink) -> None:
+        host, port = parse_address(link.address)
+        hello = encode_request(1, Op.HELLO, {"versions": [PROTOCOL_VERSION],
+                                            "peer": self.config.name})
+        with trio.fail_after(PEER_CONNECT_TIMEOUT_S):
+            stream = await trio.open_tcp_stream(host, port)
+        async with stream, trio.open_nursery() as inner:
+            inner.start_soon(self._drain_peer_replies, stream, link.address)
+            await stream.send_all(hello)
+            while True:
+                if link.queue:
+                    data = b"".join(link.queue)
+                    link.queue.clear()
+                    link.queued_bytes = 0
+                    await stream.send_all(data)
+                else:
+                    await link.wake.wait()
+                    link.wake = trio.Event()
 
     async def _drain_peer_replies(self, stream: trio.SocketStream, address: str) -> None:
         """Read what a peer sends back on our connection (HELLO reply, errors) and log it."""
@@ -302,8 +312,8 @@ class NodeServer:
                     else:
                         durable = engine.sync()
                         await trio.lowlevel.checkpoint()
-                except OSError as exc:
-                    node.on_sync_failed(str(exc), self._clock())
+                except Exception as exc:  # any failure to sync leaves durability unknown
+                    node.on_sync_failed(f"{type(exc).__name__}: {exc}", self._clock())
                 else:
                     node.on_sync_complete(durable, self._clock())
                 self._dispatch()
@@ -429,6 +439,17 @@ class NodeServer:
 
 class _PeerClosed(Exception):
     """A peer closed or refused our outbound connection."""
+
+
+_TRANSPORT_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError,
+                     trio.TooSlowError, _PeerClosed)
+
+
+def _only_transport_errors(exc: BaseException) -> bool:
+    """Whether `exc` (or every leaf of an exception group) is an ordinary network failure."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only_transport_errors(e) for e in exc.exceptions)
+    return isinstance(exc, _TRANSPORT_ERRORS)
 
 
 def serve_config(config: NodeConfig) -> Any:

@@ -8,7 +8,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -42,11 +43,15 @@ def ringfs(*args: str, input: bytes | None = None, timeout: float = 30
 class NodeProcess:
     """One `ringfs node` child process on a free loopback port."""
 
-    def __init__(self, data_dir: Path, name: str = "n1", extra: Sequence[str] = ()) -> None:
-        self.port = free_port()
+    def __init__(self, data_dir: Path, name: str = "n1", extra: Sequence[str] = (),
+                 port: int | None = None) -> None:
+        self.name = name
+        self.data_dir = data_dir
+        self.extra = tuple(extra)
+        self.port = port or free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.log_path = data_dir / f"{name}.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ringfs", "node", "--name", name, "--listen", self.address,
              "--data-dir", str(data_dir / name), *extra],
@@ -61,6 +66,16 @@ class NodeProcess:
                     return int(line.split()[1]) * 1024
         raise RuntimeError("no VmRSS")
 
+    def kill(self) -> None:
+        """kill -9: no chance to sync or say goodbye."""
+        self.proc.kill()
+        self.proc.wait()
+        self._log.close()
+
+    def restart(self) -> NodeProcess:
+        """A new process with the same name, port and data directory."""
+        return NodeProcess(self.data_dir, self.name, self.extra, port=self.port)
+
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 10) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
@@ -69,8 +84,35 @@ class NodeProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self._log.close()
+        if not self._log.closed:
+            self._log.close()
         return self.proc.returncode
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+@contextmanager
+def running_cluster(root: Path, n: int, extra: Sequence[str] = ()) -> Iterator[list[NodeProcess]]:
+    """n nodes on free ports, each seeded with all the others; stopped on exit."""
+    ports = [free_port() for _ in range(n)]
+    addrs = [f"127.0.0.1:{p}" for p in ports]
+    nodes: list[NodeProcess] = []
+    try:
+        for i, port in enumerate(ports):
+            seeds = ",".join(a for j, a in enumerate(addrs) if j != i)
+            nodes.append(NodeProcess(root, f"n{i + 1}", ("--seeds", seeds, *extra), port=port))
+        yield nodes
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+def wait_for(cond: object, timeout_s: float = 15.0, what: str = "condition") -> None:
+    """Poll `cond()` until true (real processes have no simulated clock to advance)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if cond():  # type: ignore[operator]
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -213,3 +213,27 @@ def test_storage_error_on_write_is_reported() -> None:
                   or b"")
     assert body[2]["code"] == ErrorCode.STORAGE_ERROR
     assert "No space" in body[2]["message"]
+
+
+peer_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63) | st.binary(max_size=8)
+    | st.text(max_size=8),
+    lambda ch: st.lists(ch, max_size=4) | st.dictionaries(
+        st.sampled_from(["id", "key", "state", "hint_for", "ok", "op", "args", "members",
+                         "name", "address", "meta", "body"]), ch, max_size=6),
+    max_leaves=12,
+)
+
+
+@given(st.lists(st.tuples(st.integers(0, 25), peer_values), max_size=8))
+def test_arbitrary_peer_messages_never_raise(msgs: list[tuple[int, Any]]) -> None:
+    h = Harness()
+    h.node.client_connected(2, 0.0)
+    assert h.node.client_request(2, [0, 1, 0, {"versions": [1], "peer": "n2"}], 0.0)
+    for mtype, body in msgs:
+        assert h.node.client_request(2, [3, "n2", mtype, body], 0.0) is None
+        assert h.node.client_request(2, [3, "spoofed", mtype, body], 0.0) is None
+    h.node.handle_timer(1e9)
+    h.node.check_invariants()
+    h.call(Op.PUT, key=b"still", value=b"serving")
+    assert h.call(Op.GET, key=b"still")["values"] == [b"serving"]

@@ -240,7 +240,7 @@ def decode_context(data: bytes, *, max_entries: int = 1024) -> VersionVector:
         return {}
     try:
         obj = msgpack.unpackb(data, raw=False, max_array_len=max_entries * 2 + 2,
-                              max_str_len=4096, max_bin_len=0, max_map_len=0, max_ext_len=0)
+                              max_str_len=255, max_bin_len=0, max_map_len=0, max_ext_len=0)
     except Exception:
         raise ValueError("context is not valid msgpack") from None
     if not isinstance(obj, list) or len(obj) > max_entries:

@@ -85,6 +85,16 @@ log = logging.getLogger("ringfs.node")
 HINT_PREFIX = b"\x00h"
 """Keys beginning with 0x00 are the node's own; a hint is HINT_PREFIX + owner + 0 + key."""
 
+KNOWN_FAULTS = frozenset({
+    "ignore_context",      # a put ignores the client's context (writes blind)
+    "ack_before_sync",     # acknowledge writes before the sync that covers them
+    "skip_read_repair",    # never repair stale replicas found by a get
+    "skip_hinted_handoff",  # never deliver hints to their owners
+    "skip_anti_entropy",   # never run Merkle-tree exchanges
+    "wrong_incarnation_precedence",  # gossip: accept suspect/dead of an older incarnation
+})
+"""Defects the simulator can inject to prove its checkers can fail. Never set in production."""
+
 # Room left in a frame for the envelope and contexts when bounding sibling sets.
 _FRAME_SLACK = 64 * 1024
 
@@ -191,7 +201,12 @@ class Node:
         now: float,
         *,
         epoch: int = 1,
+        faults: frozenset[str] = frozenset(),
     ) -> None:
+        unknown = faults - KNOWN_FAULTS
+        if unknown:
+            raise ValueError(f"unknown fault(s): {', '.join(sorted(unknown))}")
+        self.faults = faults
         self.config = config
         self.name = config.name
         self.actor = f"{config.name}@{epoch}"
@@ -279,7 +294,8 @@ class Node:
 
     def _hold_until_durable(self, seq: int, release: Callable[[], None]) -> None:
         """Run `release` once `seq` is durable (at once under policies that ack early)."""
-        if not self.durability.acks_after_sync or seq <= self.engine.durable_seq:
+        if (not self.durability.acks_after_sync or seq <= self.engine.durable_seq
+                or "ack_before_sync" in self.faults):
             release()
             return
         self._pending.append(_Pending(seq, release))
@@ -617,7 +633,8 @@ class Node:
             return
         if not coord.answered:
             return
-        if self.config.read_repair and coord.merged.entries:
+        if (self.config.read_repair and coord.merged.entries
+                and "skip_read_repair" not in self.faults):
             for rep in coord.stale():
                 self.counters["read_repairs"] += 1
                 self._repair(rep, coord.key, coord.merged)
@@ -706,6 +723,8 @@ class Node:
             raise WireError(ErrorCode.STORAGE_ERROR,
                             f"node is read-only: {self.read_only_reason}", req_id=rid)
         local = self._load(key)
+        if "ignore_context" in self.faults:
+            ctx = {}
         if ctx is None:
             # A blind write supersedes everything this coordinator has seen of the key.
             ctx = local.context() if local is not None else {}

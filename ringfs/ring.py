@@ -68,8 +68,8 @@ DEFAULT_VNODES_PER_CAPACITY = 1024
 """Virtual nodes per unit of capacity. Measured with `python -m bench.ring_balance`
 (docs/ring.md): at 8 nodes this is the smallest power of two that keeps every
 node's share of the token space within 10% of fair for practically any set of
-names (2 of 1000 random name sets exceed it, against 1 in 10 at 512), at the
-cost of about 1 MiB and 15 ms to build an 8-node ring; lookups do not slow down."""
+names (2 of 1000 random name sets exceed it, worst 11.1%; about 1 in 8 do at 512),
+at the cost of about 1 MiB and 10 ms to build an 8-node ring; lookups do not slow down."""
 
 MAX_NAME_BYTES = 255
 """Upper bound on the UTF-8 length of a member name, address or zone."""

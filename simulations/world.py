@@ -70,6 +70,10 @@ class SimNode:
     conn_addrs: dict[int, str] = field(default_factory=dict)
     next_conn: int = 1
     epoch: int = 1
+    skew_s: float = 0.0
+    """This node's clock runs this far ahead of true (simulated) time."""
+    paused_until: float = 0.0
+    """While paused (SIGSTOP), input waits in buffers and timers wait."""
 
 
 class SimWorld:
@@ -82,8 +86,10 @@ class SimWorld:
         link: LinkConfig | None = None,
         disk: DiskConfig | None = None,
         node_defaults: dict[str, Any] | None = None,
+        faults: frozenset[str] = frozenset(),
     ) -> None:
         self.seed = seed
+        self.faults = faults
         self.rng = random.Random(seed)
         self.loop = EventLoop()
         self.net = SimNetwork(self.loop, self._child_rng(), link)
@@ -123,7 +129,8 @@ class SimWorld:
         config = NodeConfig(name=name, listen=address, engine="memory", **settings)
         engine = MemoryEngine()
         sn = SimNode(name, address, config, engine,
-                     Node(config, engine, self._child_rng(), self.loop.now, epoch=1))
+                     Node(config, engine, self._child_rng(), self.loop.now, epoch=1,
+                          faults=self.faults))
         self.nodes[name] = sn
         self._by_address[address] = sn
         self.net.register(
@@ -154,7 +161,8 @@ class SimWorld:
         if sn.up:
             return
         sn.epoch += 1  # the runtime bumps a durable epoch at every start
-        sn.node = Node(sn.config, sn.engine, self._child_rng(), self.loop.now, epoch=sn.epoch)
+        sn.node = Node(sn.config, sn.engine, self._child_rng(), self._now(sn), epoch=sn.epoch,
+                       faults=self.faults)
         sn.up = True
         sn.syncing = sn.sync_again = False
         sn.decoders.clear()
@@ -166,9 +174,27 @@ class SimWorld:
         self.log(f"node {name} restarted with {len(sn.engine)} keys")
         self._pump(sn)
 
+    def pause(self, name: str, seconds: float) -> None:
+        """Stop a node's process for a while (SIGSTOP): nothing it receives is handled
+        and none of its timers fire until it resumes; the network keeps delivering."""
+        sn = self.nodes[name]
+        sn.paused_until = max(sn.paused_until, self.loop.now + seconds)
+        self.log(f"node {name} paused for {seconds:.3f}s")
+
+    def set_skew(self, name: str, skew_s: float) -> None:
+        """Make a node's clock run `skew_s` ahead of (or, negative, behind) true time."""
+        self.nodes[name].skew_s = skew_s
+        self.log(f"node {name} clock skew {skew_s:+.3f}s")
+
+    def _now(self, sn: SimNode) -> float:
+        return self.loop.now + sn.skew_s
+
     # -- driving a node ------------------------------------------------------------
     def _node_stream(self, sn: SimNode, data: bytes, src: str) -> None:
         if not sn.up:
+            return
+        if sn.paused_until > self.loop.now:
+            self.loop.call_at(sn.paused_until, self._node_stream, sn, data, src)
             return
         node = sn.node
         conn = sn.conn_ids.get(src)
@@ -178,16 +204,17 @@ class SimWorld:
             sn.conn_ids[src] = conn
             sn.conn_addrs[conn] = src
             sn.decoders[src] = FrameDecoder(sn.config.limits.max_frame_bytes)
-            node.client_connected(conn, self.loop.now)
+            node.client_connected(conn, self._now(sn))
             peer = self._by_address.get(src)
             if peer is not None:
                 # The peer's connection opens with HELLO naming it; its reply goes nowhere.
                 node.client_request(conn, [0, 1, int(Op.HELLO),
                                            {"versions": [PROTOCOL_VERSION], "peer": peer.name}],
-                                    self.loop.now)
+                                    self._now(sn))
         decoder = sn.decoders[src]
+        now = self._now(sn)
         for body in decoder.feed(data):
-            frame = node.client_request(conn, body, self.loop.now)
+            frame = node.client_request(conn, body, now)
             if frame is not None:
                 self.net.send_stream(sn.address, src, frame)
         if decoder.error is not None:
@@ -201,7 +228,7 @@ class SimWorld:
         if src is not None:
             sn.conn_ids.pop(src, None)
             sn.decoders.pop(src, None)
-            sn.node.client_disconnected(conn, self.loop.now)
+            sn.node.client_disconnected(conn, self._now(sn))
 
     def _pump(self, sn: SimNode) -> None:
         """Carry out a node's effects and re-arm its timer."""
@@ -224,11 +251,12 @@ class SimWorld:
             if sn.timer is not None:
                 sn.timer.cancel()
             sn.timer_at = dl
-            sn.timer = None if dl is None else self.loop.call_at(dl, self._fire_timer, sn)
+            sn.timer = (None if dl is None
+                        else self.loop.call_at(dl - sn.skew_s, self._fire_timer, sn))
 
     def _peer_failed(self, sn: SimNode, dest: str) -> None:
         if sn.up:
-            sn.node.peer_unreachable(dest, self.loop.now)
+            sn.node.peer_unreachable(dest, self._now(sn))
             self._pump(sn)
 
     def _fire_timer(self, sn: SimNode) -> None:
@@ -236,7 +264,11 @@ class SimWorld:
             return
         sn.timer = None
         sn.timer_at = None
-        sn.node.handle_timer(self.loop.now)
+        if sn.paused_until > self.loop.now:
+            sn.timer_at = -1.0  # force a re-arm after the pause
+            sn.timer = self.loop.call_at(sn.paused_until, self._fire_timer, sn)
+            return
+        sn.node.handle_timer(self._now(sn))
         self._pump(sn)
 
     def _start_sync(self, sn: SimNode) -> None:
@@ -253,7 +285,7 @@ class SimWorld:
         if not sn.up or sn.node is not node:
             return  # the process that asked crashed meanwhile
         sn.syncing = False
-        node.on_sync_complete(durable, self.loop.now)
+        node.on_sync_complete(durable, self._now(sn))
         if sn.sync_again:
             sn.sync_again = False
             self._start_sync(sn)

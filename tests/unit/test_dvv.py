@@ -1,0 +1,288 @@
+"""Property tests for ringfs.dvv (dotted version vector sets).
+
+The states under test are never made up: a small simulated cluster produces
+them. Replicas hold a DVVSet each; writers read a replica, then (after any
+interleaving) write through a coordinator with the context they read; replicas
+exchange states by `sync` in any order. Every state is checked against an exact
+oracle computed from the log of writes:
+
+* the history of a state is every write whose dot its clock covers;
+* a write is superseded when some write in that history was made with a context
+  covering its dot;
+* the live siblings are exactly the writes of the history that are not
+  superseded.
+
+Then siblings can only be writes that are concurrent (neither's context covers
+the other) and no write is ever lost while nothing supersedes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ringfs.dvv import (
+    DVVSet,
+    Value,
+    context_descends,
+    decode_context,
+    encode_context,
+    merge_contexts,
+)
+
+Dot = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class Write:
+    """One write as the coordinator performed it."""
+
+    node: str
+    counter: int
+    value: Value
+    context: Mapping[str, int]
+    writer: int
+
+    @property
+    def dot(self) -> Dot:
+        return (self.node, self.counter)
+
+    def covers(self, dot: Dot) -> bool:
+        """Whether this write's context has seen `dot` (so the write supersedes it)."""
+        return self.context.get(dot[0], 0) >= dot[1]
+
+
+@dataclass
+class Cluster:
+    """Replicas, writers and the log of every write, driven by hypothesis."""
+
+    nodes: list[str]
+    writers: int
+    read_your_writes: bool
+    states: dict[str, DVVSet] = field(default_factory=dict)
+    log: list[Write] = field(default_factory=list)
+    pending: dict[int, dict[str, int]] = field(default_factory=dict)
+    last_dot: dict[int, Dot] = field(default_factory=dict)
+    pool: list[DVVSet] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.states = {x: DVVSet() for x in self.nodes}
+        self.pool = [DVVSet()]
+
+    def live(self, state: DVVSet) -> set[tuple[str, int, Value]]:
+        """The oracle: live (node, counter, value) triples for `state`'s clock."""
+        clock = state.context()
+        history = [w for w in self.log if clock.get(w.node, 0) >= w.counter]
+        return {
+            (w.node, w.counter, w.value)
+            for w in history
+            if not any(other.covers(w.dot) for other in history)
+        }
+
+    def check(self, state: DVVSet) -> None:
+        assert set(state.dots()) == self.live(state)
+        assert state.sibling_count() == len(list(state.dots())) == len(state.values())
+        self.pool.append(state)
+
+    def readable_from(self, writer: int) -> list[str]:
+        """Replicas the writer may read: with read-your-writes, those holding its last write."""
+        dot = self.last_dot.get(writer)
+        if not self.read_your_writes or dot is None:
+            return self.nodes
+        return [x for x in self.nodes if self.states[x].context().get(dot[0], 0) >= dot[1]]
+
+    def step(self, data: st.DataObject) -> None:
+        kind = data.draw(st.sampled_from(("read", "write", "sync", "sync")))
+        writer = data.draw(st.integers(0, self.writers - 1))
+        if kind == "read" and writer not in self.pending:
+            replica = data.draw(st.sampled_from(self.readable_from(writer)))
+            self.pending[writer] = self.states[replica].context()
+        elif kind == "write" and writer in self.pending:
+            context = self.pending.pop(writer)
+            node = data.draw(st.sampled_from(self.nodes))
+            value = None if data.draw(st.integers(0, 9)) == 0 else f"v{len(self.log)}".encode()
+            before = self.states[node]
+            after = before.update(context, value, node)
+            write = Write(node, after.counter(node), value, dict(context), writer)
+            # The coordinator's new dot is fresh and holds the value.
+            assert write.counter == before.counter(node) + 1
+            assert (node, write.counter, value) in set(after.dots())
+            self.log.append(write)
+            self.last_dot[writer] = write.dot
+            self.states[node] = after
+            self.check(after)
+        elif kind == "sync":
+            a, b = data.draw(st.sampled_from(self.nodes)), data.draw(st.sampled_from(self.nodes))
+            merged = self.states[a].sync(self.states[b])
+            if data.draw(st.booleans()):
+                self.states[b] = merged
+            self.states[a] = merged
+            self.check(merged)
+
+
+cluster_shape = st.tuples(st.integers(1, 4), st.integers(1, 4))
+
+
+def run(data: st.DataObject, *, read_your_writes: bool, steps: int = 40) -> Cluster:
+    nodes, writers = data.draw(cluster_shape)
+    cluster = Cluster([f"n{i}" for i in range(nodes)], writers, read_your_writes)
+    for _ in range(data.draw(st.integers(0, steps))):
+        cluster.step(data)
+    return cluster
+
+
+# -- the states match the causal-history oracle -------------------------------------------
+
+
+@given(st.data())
+def test_every_reachable_state_matches_the_oracle(data: st.DataObject) -> None:
+    """No lost write, no zombie sibling: live values are exactly the unsuperseded writes."""
+    run(data, read_your_writes=data.draw(st.booleans()))
+
+
+@given(st.data())
+def test_siblings_are_only_concurrent_writes(data: st.DataObject) -> None:
+    cluster = run(data, read_your_writes=data.draw(st.booleans()))
+    by_dot = {w.dot: w for w in cluster.log}
+    for state in cluster.pool:
+        live = [by_dot[(node, counter)] for node, counter, _ in state.dots()]
+        for a in live:
+            for b in live:
+                if a is not b:
+                    assert not a.covers(b.dot) and not b.covers(a.dot)
+
+
+@given(st.data())
+def test_a_put_replaces_what_its_read_saw(data: st.DataObject) -> None:
+    cluster = run(data, read_your_writes=False, steps=25)
+    replica = data.draw(st.sampled_from(cluster.nodes))
+    coordinator = data.draw(st.sampled_from(cluster.nodes))
+    seen = cluster.states[replica]
+    after = cluster.states[coordinator].update(seen.context(), b"new", coordinator)
+    survivors = set(after.dots())
+    assert not set(seen.dots()) & survivors
+    assert (coordinator, after.counter(coordinator), b"new") in survivors
+    assert after.descends(seen) and after.descends(cluster.states[coordinator])
+    # Reading the coordinator itself and writing back leaves exactly one value.
+    solo = cluster.states[coordinator]
+    assert solo.update(solo.context(), b"x", coordinator).values() == [b"x"]
+    # What the read saw never comes back, whatever the new state is merged with.
+    for other in cluster.states.values():
+        assert not set(seen.dots()) & set(after.sync(other).dots())
+        assert not set(seen.dots()) & set(other.sync(after).dots())
+
+
+# -- the sibling bound --------------------------------------------------------------------
+
+
+@settings(max_examples=150)
+@given(st.data())
+def test_siblings_never_exceed_concurrent_writers(data: st.DataObject) -> None:
+    """W writers in read-modify-write loops, reading their own writes: at most W siblings."""
+    nodes, writers = data.draw(cluster_shape)
+    cluster = Cluster([f"n{i}" for i in range(nodes)], writers, read_your_writes=True)
+    for _ in range(data.draw(st.integers(0, 60))):
+        cluster.step(data)
+        for state in cluster.states.values():
+            assert state.sibling_count() <= writers
+
+
+def test_one_writer_reading_a_stale_replica_is_concurrent_with_itself() -> None:
+    """Why the bound needs read-your-writes: a read that misses the writer's own last
+    write makes its next write concurrent with it, so one writer can leave two
+    siblings. This is correct causality, not a defect."""
+    a = DVVSet().update({}, b"first", "n0")
+    stale = DVVSet()
+    b = DVVSet().update(stale.context(), b"second", "n1")
+    assert sorted(a.sync(b).live_values()) == [b"first", b"second"]
+
+
+# -- the partial order and the merge -----------------------------------------------------
+
+
+@settings(max_examples=60)
+@given(st.data())
+def test_descends_is_a_partial_order(data: st.DataObject) -> None:
+    pool = list(dict.fromkeys(run(data, read_your_writes=False, steps=30).pool))[:24]
+    ge = {(i, j): a.descends(b) for i, a in enumerate(pool) for j, b in enumerate(pool)}
+    for i, a in enumerate(pool):
+        assert ge[i, i]
+        assert not a.dominates(a)
+        for j, b in enumerate(pool):
+            if ge[i, j] and ge[j, i]:
+                assert a == b
+            assert a.dominates(b) == (ge[i, j] and a != b)
+            for k in range(len(pool)):
+                if ge[i, j] and ge[j, k]:
+                    assert ge[i, k]
+
+
+@settings(max_examples=60)
+@given(st.data())
+def test_sync_is_the_least_upper_bound(data: st.DataObject) -> None:
+    cluster = run(data, read_your_writes=False, steps=30)
+    pool = list(dict.fromkeys(cluster.pool))
+    a, b, c = (data.draw(st.sampled_from(pool)) for _ in range(3))
+    ab = a.sync(b)
+    assert ab == b.sync(a)
+    assert ab.sync(c) == a.sync(b.sync(c))
+    assert a.sync(a) == a
+    assert ab.descends(a) and ab.descends(b)
+    assert set(ab.dots()) == cluster.live(ab)  # the merge of two real states is real
+    for upper in pool:
+        if upper.descends(a) and upper.descends(b):
+            assert upper.descends(ab)
+            assert upper.sync(ab) == upper
+    if a.descends(b):
+        assert ab == a
+    assert ab.context() == merge_contexts(a.context(), b.context())
+    assert context_descends(ab.context(), a.context())
+    assert context_descends(a.context(), b.context()) == a.descends(b)
+
+
+# -- encodings ---------------------------------------------------------------------------
+
+
+@given(st.data())
+def test_wire_and_context_round_trip(data: st.DataObject) -> None:
+    pool = run(data, read_your_writes=False, steps=20).pool
+    state = data.draw(st.sampled_from(pool))
+    packed = msgpack.packb(state.to_wire(), use_bin_type=True)
+    assert DVVSet.from_wire(msgpack.unpackb(packed, raw=False)) == state
+    assert decode_context(encode_context(state.context())) == state.context()
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {},
+        [["a", 0, []]],
+        [["a", 1, [b"x", b"y"]]],
+        [["b", 1, []], ["a", 1, []]],
+        [["a", 1, []], ["a", 2, []]],
+        [["a", 1, ["text"]]],
+        [["a", "1", []]],
+    ],
+)
+def test_from_wire_rejects_malformed(bad: object) -> None:
+    with pytest.raises(ValueError):
+        DVVSet.from_wire(bad)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"\xc1",
+        msgpack.packb({"a": 1}),
+        msgpack.packb([["a", 0]]),
+        msgpack.packb([["a", 1], ["a", 2]]),
+    ],
+)
+def test_decode_context_rejects_malformed(bad: bytes) -> None:
+    with pytest.raises(ValueError):
+        decode_context(bad)

@@ -114,8 +114,9 @@ class NodeConfig:
     8 nodes (docs/ring.md has the balance and cost table)."""
     read_repair: bool = True
     """Bring replicas that a get found stale up to the merged version."""
-    tombstone_grace_s: float = 10.0
-    """How long after every replica holds a tombstone before it is reaped."""
+    tombstone_grace_s: float = 3600.0
+    """How long after every replica holds a tombstone before it is reaped; kept long so
+    that hints written before the delete are delivered first (docs/design.md)."""
     unreachable_s: float = 2.0
     """A peer whose connection failed counts as down this long (until gossip knows better)."""
     max_hints: int = 100_000

@@ -161,6 +161,8 @@ class _ClientGet:
     coord: GetCoordinator
     whereis: bool = False
     sent: bool = False
+    then: Callable[[GetCoordinator | None, QuorumFailure | None, float], None] | None = None
+    """For a read done on behalf of a blind write: continue it instead of replying."""
 
 
 @dataclass(eq=False)
@@ -175,6 +177,7 @@ class _Forwarded:
     conn: int
     rid: int
     deadline: float
+    target: str
 
 
 def hint_key(owner: str, key: bytes) -> bytes:
@@ -391,7 +394,7 @@ class Node:
                 c.closing = True
                 self._outbox.append(CloseConnection(conn, exc.message))
                 log.debug("closing connection %d: %s", conn, exc.message)
-            return encode_error(exc.req_id, exc.code, exc.message)
+            return encode_error(exc.req_id, exc.code, exc.message, **exc.details)
         except Exception as exc:  # a bug must cost one request, never the node
             self.counters["internal_errors"] += 1
             log.exception("internal error handling a request")
@@ -550,21 +553,24 @@ class Node:
         return self._start_get(conn, rid, key, 0, now, whereis=True)
 
     def _start_get(self, conn: int, rid: int, key: bytes, r: int, now: float,
-                   whereis: bool) -> bytes | None:
+                   whereis: bool,
+                   then: Callable[[GetCoordinator | None, QuorumFailure | None, float], None]
+                   | None = None) -> bytes | None:
         apl = self._apl(key, now)
         if whereis:
             r = len(apl) or 1
         if len(apl) < r:
-            raise WireError(ErrorCode.QUORUM_NOT_MET,
-                            f"only {len(apl)} replica(s) up, R={r}", req_id=rid)
+            raise self._too_few_up(rid, len(apl), r)
         coord = GetCoordinator(key, apl, r, now + self.config.request_timeout_s)
-        if len(apl) == 1 and apl[0].node == self.name and not whereis:
+        if len(apl) == 1 and apl[0].node == self.name and not whereis and then is None:
             # A one-replica ring: read locally, nothing to merge or repair.
             coord.on_reply(self.name, self._load(key))
             return self._get_result(rid, coord)
         gid = self._next_id()
-        self._gets[gid] = _ClientGet(conn, rid, coord, whereis)
-        self._track(conn, rid)
+        self._gets[gid] = _ClientGet(conn, rid, coord, whereis, then=then)
+        if then is None:
+            self._track(conn, rid)
+        failure: QuorumFailure | None = None
         for rep in apl:
             if rep.node == self.name:
                 coord.on_reply(self.name, self._load(self._stored_key(key, rep.hint_for)))
@@ -573,9 +579,9 @@ class Node:
                 if rep.hint_for is not None:
                     body["hint_for"] = rep.hint_for
                 if not self._send(rep.node, PeerMsg.REPLICA_GET, body):
-                    coord.on_failed(rep.node, "unknown address")
+                    failure = coord.on_failed(rep.node, "unknown address") or failure
         self._after(coord.deadline, partial(self.on_get_timeout, gid))
-        self._advance_get(gid)
+        self._advance_get(gid, now, failure)
         return None
 
     def _get_result(self, rid: int, coord: GetCoordinator) -> bytes:
@@ -609,16 +615,23 @@ class Node:
             "replicas": replicas,
         })
 
-    def _advance_get(self, gid: int, failure: QuorumFailure | None = None) -> None:
+    def _advance_get(self, gid: int, now: float, failure: QuorumFailure | None = None) -> None:
         g = self._gets.get(gid)
         if g is None:
             return
         coord = g.coord
-        if failure is not None:
-            self._finish(g.conn, g.rid, self._quorum_error(g.rid, failure))
+        if failure is not None and not g.whereis:
+            g.sent = True
+            if g.then is not None:
+                g.then(None, failure, now)
+            else:
+                self._finish(g.conn, g.rid, self._quorum_error(g.rid, failure))
         elif coord.answered and not g.whereis and not g.sent and len(coord.replies) >= coord.r:
             g.sent = True
-            self._finish(g.conn, g.rid, self._get_result(g.rid, coord))
+            if g.then is not None:
+                g.then(coord, None, now)
+            else:
+                self._finish(g.conn, g.rid, self._get_result(g.rid, coord))
         if coord.complete:
             self._close_get(gid)
 
@@ -638,7 +651,8 @@ class Node:
             for rep in coord.stale():
                 self.counters["read_repairs"] += 1
                 self._repair(rep, coord.key, coord.merged)
-        if coord.all_primaries_hold_tombstone():
+        expected = min(self.config.n_replicas, len(self.membership.ring))
+        if len(coord.replicas) == expected and coord.all_primaries_hold_tombstone():
             self._schedule_reap(coord, coord.merged)
 
     def _repair(self, rep: Replica, key: bytes, state: DVVSet) -> None:
@@ -675,9 +689,19 @@ class Node:
         if g is None:
             return
         failure = g.coord.on_timeout()
-        if failure is not None and not g.whereis:
-            self._finish(g.conn, g.rid, self._quorum_error(g.rid, failure))
+        if failure is not None and not g.whereis and not g.sent:
+            g.sent = True
+            if g.then is not None:
+                g.then(None, failure, now)
+            else:
+                self._finish(g.conn, g.rid, self._quorum_error(g.rid, failure))
         self._close_get(gid)
+
+    def _too_few_up(self, rid: int, up: int, needed: int) -> WireError:
+        self.counters["quorum_not_met"] += 1
+        return WireError(ErrorCode.QUORUM_NOT_MET,
+                         f"only {up} replica(s) up, {needed} needed", req_id=rid,
+                         details={"replied": 0, "needed": needed, "addressed": up})
 
     def _quorum_error(self, rid: int, f: QuorumFailure) -> bytes:
         self.counters["quorum_not_met"] += 1
@@ -690,15 +714,15 @@ class Node:
         key = self._client_key(args, rid)
         value = field_value(args, self.limits, rid)
         self.counters["put"] += 1
-        return self._write(conn, rid, key, value, args, now)
+        return self._write(conn, rid, Op.PUT, key, value, args, now)
 
     def _on_delete(self, conn: int, rid: int, args: dict[str, Any], now: float) -> bytes | None:
         key = self._client_key(args, rid)
         self.counters["delete"] += 1
-        return self._write(conn, rid, key, None, args, now)
+        return self._write(conn, rid, Op.DELETE, key, None, args, now)
 
-    def _write(self, conn: int, rid: int, key: bytes, value: Value, args: dict[str, Any],
-               now: float) -> bytes | None:
+    def _write(self, conn: int, rid: int, op: Op, key: bytes, value: Value,
+               args: dict[str, Any], now: float) -> bytes | None:
         raw_ctx = field_opt_bytes(args, "context", self.limits.max_context_bytes, rid)
         w = self._quorum_arg(args, "w", rid)
         ctx: dict[str, int] | None = None
@@ -715,22 +739,55 @@ class Node:
                 # Views of the ring differ; a second hop could loop, so refuse instead.
                 raise WireError(ErrorCode.UNAVAILABLE, "forwarded to a node that is not a "
                                 "primary replica of the key", req_id=rid)
-            return self._forward(conn, rid, key, apl, args, now)
+            return self._forward(conn, rid, op, apl, args, now)
         if len(apl) < w:
-            raise WireError(ErrorCode.QUORUM_NOT_MET,
-                            f"only {len(apl)} replica(s) up, W={w}", req_id=rid)
+            raise self._too_few_up(rid, len(apl), w)
         if self.read_only_reason is not None:
             raise WireError(ErrorCode.STORAGE_ERROR,
                             f"node is read-only: {self.read_only_reason}", req_id=rid)
-        local = self._load(key)
         if "ignore_context" in self.faults:
-            ctx = {}
+            ctx = {}  # injected defect: the client's context is dropped
+        if ctx is None and len(apl) > 1:
+            # A blind write supersedes what a read quorum sees, not just this replica's
+            # copy, which may be stale: read first, then write with the merged context.
+            self._track(conn, rid)
+            r = min(self.config.r, len(apl))
+
+            def then(coord: GetCoordinator | None, failure: QuorumFailure | None,
+                     when: float) -> None:
+                c = self._conns.get(conn)
+                if c is not None and c.inflight is not None:
+                    c.inflight.discard(rid)
+                if coord is None:
+                    assert failure is not None
+                    self._finish(conn, rid, self._quorum_error(rid, failure))
+                    return
+                if conn not in self._conns:
+                    return
+                seen = coord.merged.context()
+                try:
+                    frame = self._coordinate(conn, rid, key, value, seen, w, when)
+                except WireError as exc:
+                    frame = encode_error(rid, exc.code, exc.message, **exc.details)
+                if frame is not None:
+                    self._finish(conn, rid, frame)
+
+            self._start_get(conn, rid, key, r, now, whereis=False, then=then)
+            return None
+        return self._coordinate(conn, rid, key, value, ctx, w, now)
+
+    def _coordinate(self, conn: int, rid: int, key: bytes, value: Value,
+                    ctx: dict[str, int] | None, w: int, now: float) -> bytes | None:
+        """Apply a write to this primary's copy and replicate it (see the module docstring)."""
+        apl = self._apl(key, now)
+        if len(apl) < w:
+            raise self._too_few_up(rid, len(apl), w)
+        local = self._load(key)
         if ctx is None:
-            # A blind write supersedes everything this coordinator has seen of the key.
             ctx = local.context() if local is not None else {}
-        base = local if local is not None else DVVSet()
         if value is None and local is None and not ctx:
             return encode_response(rid, {"context": b"", "siblings": 0})
+        base = local if local is not None else DVVSet()
         new = base.update(ctx, value, self.actor)
         self._check_siblings(new, rid)
         try:
@@ -747,6 +804,7 @@ class Node:
         self._puts[pid] = _ClientPut(conn, rid, coord)
         self._track(conn, rid)
         wire_state = None
+        unknown: list[str] = []
         for rep in apl:
             if rep.node == self.name:
                 continue
@@ -756,9 +814,11 @@ class Node:
             if rep.hint_for is not None:
                 body["hint_for"] = rep.hint_for
             if not self._send(rep.node, PeerMsg.REPLICA_PUT, body):
-                coord.on_refused(rep.node, "unknown address")
+                unknown.append(rep.node)
         self._after(coord.deadline, partial(self.on_put_timeout, pid))
         self._hold_until_durable(seq, partial(self._put_acked, pid, self.name))
+        for node in unknown:
+            self._put_refused(pid, node, "unknown address")
         return None
 
     def _check_siblings(self, state: DVVSet, rid: int) -> None:
@@ -818,7 +878,7 @@ class Node:
             self._finish(p.conn, p.rid, self._quorum_error(p.rid, failure))
 
     # -- forwarding --------------------------------------------------------------------
-    def _forward(self, conn: int, rid: int, key: bytes, apl: tuple[Replica, ...],
+    def _forward(self, conn: int, rid: int, op: Op, apl: tuple[Replica, ...],
                  args: dict[str, Any], now: float) -> bytes | None:
         target = next((rep.node for rep in apl if rep.role == "primary"), None)
         if target is None:
@@ -826,8 +886,7 @@ class Node:
                             "no primary replica of this key is up to coordinate the write",
                             req_id=rid)
         fid = self._next_id()
-        op = Op.DELETE if "value" not in args else Op.PUT
-        self._forwards[fid] = _Forwarded(conn, rid, now + self.config.request_timeout_s)
+        self._forwards[fid] = _Forwarded(conn, rid, now + self.config.request_timeout_s, target)
         self._track(conn, rid)
         self.counters["forwarded"] += 1
         self._send(target, PeerMsg.FORWARD, {"id": fid, "op": int(op), "args": args})
@@ -882,7 +941,12 @@ class Node:
             g = self._gets[gid]
             if any(rep.node == name for rep in g.coord.replicas):
                 f = g.coord.on_failed(name, "unreachable")
-                self._advance_get(gid, f)
+                self._advance_get(gid, now, f)
+        for fid in [fid for fid, fw in self._forwards.items() if fw.target == name]:
+            fw = self._forwards.pop(fid)
+            self._finish(fw.conn, fw.rid, encode_error(
+                fw.rid, ErrorCode.UNAVAILABLE, f"lost the connection to coordinator {name}; "
+                "the write may or may not have happened"))
 
     def _join_body(self) -> dict[str, Any]:
         me = self.membership.me
@@ -980,10 +1044,10 @@ class Node:
         try:
             state = None if raw is None else DVVSet.from_wire(raw)
         except ValueError:
-            self._advance_get(gid, g.coord.on_failed(sender, "malformed state"))
+            self._advance_get(gid, now, g.coord.on_failed(sender, "malformed state"))
             return
         g.coord.on_reply(sender, state)
-        self._advance_get(gid)
+        self._advance_get(gid, now)
 
     def on_replica_reap(self, sender: str, body: dict[str, Any], now: float) -> None:
         key = body["key"]

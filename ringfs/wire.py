@@ -89,12 +89,13 @@ class WireError(Exception):
     """
 
     def __init__(self, code: ErrorCode, message: str, *, req_id: int | None = None,
-                 fatal: bool = False) -> None:
+                 fatal: bool = False, details: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.req_id = req_id
         self.fatal = fatal
+        self.details = details or {}
 
 
 _packer = msgpack.Packer(use_bin_type=True, autoreset=True)

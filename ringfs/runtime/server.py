@@ -107,6 +107,8 @@ class _Connection:
     unsent: int = 0
 
     def push(self, frame: bytes) -> None:
+        if self.closing:
+            return  # the error frame that closes the connection must be the last one
         self.out.append(frame)
         self.unsent += len(frame)
         self.wake.set()
@@ -389,12 +391,12 @@ class NodeServer:
                     if frame is not None:
                         out.append(frame)
                         c.unsent += len(frame)
-                if decoder.error is not None:
+                self._dispatch()
+                if decoder.error is not None and not c.closing:
                     exc = decoder.error
                     node.counters[f"error_{exc.code.name.lower()}"] += 1
                     out.append(encode_error(None, exc.code, exc.message))
                     c.closing = True
-                self._dispatch()
                 if out:
                     c.wake.set()
                 if c.closing:

@@ -71,11 +71,17 @@ def test_quorum_not_met_says_how_many_replied() -> None:
     c = client(w, "n1")
     w.crash("n2")
     w.crash("n3")
-    outcome, err = c.call(Op.PUT, {"key": b"k", "value": b"v"}, timeout_s=10)
+    # A write with a context goes straight to the replicas: it fails W, but the
+    # surviving replica took it (as Dynamo allows), and R=1 reads see it.
+    outcome, err = c.call(Op.PUT, {"key": b"k", "value": b"v", "context": b""}, timeout_s=10)
     assert outcome == "error" and err["name"] == "QUORUM_NOT_MET"
-    assert err["replied"] == 1 and err["needed"] == 2
-    # With R=1 the surviving replica still serves reads.
+    assert err["replied"] < err["needed"] == 2 and err["addressed"] == 3
     assert ok(c.call(Op.GET, {"key": b"k", "r": 1}))["values"] == [b"v"]
+    # Now the coordinator knows two replicas are down: refused before anything is written.
+    outcome, err = c.call(Op.PUT, {"key": b"k2", "value": b"v"}, timeout_s=10)
+    assert outcome == "error" and err["name"] == "QUORUM_NOT_MET"
+    assert err == {**err, "replied": 0, "needed": 2, "addressed": 1}
+    assert ok(c.call(Op.GET, {"key": b"k2", "r": 1}))["values"] == []
 
 
 def test_stale_contexts_make_siblings_resolved_everywhere() -> None:
@@ -205,3 +211,41 @@ def test_whereis_reports_each_replica() -> None:
     assert [r["node"] for r in res["replicas"]] == list(prefs(w, b"k"))
     assert all(r["present"] and r["siblings"] == 1 and r["role"] == "primary"
                for r in res["replicas"])
+
+
+def test_blind_writes_supersede_what_a_read_quorum_sees() -> None:
+    w = cluster(3)
+    key = b"blind"
+    coordinator = prefs(w, key)[0]
+    c = client(w, coordinator)
+    w.net.isolate(w.nodes[coordinator].address)
+    other = client(w, prefs(w, key)[1], "o")
+    w.net.heal()
+    w.net.partition([w.nodes[coordinator].address],
+                    [sn.address for n, sn in w.nodes.items() if n != coordinator])
+    outcome, _ = other.call(Op.PUT, {"key": key, "value": b"old"})  # coordinator misses it
+    assert outcome == "ok"
+    w.net.heal()
+    w.run_for(3.0)
+    assert stored_values(w, coordinator, key) is None
+    ok(c.call(Op.PUT, {"key": key, "value": b"new"}))  # blind, at the stale coordinator
+    assert ok(c.call(Op.GET, {"key": key, "r": 3}))["values"] == [b"new"]
+    ok(c.call(Op.DELETE, {"key": key}))
+    w.run_for(0.5)
+    assert ok(other.call(Op.GET, {"key": key, "r": 3}))["values"] == []
+
+
+def test_a_blind_delete_at_a_coordinator_without_the_key_still_deletes() -> None:
+    w = cluster(3)
+    key = b"gone"
+    pl = prefs(w, key)
+    a = client(w, pl[1], "a")
+    w.net.isolate(w.nodes[pl[0]].address)
+    ok(a.call(Op.PUT, {"key": key, "value": b"v"}))
+    w.net.heal()
+    w.run_for(3.0)
+    assert stored_values(w, pl[0], key) is None
+    c = client(w, pl[0])
+    ok(c.call(Op.DELETE, {"key": key}))
+    w.run_for(0.5)
+    assert ok(a.call(Op.GET, {"key": key, "r": 3}))["values"] == []

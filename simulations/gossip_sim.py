@@ -169,7 +169,8 @@ class GossipWorld:
             self.add_member(i, slow=i in slow)
         if bootstrap:
             infos = [
-                MemberInfo(m.name, m.address, 0, "alive", {}) for m in self.members.values()
+                MemberInfo(m.name, m.address, 0, "alive", m.swim.meta)
+                for m in self.members.values()
             ]
             for m in self.members.values():
                 m.swim.bootstrap(infos, self.loop.now)

@@ -131,7 +131,8 @@ class PushPull(NamedTuple):
     address: str
     join: bool
     reply: bool
-    states: list[StateEntry]
+    states: list[Any]
+    """Raw entries; see `parse_state_entry`."""
 
 
 Message = Ping | PingReq | Ack | Nack | Suspect | Alive | Dead | Left
@@ -189,8 +190,16 @@ def build_packet(parts: list[bytes]) -> bytes:
 
 
 def meta_size(meta: dict[str, MetaValue]) -> int:
-    """Encoded size of a metadata map, the quantity `max_meta_bytes` bounds."""
-    return len(_pack(meta))
+    """Upper bound of the encoded size of a metadata map, the quantity
+    `max_meta_bytes` bounds (computed without encoding: it runs on every decode)."""
+    n = 3
+    for key, val in meta.items():
+        n += 5 + (len(key) if key.isascii() else len(key.encode()))
+        if type(val) is str:
+            n += 5 + (len(val) if val.isascii() else len(val.encode()))
+        else:
+            n += 9
+    return n
 
 
 # -- validation -------------------------------------------------------------------
@@ -304,8 +313,10 @@ def decode_packet(data: bytes, limits: Limits) -> tuple[list[Message], int]:
     return out, bad
 
 
-def decode_push_pull(data: bytes, limits: Limits) -> tuple[PushPull, int]:
-    """A push-pull message and how many state entries were malformed (skipped)."""
+def decode_push_pull(data: bytes, limits: Limits) -> PushPull:
+    """A push-pull message. Its state entries are only checked for shape here; the
+    receiver validates with `parse_state_entry` the few that would change its view,
+    since a large cluster's state is mostly what the receiver already knows."""
     if len(data) > limits.max_stream_bytes:
         raise Malformed("stream message too large")
     obj = _unpack(data)
@@ -314,30 +325,24 @@ def decode_push_pull(data: bytes, limits: Limits) -> tuple[PushPull, int]:
     _, seq, name, address, join, reply, states = obj
     if type(states) is not list or len(states) > limits.max_members:
         raise Malformed("bad state list")
-    entries: list[StateEntry] = []
-    bad = 0
-    for raw in states:
-        try:
-            if type(raw) is not list or len(raw) != 5:
-                raise Malformed("bad state entry")
-            st = _uint(raw[3], 3)
-            entries.append(
-                StateEntry(
-                    _name(raw[0], limits),
-                    _address(raw[1]),
-                    _uint(raw[2]),
-                    st,
-                    check_meta(raw[4], limits),
-                )
-            )
-        except Malformed:
-            bad += 1
-    msg = PushPull(
+    return PushPull(
         _uint(seq, MAX_SEQ),
         _name(name, limits),
         _address(address),
         _bool(join),
         _bool(reply),
-        entries,
+        states,
     )
-    return msg, bad
+
+
+def parse_state_entry(raw: object, limits: Limits) -> StateEntry:
+    """Validate one [name, address, incarnation, state, meta] entry of a push-pull."""
+    if type(raw) is not list or len(raw) != 5:
+        raise Malformed("bad state entry")
+    return StateEntry(
+        _name(raw[0], limits),
+        _address(raw[1]),
+        _uint(raw[2]),
+        _uint(raw[3], 3),
+        check_meta(raw[4], limits),
+    )

@@ -302,7 +302,9 @@ class Swim:
         # do not probe and gossip in lockstep.
         self._schedule(now + rng.random() * cfg.probe_interval_s, self.on_probe_timeout)
         self._schedule(now + rng.random() * cfg.gossip_interval_s, self.on_gossip_timeout)
-        self._schedule(now + rng.random() * cfg.push_pull_period_s(1), self.on_push_pull_timeout)
+        self._push_pull_timer = self._schedule(
+            now + rng.random() * cfg.push_pull_period_s(1), self.on_push_pull_timeout
+        )
 
     # == the driver's interface =======================================================
 
@@ -383,11 +385,10 @@ class Swim:
                 st.dropped_bad_auth += 1
                 return
         try:
-            msg, bad = wire.decode_push_pull(data, self._limits)
+            msg = wire.decode_push_pull(data, self._limits)
         except Malformed:
             st.dropped_malformed += 1
             return
-        st.malformed_messages += bad
         self.on_push_pull(msg, src, now)
 
     def stream_failed(self, dest: str, now: float) -> None:
@@ -455,6 +456,7 @@ class Swim:
             meta = _check_meta_local(info.meta, self._limits)
             self._add_member(info.name, info.address, info.incarnation, meta, now)
         self._joined = True
+        self._rephase_push_pull(now)
 
     # -- status ------------------------------------------------------------------------
     @property
@@ -651,7 +653,12 @@ class Swim:
                 return  # late (timed out) or unsolicited; a reply is not merged blindly
             self._cancel(ex.timer)
             self.stats.push_pulls_completed += 1
-            self._joined = True
+            if ex.join and not self._joined:
+                self._joined = True
+                self._merge(msg, now)
+                # The cluster size is known now; keep a random phase at its period.
+                self._rephase_push_pull(now)
+                return
         else:
             self.stats.push_pulls_served += 1
             self._send_stream(
@@ -763,7 +770,9 @@ class Swim:
     def on_push_pull_timeout(self, now: float) -> None:
         """Periodic full-state exchange with one random alive member."""
         cfg = self._cfg
-        self._schedule(now + cfg.push_pull_period_s(self._live), self.on_push_pull_timeout)
+        self._push_pull_timer = self._schedule(
+            now + cfg.push_pull_period_s(self._live), self.on_push_pull_timeout
+        )
         if self._leaving:
             return
         if len(self._exchanges) >= cfg.max_concurrent_push_pull:
@@ -926,7 +935,19 @@ class Swim:
     def _merge(self, msg: PushPull, now: float) -> None:
         """Apply a remote full state as if its entries had arrived as messages."""
         src = msg.address
-        for e in msg.states:
+        members = self._members
+        limits = self._limits
+        for raw in msg.states:
+            # Fast path: an entry that matches our record changes nothing.
+            if type(raw) is list and len(raw) == 5 and type(raw[0]) is str:
+                m = members.get(raw[0])
+                if m is not None and raw[2] == m.incarnation and raw[3] == m.state:
+                    continue
+            try:
+                e = wire.parse_state_entry(raw, limits)
+            except Malformed:
+                self.stats.malformed_messages += 1
+                continue
             if e.state == ALIVE:
                 self.on_alive(Alive(e.incarnation, e.name, e.address, e.meta), src, now)
             elif e.state == LEFT:
@@ -935,6 +956,13 @@ class Swim:
                 # Suspect or dead in the sender's view: suspect it here and let the
                 # member refute, rather than trust a possibly stale death.
                 self.on_suspect(Suspect(e.incarnation, e.name, msg.name), src, now)
+
+    def _rephase_push_pull(self, now: float) -> None:
+        self._cancel(self._push_pull_timer)
+        period = self._cfg.push_pull_period_s(self._live)
+        self._push_pull_timer = self._schedule(
+            now + self._rng.random() * period, self.on_push_pull_timeout
+        )
 
     def _add_member(
         self, name: str, address: str, incarnation: int, meta: dict[str, MetaValue], now: float

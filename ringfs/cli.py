@@ -11,6 +11,7 @@ import base64
 import json
 import logging
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -119,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--w", type=_positive_int, metavar="W", help="default write quorum")
     n.add_argument("--zone", help="failure domain of this node")
     n.add_argument("--capacity", type=float, help="relative share of the ring (default 1)")
+    n.add_argument("--gossip", choices=("lan", "local", "off"),
+                   help="membership preset: lan (default), local (one machine) or off")
+    n.add_argument("--keyring", metavar="FILE",
+                   help="gossip keys from `ringfs keygen` (mode 0600); SIGHUP reloads it")
     n.set_defaults(func=cmd_node)
 
     # cluster
@@ -139,7 +144,27 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--durability", metavar="POLICY", help="sync policy for every node")
     up.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
                     default="info")
+    up.add_argument("--gossip", choices=("lan", "local", "off"), default="local",
+                    help="membership preset for every node (default local)")
+    up.add_argument("--keyring", metavar="FILE", help="gossip keyring for every node")
     up.set_defaults(func=cmd_cluster_up)
+
+    kg = sub.add_parser("keygen", help="create or extend a gossip keyring file",
+                        description="Write a new random AES-256 gossip key to FILE (created "
+                                    "with mode 0600). Rotate without downtime: --install adds "
+                                    "a key every node accepts, --use makes it the one they "
+                                    "send with, --remove drops an old one; after each step "
+                                    "copy FILE to every node and send them SIGHUP. Keys are "
+                                    "never taken from the command line.")
+    kg.add_argument("file", metavar="FILE")
+    mode = kg.add_mutually_exclusive_group()
+    mode.add_argument("--install", action="store_true",
+                      help="append a new key to an existing FILE (not yet primary)")
+    mode.add_argument("--use", metavar="FINGERPRINT",
+                      help="make the key with this fingerprint primary")
+    mode.add_argument("--remove", metavar="FINGERPRINT", help="remove a non-primary key")
+    mode.add_argument("--list", action="store_true", help="list fingerprints, primary first")
+    kg.set_defaults(func=cmd_keygen)
 
     def client_opts(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--node", metavar="HOST:PORT", type=_address, default=DEFAULT_NODE,
@@ -206,7 +231,8 @@ def cmd_node(args: argparse.Namespace) -> int:
     for flag, key in (("name", "name"), ("data_dir", "data_dir"), ("listen", "listen"),
                       ("engine", "engine"), ("durability", "durability"),
                       ("log_level", "log_level"), ("n_replicas", "n_replicas"),
-                      ("r", "r"), ("w", "w"), ("zone", "zone"), ("capacity", "capacity")):
+                      ("r", "r"), ("w", "w"), ("zone", "zone"), ("capacity", "capacity"),
+                      ("gossip", "gossip"), ("keyring", "keyring_file")):
         v = getattr(args, flag)
         if v is not None:
             values[key] = v
@@ -240,6 +266,7 @@ def cmd_cluster_up(args: argparse.Namespace) -> int:
     if args.base_port + args.nodes - 1 > 65535:
         raise CliError("--base-port + --nodes runs past port 65535")
     procs: list[tuple[str, str, subprocess.Popen[bytes]]] = []
+    commands: dict[str, list[str]] = {}
     stopping = False
 
     def stop(signum: int, frame: Any) -> None:
@@ -265,9 +292,13 @@ def cmd_cluster_up(args: argparse.Namespace) -> int:
                 cmd += ["--durability", args.durability]
             if args.n_replicas:
                 cmd += ["--n-replicas", str(args.n_replicas)]
+            cmd += ["--gossip", args.gossip]
+            if args.keyring:
+                cmd += ["--keyring", args.keyring]
             # Children ignore the terminal's Ctrl-C; this process stops them in order.
             proc = subprocess.Popen(cmd, start_new_session=True)
             procs.append((name, addr, proc))
+            commands[name] = cmd
         for name, addr, proc in procs:
             host, port = parse_address(addr)
             if not _wait_listening(host, port, proc, 15.0):
@@ -275,12 +306,18 @@ def cmd_cluster_up(args: argparse.Namespace) -> int:
             print(f"{name} listening on {addr} (data {os.path.join(args.data_root, name)})",
                   flush=True)
         print(f"cluster of {len(procs)} node(s) up; Ctrl-C stops it", flush=True)
+        reported: set[str] = set()
         while not stopping:
             for name, _addr, proc in procs:
-                if proc.poll() is not None:
-                    print(f"ringfs: node {name} exited with status {proc.returncode}",
+                if proc.poll() is not None and name not in reported:
+                    # The others keep running: losing a node is what a cluster is for.
+                    reported.add(name)
+                    print(f"ringfs: node {name} exited with status {proc.returncode}; "
+                          f"restart it with: {shlex.join(commands[name])}",
                           file=sys.stderr, flush=True)
-                    stopping = True
+            if len(reported) == len(procs):
+                print("ringfs: every node has exited", file=sys.stderr, flush=True)
+                return EXIT_FAILED
             time.sleep(0.1)
         return 0
     finally:
@@ -421,6 +458,48 @@ def cmd_status(args: argparse.Namespace) -> int:
     s = st.get("storage", {})
     print(f"storage: {s.get('engine')} ({s.get('durability')}), {s.get('keys')} keys, "
           f"{s.get('tombstones')} tombstones, {s.get('data_bytes')} bytes")
+    return 0
+
+
+def _fingerprint(key: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(key).hexdigest()[:12]
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from ringfs.gossip import KeyringError, generate_key, load_keys, save_keyring_file
+
+    path = args.file
+    try:
+        if args.list or args.use or args.remove or args.install:
+            keys = load_keys(path)
+        elif os.path.exists(path):
+            raise CliError(f"{path} exists; use --install to add a key to it")
+        else:
+            keys = []
+        if args.list:
+            for i, k in enumerate(keys):
+                print(f"{_fingerprint(k)}{'  (primary)' if i == 0 else ''}")
+            return 0
+        if args.use or args.remove:
+            fp = args.use or args.remove
+            match = [k for k in keys if _fingerprint(k) == fp]
+            if not match:
+                raise CliError(f"no key with fingerprint {fp} in {path}")
+            if args.use:
+                keys = [match[0]] + [k for k in keys if k != match[0]]
+            else:
+                if keys[0] == match[0]:
+                    raise CliError("cannot remove the primary key; --use another one first")
+                keys = [k for k in keys if k != match[0]]
+        else:
+            new = generate_key()
+            keys = [*keys, new] if keys else [new]
+            print(f"new key {_fingerprint(new)} written to {path}")
+        save_keyring_file(path, keys)
+    except (KeyringError, OSError, ValueError) as exc:
+        raise CliError(f"keyring {path}: {exc}") from None
     return 0
 
 

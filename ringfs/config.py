@@ -121,6 +121,11 @@ class NodeConfig:
     """A peer whose connection failed counts as down this long (until gossip knows better)."""
     max_hints: int = 100_000
     """Writes this node keeps for down owners at most; beyond it fallback writes are refused."""
+    gossip: str = "lan"
+    """Membership: lan or local (SWIM presets, see ringfs/gossip/config.py; local is for
+    processes on one machine), or off (seed announcements only, no failure detection)."""
+    keyring_file: str = ""
+    """File of gossip keys (from `ringfs keygen`), primary first; empty: gossip unencrypted."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
@@ -156,6 +161,8 @@ class NodeConfig:
             raise ConfigError("unreachable_s must be in 0.01..3600")
         if not 0 <= self.max_hints <= 100_000_000:
             raise ConfigError("max_hints must be in 0..100000000")
+        if self.gossip not in ("lan", "local", "off"):
+            raise ConfigError(f"gossip {self.gossip!r}: expected lan, local or off")
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"log_level {self.log_level!r}: expected one of {LOG_LEVELS}")
 
@@ -182,6 +189,8 @@ _SCALARS: dict[str, type | tuple[type, ...]] = {
     "tombstone_grace_s": (int, float),
     "unreachable_s": (int, float),
     "max_hints": int,
+    "gossip": str,
+    "keyring_file": str,
 }
 _LIMITS = {f.name for f in dataclasses.fields(Limits)}
 

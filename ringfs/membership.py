@@ -60,6 +60,7 @@ class Membership:
         self._by_address: dict[str, str] = {me.address: me.name}
         self._unreachable_until: dict[str, float] = {}
         self.ring = Ring.build([ring_member(me)], vnodes_per_capacity=vnodes_per_capacity)
+        self._placed: tuple[Any, ...] = ()
         self.version = 0
 
     # -- queries -------------------------------------------------------------------
@@ -129,7 +130,12 @@ class Membership:
         return changed
 
     def _rebuild(self) -> bool:
-        placed = [ring_member(m) for m in self.members.values() if m.state != "left"]
+        placed = sorted((ring_member(m) for m in self.members.values() if m.state != "left"),
+                        key=lambda rm: rm.name)
+        key = tuple(placed)
+        if key == self._placed:
+            return False  # a state change that moves nothing (suspect, dead, alive)
+        self._placed = key
         ring = Ring.build(placed, vnodes_per_capacity=self.vnodes_per_capacity)
         if ring.digest == self.ring.digest:
             return False

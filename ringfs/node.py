@@ -42,6 +42,7 @@ disk, so it refuses writes rather than acknowledge something it may lose.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import heapq
 import logging
 import random
@@ -57,6 +58,7 @@ from ringfs import __version__
 from ringfs.config import NodeConfig
 from ringfs.dvv import DVVSet, Value, decode_context, encode_context, from_stored
 from ringfs.errors import ErrorCode
+from ringfs.gossip import GossipConfig, Keyring, SendPacket, Swim
 from ringfs.membership import Member, Membership
 from ringfs.peer import PeerMsg, encode_peer, parse_peer
 from ringfs.quorum import GetCoordinator, PutCoordinator, QuorumFailure
@@ -132,7 +134,15 @@ class PeerSend:
     frame: bytes
 
 
-Effect = ClientReply | CloseConnection | RequestSync | PeerSend
+@dataclass(frozen=True, slots=True)
+class Datagram:
+    """Send a gossip datagram to the UDP endpoint at `address`."""
+
+    address: str
+    data: bytes
+
+
+Effect = ClientReply | CloseConnection | RequestSync | PeerSend | Datagram
 
 
 @dataclass
@@ -205,6 +215,7 @@ class Node:
         *,
         epoch: int = 1,
         faults: frozenset[str] = frozenset(),
+        keyring: Keyring | None = None,
     ) -> None:
         unknown = faults - KNOWN_FAULTS
         if unknown:
@@ -263,12 +274,25 @@ class Node:
             PeerMsg.REPLICA_REAP: self.on_replica_reap,
             PeerMsg.FORWARD: self.on_forward,
             PeerMsg.FORWARD_REPLY: self.on_forward_reply,
+            PeerMsg.GOSSIP: self.on_gossip,
         }
-        log.info("node %s (actor %s) starting: engine=%s durability=%s N=%d R=%d W=%d",
-                 self.name, self.actor, config.engine, config.durability,
-                 config.n_replicas, config.r, config.w)
-        for seed in config.seeds:
-            if seed != config.listen:
+        log.info("node %s (actor %s) starting: engine=%s durability=%s N=%d R=%d W=%d "
+                 "gossip=%s", self.name, self.actor, config.engine, config.durability,
+                 config.n_replicas, config.r, config.w, config.gossip)
+        self.gossip: Swim | None = None
+        seeds = [s for s in config.seeds if s != config.listen]
+        if config.gossip != "off":
+            preset = GossipConfig.local() if config.gossip == "local" else GossipConfig.lan()
+            if "wrong_incarnation_precedence" in faults:
+                preset = dataclasses.replace(preset, fault_wrong_incarnation_precedence=True)
+            self.gossip = Swim(preset, config.name, config.listen,
+                               random.Random(rng.getrandbits(64)), now, meta=meta,
+                               keyring=keyring)
+            if seeds:
+                self.gossip.join(seeds, now)
+            self._pump_gossip(now)
+        else:
+            for seed in seeds:
                 self._send_address(seed, PeerMsg.JOIN, self._join_body())
 
     # -- small helpers -------------------------------------------------------------
@@ -442,7 +466,11 @@ class Node:
         members = []
         for m in sorted(self.membership.members.values(), key=lambda m: m.name):
             d = m.to_status()
-            if d["state"] == "alive" and m.name not in up:
+            if m.name == self.name and self.gossip is not None:
+                d["incarnation"] = self.gossip.incarnation
+                if self.gossip.leaving:
+                    d["state"] = "left"
+            elif d["state"] == "alive" and m.name not in up:
                 d["state"] = "suspect"  # alive by membership, unreachable by transport
             d["ring_share"] = round(shares.get(m.name, 0.0), 6)
             members.append(d)
@@ -930,6 +958,9 @@ class Node:
         """The connection to the peer at `address` failed: requests to it fail now."""
         name = self.membership.name_at(address)
         self.counters["peer_unreachable"] += 1
+        if self.gossip is not None:
+            self.gossip.stream_failed(address, now)
+            self._pump_gossip(now)
         if name is None:
             return
         self.membership.mark_unreachable(name, now)
@@ -1078,6 +1109,68 @@ class Node:
         kind = RESPONSE if ok is True else ERROR
         self._finish(f.conn, f.rid, encode_frame([kind, f.rid, payload]))
 
+    # -- gossip ------------------------------------------------------------------------
+    def receive_datagram(self, data: bytes, src: str, now: float) -> None:
+        """A UDP datagram arrived on the node's port from `src` ("host:port")."""
+        if self.gossip is None:
+            self.counters["datagrams_ignored"] += 1
+            return
+        self.gossip.receive_packet(data, src, now)
+        self._pump_gossip(now)
+
+    def on_gossip(self, sender: str, body: dict[str, Any], now: float) -> None:
+        data, origin = body["data"], body["from"]
+        if type(data) is not bytes or type(origin) is not str:
+            raise ValueError("bad GOSSIP")
+        if self.gossip is None:
+            return
+        self.gossip.receive_stream(data, origin, now)
+        self._pump_gossip(now)
+
+    def leave(self, now: float) -> None:
+        """Leave the cluster gracefully: members will mark this node left, not dead."""
+        if self.gossip is not None:
+            self.gossip.leave(now)
+            self._pump_gossip(now)
+
+    @property
+    def leave_pending(self) -> bool:
+        """Whether the announcement of a leave is still being disseminated."""
+        return self.gossip is not None and self.gossip.broadcasts_pending > 0
+
+    def _pump_gossip(self, now: float) -> None:
+        """Carry gossip's messages out and its membership events into the ring."""
+        g = self.gossip
+        if g is None:
+            return
+        me = self.config.listen
+        for out in g.drain_outbox():
+            if type(out) is SendPacket:
+                self._outbox.append(Datagram(out.dest, out.data))
+            else:
+                self._outbox.append(PeerSend(out.dest, encode_peer(
+                    self.name, PeerMsg.GOSSIP, {"data": out.data, "from": me})))
+        ms = self.membership
+        while (ev := g.next_event()) is not None:
+            m = ev.member
+            if m.name == self.name:
+                continue
+            self.counters[f"member_{ev.kind}"] += 1
+            if ev.kind == "reaped":
+                ms.remove(m.name)
+            else:
+                state = str(m.state)  # gossip's belief after the event
+                changed = ms.upsert(Member(m.name, m.address, state, m.incarnation,
+                                           dict(m.meta)))
+                if state == "alive":
+                    ms.mark_reachable(m.name)
+                if changed:
+                    log.info("ring changed: member %s %s (%d members)", m.name, ev.kind,
+                             len(ms.members))
+            if ev.kind in ("dead", "left", "join"):
+                log.info("member %s is %s (incarnation %d)", m.name, ev.kind if ev.kind != "join"
+                         else "alive", m.incarnation)
+
     # -- durability ----------------------------------------------------------------------
     def on_sync_complete(self, durable_seq: int, now: float) -> None:
         """A sync finished; release every acknowledgement it covers."""
@@ -1101,12 +1194,21 @@ class Node:
             top = self._timers[0][0]
             if t is None or top < t:
                 t = top
+        if self.gossip is not None:
+            g = self.gossip.next_deadline()
+            if g is not None and (t is None or g < t):
+                t = g
         return t
 
     def handle_timer(self, now: float) -> None:
         t = self._next_interval_sync
         if t is not None and now >= t:
             self.on_interval_sync_timeout(now)
+        if self.gossip is not None:
+            g = self.gossip.next_deadline()
+            if g is not None and now >= g:
+                self.gossip.handle_timer(now)
+                self._pump_gossip(now)
         timers = self._timers
         while timers and timers[0][0] <= now:
             _, _, fn = heapq.heappop(timers)
@@ -1141,6 +1243,8 @@ class Node:
         if not self.durability.acks_after_sync:
             assert not self._pending
         assert self.hints >= 0
+        if self.gossip is not None:
+            self.gossip.check_invariants()
 
 
 def make_rng(seed: int | None = None) -> random.Random:
@@ -1148,5 +1252,6 @@ def make_rng(seed: int | None = None) -> random.Random:
     return random.Random(seed)
 
 
-__all__ = ["ClientReply", "CloseConnection", "Effect", "Node", "PeerSend", "RequestSync",
+__all__ = ["ClientReply", "CloseConnection", "Datagram", "Effect", "Node", "PeerSend",
+           "RequestSync",
            "error_body"]

@@ -26,7 +26,8 @@ from functools import partial
 from typing import Any
 
 from ringfs.config import Durability, NodeConfig
-from ringfs.node import ClientReply, CloseConnection, Node, PeerSend, RequestSync
+from ringfs.gossip import Keyring
+from ringfs.node import ClientReply, CloseConnection, Datagram, Node, PeerSend, RequestSync
 from ringfs.storage.memory import MemoryEngine
 from ringfs.wire import (
     ERROR,
@@ -87,9 +88,15 @@ class SimWorld:
         disk: DiskConfig | None = None,
         node_defaults: dict[str, Any] | None = None,
         faults: frozenset[str] = frozenset(),
+        engine_factory: Callable[[str], MemoryEngine] | None = None,
+        gossip_key: bytes | None = None,
     ) -> None:
         self.seed = seed
         self.faults = faults
+        self.gossip_key = gossip_key
+        """When set, gossip is encrypted under this key on every node."""
+        self.engine_factory = engine_factory
+        """Makes each node's disk (given the node's name); a plain MemoryEngine when None."""
         self.rng = random.Random(seed)
         self.loop = EventLoop()
         self.net = SimNetwork(self.loop, self._child_rng(), link)
@@ -127,15 +134,15 @@ class SimWorld:
         settings = {"durability": Durability("group"), "seeds": seeds,
                     **self.node_defaults, **overrides}
         config = NodeConfig(name=name, listen=address, engine="memory", **settings)
-        engine = MemoryEngine()
+        engine = MemoryEngine() if self.engine_factory is None else self.engine_factory(name)
         sn = SimNode(name, address, config, engine,
                      Node(config, engine, self._child_rng(), self.loop.now, epoch=1,
-                          faults=self.faults))
+                          faults=self.faults, keyring=self._keyring()))
         self.nodes[name] = sn
         self._by_address[address] = sn
         self.net.register(
             address,
-            on_packet=_ignore_packet,
+            on_packet=partial(self._node_packet, sn),
             on_stream=partial(self._node_stream, sn),
             on_stream_failed=partial(self._peer_failed, sn),
         )
@@ -162,7 +169,7 @@ class SimWorld:
             return
         sn.epoch += 1  # the runtime bumps a durable epoch at every start
         sn.node = Node(sn.config, sn.engine, self._child_rng(), self._now(sn), epoch=sn.epoch,
-                       faults=self.faults)
+                       faults=self.faults, keyring=self._keyring())
         sn.up = True
         sn.syncing = sn.sync_again = False
         sn.decoders.clear()
@@ -188,6 +195,20 @@ class SimWorld:
 
     def _now(self, sn: SimNode) -> float:
         return self.loop.now + sn.skew_s
+
+    def _keyring(self) -> Keyring | None:
+        if self.gossip_key is None:
+            return None
+        return Keyring([self.gossip_key], nonce_source=self._child_rng().randbytes)
+
+    def _node_packet(self, sn: SimNode, data: bytes, src: str) -> None:
+        if not sn.up:
+            return
+        if sn.paused_until > self.loop.now:
+            self.loop.call_at(sn.paused_until, self._node_packet, sn, data, src)
+            return
+        sn.node.receive_datagram(data, src, self._now(sn))
+        self._pump(sn)
 
     # -- driving a node ------------------------------------------------------------
     def _node_stream(self, sn: SimNode, data: bytes, src: str) -> None:
@@ -240,6 +261,8 @@ class SimWorld:
                 dest = sn.conn_addrs.get(eff.conn)
                 if dest is not None:
                     self.net.send_stream(sn.address, dest, eff.frame)
+            elif type(eff) is Datagram:
+                self.net.send_packet(sn.address, eff.address, eff.data)
             elif type(eff) is PeerSend:
                 self.net.send_stream(sn.address, eff.address, eff.frame)
             elif type(eff) is RequestSync:

@@ -156,6 +156,11 @@ class GossipConfig:
             raise ValueError("max_members and max_name_bytes must be >= 1")
 
     # -- presets -------------------------------------------------------------------
+    fault_wrong_incarnation_precedence: bool = False
+    """An injected defect for the simulator's checkers: accept suspect and dead messages
+    about an older incarnation, so stale accusations override refutations. Never set
+    outside the simulator."""
+
     @classmethod
     def lan(cls, **overrides: Any) -> GossipConfig:
         """Defaults for one data centre (memberlist's DefaultLANConfig, see fields)."""
@@ -163,7 +168,12 @@ class GossipConfig:
 
     @classmethod
     def local(cls, **overrides: Any) -> GossipConfig:
-        """A cluster of processes on one machine: everything twice as fast as LAN."""
+        """A cluster of processes on one machine: probing twice as fast as LAN.
+
+        suspicion_mult is 5, so a suspicion lasts at least 2.5 s: a process stalled for
+        a couple of seconds (a GC pause, SIGSTOP, a slow fsync on a busy box) refutes
+        before it is declared dead, while a killed one is still found within seconds.
+        """
         base = cls(
             probe_interval_s=0.5,
             probe_timeout_s=0.15,
@@ -173,7 +183,7 @@ class GossipConfig:
             push_pull_interval_s=15.0,
             push_pull_timeout_s=5.0,
             dead_reap_s=30.0,
-            suspicion_mult=3,
+            suspicion_mult=5,
         )
         return replace(base, **overrides)
 

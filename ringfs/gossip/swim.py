@@ -586,7 +586,8 @@ class Swim:
                 self._refute(msg.incarnation)
             return
         m = self._members.get(msg.name)
-        if m is None or msg.incarnation < m.incarnation:
+        if m is None or (msg.incarnation < m.incarnation
+                         and not self._cfg.fault_wrong_incarnation_precedence):
             return
         if m.state == SUSPECT:
             s = m.suspicion
@@ -623,7 +624,9 @@ class Swim:
                 self._refute(msg.incarnation)
             return
         m = self._members.get(msg.name)
-        if m is None or msg.incarnation < m.incarnation or m.state >= DEAD:
+        if m is None or m.state >= DEAD or (
+                msg.incarnation < m.incarnation
+                and not self._cfg.fault_wrong_incarnation_precedence):
             return
         m.incarnation = msg.incarnation
         self._set_state(m, DEAD, now)

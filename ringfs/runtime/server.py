@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import itertools
 import logging
 import math
 import os
 import random
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +30,8 @@ import trio
 
 from ringfs.config import NodeConfig, parse_address
 from ringfs.errors import ErrorCode
-from ringfs.node import ClientReply, CloseConnection, Node, PeerSend, RequestSync
+from ringfs.gossip import Keyring, KeyringError, load_keyring_file, load_keys
+from ringfs.node import ClientReply, CloseConnection, Datagram, Node, PeerSend, RequestSync
 from ringfs.storage.engine import StorageEngine
 from ringfs.storage.memory import MemoryEngine
 from ringfs.wire import PROTOCOL_VERSION, FrameDecoder, Op, encode_error, encode_request
@@ -132,6 +135,9 @@ class NodeServer:
         self._clock = clock or trio.current_time
         self._peers: dict[str, _PeerLink] = {}
         self._nursery: trio.Nursery | None = None
+        self._udp: socket.socket | None = None
+        self._resolved: dict[str, tuple[str, int]] = {}
+        self.keyring: Keyring | None = None
 
     # -- lifecycle -----------------------------------------------------------------
     async def serve(
@@ -157,13 +163,29 @@ class NodeServer:
                 self.address = (sockname[0], sockname[1])
                 # Peers must be told the port actually bound, not ":0".
                 config = dataclasses.replace(config, listen=f"{host}:{sockname[1]}")
+            udp_sock: trio.socket.SocketType | None = None
+            if listen and config.gossip != "off":
+                assert self.address is not None
+                # Gossip shares the port number of the TCP listener: one HOST:PORT names a node.
+                family = socket.AF_INET6 if ":" in self.address[0] else socket.AF_INET
+                raw = socket.socket(family, socket.SOCK_DGRAM)
+                raw.setblocking(False)
+                raw.bind(self.address)
+                self._udp = raw
+                udp_sock = trio.socket.from_stdlib_socket(raw)
+            if config.keyring_file:
+                self.keyring = load_keyring_file(config.keyring_file)
             epoch = next_epoch(config.data_dir) if config.engine == "log" else 1
-            self.node = Node(config, engine, random.Random(), self._clock(), epoch=epoch)
+            self.node = Node(config, engine, random.Random(), self._clock(), epoch=epoch,
+                             keyring=self.keyring)
             if self.address is not None:
-                log.info("node %s listening on %s:%d", config.name, *self.address)
+                log.info("node %s listening on %s:%d (tcp%s)", config.name, *self.address,
+                         "+udp" if udp_sock is not None else "")
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self._dispatch()
+                if udp_sock is not None:
+                    nursery.start_soon(self._udp_receiver, udp_sock)
                 nursery.start_soon(self._syncer)
                 nursery.start_soon(self._timer)
                 if listeners:
@@ -173,6 +195,8 @@ class NodeServer:
             with trio.CancelScope(shield=True):
                 for ln in listeners:
                     await ln.aclose()
+                if self._udp is not None:
+                    self._udp.close()
                 engine.close()
                 log.info("node %s stopped", self.config.name)
 
@@ -205,6 +229,8 @@ class NodeServer:
             elif type(eff) is RequestSync:
                 self._sync_queue.append(eff.seq)
                 self._sync_wanted.set()
+            elif type(eff) is Datagram:
+                self._send_datagram(eff.address, eff.data)
             elif type(eff) is PeerSend:
                 self._send_peer(eff.address, eff.frame)
             elif type(eff) is CloseConnection:
@@ -215,6 +241,72 @@ class NodeServer:
         dl = node.next_deadline()
         if dl is not None and dl < self._deadline:
             self._timer_rearm.set()
+
+    # -- gossip --------------------------------------------------------------------
+    async def _udp_receiver(self, sock: trio.socket.SocketType) -> None:
+        node = self.node
+        assert node is not None
+        while True:
+            try:
+                data, addr = await sock.recvfrom(65536)
+            except OSError as exc:  # e.g. ICMP port unreachable surfacing as ECONNREFUSED
+                node.counters["udp_errors"] += 1
+                log.debug("udp receive: %s", exc)
+                continue
+            try:
+                node.receive_datagram(data, f"{addr[0]}:{addr[1]}", self._clock())
+            except Exception:
+                node.counters["internal_errors"] += 1
+                log.exception("handling a datagram failed")
+            self._dispatch()
+
+    def _send_datagram(self, address: str, data: bytes) -> None:
+        sock = self._udp
+        if sock is None:
+            return
+        dest = self._resolved.get(address)
+        if dest is None:
+            host, port = parse_address(address)
+            dest = self._resolved[address] = (host, port)
+        try:
+            sock.sendto(data, dest)
+        except OSError as exc:
+            # UDP may drop; a full buffer or an unreachable host is just a lost packet.
+            assert self.node is not None
+            self.node.counters["udp_send_errors"] += 1
+            if exc.errno not in (errno.EAGAIN, errno.ECONNREFUSED, errno.ENETUNREACH,
+                                 errno.EHOSTUNREACH):
+                log.debug("udp send to %s: %s", address, exc)
+
+    async def leave(self, timeout_s: float = 2.0) -> None:
+        """Announce a graceful leave and wait (bounded) until it has been disseminated."""
+        node = self.node
+        if node is None or node.gossip is None:
+            return
+        node.leave(self._clock())
+        self._dispatch()
+        with trio.move_on_after(timeout_s):
+            while node.leave_pending:
+                await trio.sleep(0.05)
+
+    def reload_keyring(self) -> None:
+        """Re-read the keyring file: install new keys, switch primary, drop removed ones."""
+        if self.keyring is None or not self.config.keyring_file:
+            log.warning("no keyring file configured; nothing to reload")
+            return
+        try:
+            keys = load_keys(self.config.keyring_file)
+        except (OSError, KeyringError, ValueError) as exc:
+            log.error("keyring reload failed, keeping the old keys: %s", exc)
+            return
+        for k in keys:
+            if k not in self.keyring.keys:
+                self.keyring.install(k)
+        self.keyring.use(keys[0])
+        for k in list(self.keyring.keys):
+            if k not in keys:
+                self.keyring.remove(k)
+        log.info("keyring reloaded: %d key(s)", len(keys))
 
     # -- peers ---------------------------------------------------------------------
     def _send_peer(self, address: str, frame: bytes) -> None:
@@ -460,13 +552,18 @@ def serve_config(config: NodeConfig) -> Any:
 
     async def main() -> None:
         server = NodeServer(config)
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             async with trio.open_nursery() as nursery:
                 await nursery.start(server.serve)
 
                 async def watch() -> None:
                     async for sig in signals:
-                        log.info("received %s, shutting down", signal.Signals(sig).name)
+                        if sig == signal.SIGHUP:
+                            server.reload_keyring()
+                            continue
+                        log.info("received %s, leaving the cluster and shutting down",
+                                 signal.Signals(sig).name)
+                        await server.leave()
                         nursery.cancel_scope.cancel()
                         return
 

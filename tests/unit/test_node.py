@@ -25,7 +25,8 @@ def decode(frame: bytes) -> Any:
 class Harness:
     def __init__(self, durability: str = "none", **cfg: Any) -> None:
         self.engine = MemoryEngine()
-        self.node = Node(NodeConfig(name="n1", durability=Durability.parse(durability), **cfg),
+        self.node = Node(NodeConfig(name="n1", durability=Durability.parse(durability),
+                                    gossip="off", **cfg),
                          self.engine, random.Random(0), 0.0)
         self.rid = 0
         self.conn = 1

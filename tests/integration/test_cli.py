@@ -90,3 +90,24 @@ def test_cluster_up_starts_and_stops_all_nodes(tmp_path: Path) -> None:
         out, _ = proc.communicate(timeout=20)
     assert proc.returncode == 0
     assert b"listening on" in out and b"cluster stopped" in out
+
+
+def test_keygen_rotation(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    f = tmp_path / "keys"
+    assert ringfs("keygen", str(f)).returncode == 0
+    assert stat.S_IMODE(os.stat(f).st_mode) == 0o600
+    assert ringfs("keygen", str(f)).returncode == 1  # never overwrites
+    assert ringfs("keygen", str(f), "--install").returncode == 0
+    fps = ringfs("keygen", str(f), "--list").stdout.decode().split()
+    first, second = fps[0], fps[2]
+    assert fps[1] == "(primary)"
+    assert ringfs("keygen", str(f), "--remove", first).returncode == 1  # primary stays
+    assert ringfs("keygen", str(f), "--use", second).returncode == 0
+    assert ringfs("keygen", str(f), "--remove", first).returncode == 0
+    assert ringfs("keygen", str(f), "--list").stdout.decode().split() == [second, "(primary)"]
+    os.chmod(f, 0o644)
+    r = ringfs("keygen", str(f), "--list")
+    assert r.returncode == 1 and b"chmod 600" in r.stderr

@@ -84,6 +84,11 @@ from ringfs.wire import (
 
 log = logging.getLogger("ringfs.node")
 
+HANDOFF_INTERVAL_S = 1.0
+"""How often a node checks whether owners of its hints are back."""
+HANDOFF_MAX_INFLIGHT = 64
+"""Hint deliveries awaiting an owner's acknowledgement at once, per owner."""
+
 HINT_PREFIX = b"\x00h"
 """Keys beginning with 0x00 are the node's own; a hint is HINT_PREFIX + owner + 0 + key."""
 
@@ -255,7 +260,17 @@ class Node:
         self._forwards: dict[int, _Forwarded] = {}
         self._pseudo_conn = 0
         self._max_sibling_bytes = self.limits.max_frame_bytes - _FRAME_SLACK
-        self.hints = sum(1 for _ in self._iter_hints()) if len(engine) else 0
+        # owner -> keys this node holds for it as a fallback (rebuilt from the store).
+        self._hint_index: dict[str, set[bytes]] = {}
+        if len(engine):
+            for sk in self._iter_hints():
+                parsed = parse_hint_key(sk)
+                if parsed is not None:
+                    self._hint_index.setdefault(parsed[0], set()).add(parsed[1])
+        self._handoffs: dict[int, tuple[str, bytes, DVVSet]] = {}
+        self._handoff_inflight: Counter[str] = Counter()
+        self._next_handoff: float | None = now + HANDOFF_INTERVAL_S if self._hint_index else None
+        self._hints_full_logged = False
         self._handlers: dict[int, Callable[[int, int, dict[str, Any], float], bytes | None]] = {
             Op.PING: self._on_ping,
             Op.GET: self._on_get,
@@ -495,7 +510,9 @@ class Node:
                 "live_bytes": st.live_bytes,
                 "corrupt_records": st.corrupt_records,
             },
-            "hints": {"pending": self.hints, "max": self.config.max_hints},
+            "hints": {"pending": self.hints, "max": self.config.max_hints,
+                      "by_owner": self.hints_by_owner(),
+                      "full": self.hints >= self.config.max_hints},
             "connections": len(self._conns),
             "pending_acks": len(self._pending),
             "counters": dict(self.counters),
@@ -538,8 +555,12 @@ class Node:
         if hint_for is not None and local is None:
             if self.hints >= self.config.max_hints:
                 self.counters["hints_refused_full"] += 1
+                if not self._hints_full_logged:
+                    self._hints_full_logged = True
+                    log.warning("hint store full (%d); refusing fallback writes, anti-entropy "
+                                "must repair the owners", self.config.max_hints)
                 raise WireError(ErrorCode.OVERLOADED, "hint store is full")
-            self.hints += 1
+            self._note_hint(hint_for, key, None)
         try:
             return self._store(sk, merged)
         except OSError as exc:
@@ -547,6 +568,67 @@ class Node:
             log.error("write failed: %s", exc)
             raise WireError(ErrorCode.STORAGE_ERROR,
                             f"write failed: {exc.strerror or exc}") from None
+
+    @property
+    def hints(self) -> int:
+        """Writes held for down owners (hinted handoff still to do)."""
+        return sum(len(keys) for keys in self._hint_index.values())
+
+    def hints_by_owner(self) -> dict[str, int]:
+        return {owner: len(keys) for owner, keys in sorted(self._hint_index.items()) if keys}
+
+    def _note_hint(self, owner: str, key: bytes, now: float | None) -> None:
+        self._hint_index.setdefault(owner, set()).add(key)
+        if self._next_handoff is None:
+            self._next_handoff = (now if now is not None else 0.0) + HANDOFF_INTERVAL_S
+
+    def on_handoff_timeout(self, now: float) -> None:
+        """Deliver hints to owners that gossip (or the transport) shows are up again."""
+        self._next_handoff = None
+        if not self._hint_index:
+            return
+        self._next_handoff = now + HANDOFF_INTERVAL_S
+        if "skip_hinted_handoff" in self.faults or self.read_only_reason is not None:
+            return
+        for owner in list(self._hint_index):
+            keys = self._hint_index[owner]
+            if not keys:
+                del self._hint_index[owner]
+                continue
+            if not self.membership.is_up(owner, now) or owner == self.name:
+                continue
+            budget = HANDOFF_MAX_INFLIGHT - self._handoff_inflight[owner]
+            for key in sorted(keys)[:max(0, budget)]:
+                if any(h[0] == owner and h[1] == key for h in self._handoffs.values()):
+                    continue
+                state = self._load(hint_key(owner, key))
+                if state is None:
+                    keys.discard(key)
+                    continue
+                hid = self._next_id()
+                self._handoffs[hid] = (owner, key, state)
+                self._handoff_inflight[owner] += 1
+                self.counters["hints_sent"] += 1
+                self._send(owner, PeerMsg.REPLICA_PUT,
+                           {"id": hid, "key": key, "state": state.to_wire(), "handoff": True})
+
+    def _handoff_done(self, hid: int, ok: bool) -> bool:
+        """An owner answered a hint delivery; True if `hid` was one."""
+        h = self._handoffs.pop(hid, None)
+        if h is None:
+            return False
+        owner, key, sent = h
+        self._handoff_inflight[owner] -= 1
+        if not ok:
+            self.counters["hints_refused"] += 1
+            return True
+        sk = hint_key(owner, key)
+        if self._load(sk) == sent:
+            # The owner holds it durably and nothing newer arrived meanwhile: drop ours.
+            self.engine.purge(sk)
+            self._hint_index.get(owner, set()).discard(key)
+            self.counters["hints_delivered"] += 1
+        return True
 
     # -- client key/value ops ---------------------------------------------------------
     def _client_key(self, args: dict[str, Any], rid: int) -> bytes:
@@ -908,7 +990,11 @@ class Node:
     # -- forwarding --------------------------------------------------------------------
     def _forward(self, conn: int, rid: int, op: Op, apl: tuple[Replica, ...],
                  args: dict[str, Any], now: float) -> bytes | None:
-        target = next((rep.node for rep in apl if rep.role == "primary"), None)
+        primaries = [rep.node for rep in apl if rep.role == "primary"]
+        # Prefer a coordinator nobody suspects: a suspect one is probably gone.
+        target = next((n for n in primaries
+                       if (m := self.membership.members.get(n)) is not None
+                       and m.state == "alive"), primaries[0] if primaries else None)
         if target is None:
             raise WireError(ErrorCode.UNAVAILABLE,
                             "no primary replica of this key is up to coordinate the write",
@@ -973,6 +1059,8 @@ class Node:
             if any(rep.node == name for rep in g.coord.replicas):
                 f = g.coord.on_failed(name, "unreachable")
                 self._advance_get(gid, now, f)
+        for hid in [hid for hid, h in self._handoffs.items() if h[0] == name]:
+            self._handoff_done(hid, False)
         for fid in [fid for fid, fw in self._forwards.items() if fw.target == name]:
             fw = self._forwards.pop(fid)
             self._finish(fw.conn, fw.rid, encode_error(
@@ -1046,6 +1134,8 @@ class Node:
         if type(pid) is not int:
             raise ValueError("bad ack")
         self.membership.mark_reachable(sender)
+        if self._handoff_done(pid, ok is True):
+            return
         if ok is True:
             self._put_acked(pid, sender)
         else:
@@ -1164,6 +1254,8 @@ class Node:
                                            dict(m.meta)))
                 if state == "alive":
                     ms.mark_reachable(m.name)
+                    if self._hint_index.get(m.name):
+                        self._next_handoff = now  # its hints can go home now
                 if changed:
                     log.info("ring changed: member %s %s (%d members)", m.name, ev.kind,
                              len(ms.members))
@@ -1198,12 +1290,18 @@ class Node:
             g = self.gossip.next_deadline()
             if g is not None and (t is None or g < t):
                 t = g
+        h = self._next_handoff
+        if h is not None and (t is None or h < t):
+            t = h
         return t
 
     def handle_timer(self, now: float) -> None:
         t = self._next_interval_sync
         if t is not None and now >= t:
             self.on_interval_sync_timeout(now)
+        h = self._next_handoff
+        if h is not None and now >= h:
+            self.on_handoff_timeout(now)
         if self.gossip is not None:
             g = self.gossip.next_deadline()
             if g is not None and now >= g:
@@ -1243,6 +1341,7 @@ class Node:
         if not self.durability.acks_after_sync:
             assert not self._pending
         assert self.hints >= 0
+        assert all(v >= 0 for v in self._handoff_inflight.values())
         if self.gossip is not None:
             self.gossip.check_invariants()
 

@@ -18,7 +18,9 @@ the same trace, byte for byte.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -168,6 +170,9 @@ class SimWorld:
         if sn.up:
             return
         sn.epoch += 1  # the runtime bumps a durable epoch at every start
+        # Like an operator's config, a restarted node seeds from the rest of the cluster.
+        others = tuple(o.address for o in self.nodes.values() if o is not sn)
+        sn.config = dataclasses.replace(sn.config, seeds=others)
         sn.node = Node(sn.config, sn.engine, self._child_rng(), self._now(sn), epoch=sn.epoch,
                        faults=self.faults, keyring=self._keyring())
         sn.up = True
@@ -275,7 +280,17 @@ class SimWorld:
                 sn.timer.cancel()
             sn.timer_at = dl
             sn.timer = (None if dl is None
-                        else self.loop.call_at(dl - sn.skew_s, self._fire_timer, sn))
+                        else self.loop.call_at(self._true_time(sn, dl), self._fire_timer, sn))
+
+    @staticmethod
+    def _true_time(sn: SimNode, node_time: float) -> float:
+        """When a node's clock reads `node_time`. With a skew, (t - skew) + skew can round
+        one ulp below t: the node would wake early, do nothing and re-arm at the same
+        instant forever, so such a time is moved up to the next representable one."""
+        at = node_time - sn.skew_s
+        while at + sn.skew_s < node_time:
+            at = math.nextafter(at, math.inf)
+        return at
 
     def _peer_failed(self, sn: SimNode, dest: str) -> None:
         if sn.up:

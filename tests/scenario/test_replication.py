@@ -249,3 +249,31 @@ def test_a_blind_delete_at_a_coordinator_without_the_key_still_deletes() -> None
     ok(c.call(Op.DELETE, {"key": key}))
     w.run_for(0.5)
     assert ok(a.call(Op.GET, {"key": key, "r": 3}))["values"] == []
+
+
+@pytest.mark.parametrize("faults", [frozenset(), frozenset({"skip_hinted_handoff"})])
+def test_hints_go_home_when_the_owner_returns(faults: frozenset[str]) -> None:
+    w = SimWorld(3, faults=faults)
+    for i in range(5):
+        w.add_node(f"n{i + 1}")
+    w.run_for(2.0)
+    keys = [b"h%d" % i for i in range(40)]
+    down = "n1"
+    c = client(w, "n2")
+    w.crash(down)
+    w.run_for(15.0)  # gossip declares it dead: fallbacks take its writes
+    for k in keys:
+        ok(c.call(Op.PUT, {"key": k, "value": k}))
+    owned = [k for k in keys if down in prefs(w, k)]
+    assert owned
+    holders = {n: sn.node.hints for n, sn in w.nodes.items() if sn.up}
+    assert sum(holders.values()) >= len(owned)
+    w.restart(down)
+    w.run_for(10.0)
+    delivered = all(stored_values(w, down, k) == [k] for k in owned)
+    left = sum(sn.node.hints for sn in w.nodes.values())
+    if faults:
+        assert not delivered and left >= len(owned)
+    else:
+        assert delivered, "every hint reached its owner"
+        assert left == 0, "delivered hints are deleted"

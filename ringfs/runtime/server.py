@@ -42,6 +42,8 @@ RECEIVE_BYTES = 256 * 1024
 PEER_CONNECT_TIMEOUT_S = 2.0
 PEER_QUEUE_BYTES = 64 * 1024 * 1024
 """Frames queued for one peer beyond this are dropped and the peer reported unreachable."""
+MERGE_IDLE_S = 0.5
+"""How often an idle node asks its engine whether a merge is due."""
 MAX_UNSENT_REPLY_BYTES = 8 * 1024 * 1024
 """A connection whose client does not read its replies stops being read past this."""
 
@@ -184,6 +186,7 @@ class NodeServer:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self._dispatch()
+                nursery.start_soon(self._maintenance)
                 if udp_sock is not None:
                     nursery.start_soon(self._udp_receiver, udp_sock)
                 nursery.start_soon(self._syncer)
@@ -411,6 +414,21 @@ class NodeServer:
                 else:
                     node.on_sync_complete(durable, self._clock())
                 self._dispatch()
+
+    async def _maintenance(self) -> None:
+        """Background compaction: one bounded merge step at a time, between requests."""
+        engine = self._engine
+        node = self.node
+        assert engine is not None and node is not None
+        while True:
+            try:
+                busy = engine.maybe_merge()
+            except Exception:
+                node.counters["merge_failures"] += 1
+                log.exception("merge step failed; will retry")
+                busy = False
+            # A step is a few milliseconds of work; yield to requests between steps.
+            await trio.sleep(0.001 if busy else MERGE_IDLE_S)
 
     async def _timer(self) -> None:
         node = self.node

@@ -36,6 +36,7 @@ from typing import Any
 import msgpack
 
 Value = bytes | None
+_packb = msgpack.Packer(use_bin_type=True).pack
 VersionVector = dict[str, int]
 Entry = tuple[str, int, tuple[Value, ...]]
 
@@ -66,6 +67,21 @@ class DVVSet:
     def live_values(self) -> list[bytes]:
         """Every live sibling that is not a tombstone."""
         return [v for _, _, vals in self.entries for v in vals if v is not None]
+
+    def summary(self) -> tuple[int, int, int]:
+        """(siblings, live non-tombstone siblings, bytes of live values) in one pass."""
+        entries = self.entries
+        if len(entries) == 1 and len(entries[0][2]) == 1:
+            v = entries[0][2][0]
+            return (1, 0, 0) if v is None else (1, 1, len(v))
+        count = live = size = 0
+        for _, _, vals in entries:
+            count += len(vals)
+            for v in vals:
+                if v is not None:
+                    live += 1
+                    size += len(v)
+        return count, live, size
 
     def sibling_count(self) -> int:
         return sum(len(vals) for _, _, vals in self.entries)
@@ -231,6 +247,9 @@ def encode_context(vv: Mapping[str, int]) -> bytes:
     """The opaque context handed to clients: msgpack [[node, counter], ...] sorted by node."""
     if not vv:
         return b""
+    if len(vv) == 1:
+        for i, n in vv.items():
+            return _packb([[i, n]])  # type: ignore[no-any-return]
     return msgpack.packb(sorted([i, n] for i, n in vv.items()), use_bin_type=True)  # type: ignore[no-any-return]
 
 

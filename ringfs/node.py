@@ -271,6 +271,7 @@ class Node:
         self._handoff_inflight: Counter[str] = Counter()
         self._next_handoff: float | None = now + HANDOFF_INTERVAL_S if self._hint_index else None
         self._hints_full_logged = False
+        self._solo_apl = (Replica(config.name, "primary", None),)
         self._handlers: dict[int, Callable[[int, int, dict[str, Any], float], bytes | None]] = {
             Op.PING: self._on_ping,
             Op.GET: self._on_get,
@@ -528,10 +529,10 @@ class Node:
             return None
         return from_stored(msgpack.unpackb(rec.meta, raw=False))
 
-    def _store(self, stored_key: bytes, state: DVVSet) -> int:
+    def _store(self, stored_key: bytes, state: DVVSet, live: int | None = None) -> int:
         """Write a replica state; raises OSError from the engine."""
         packed = msgpack.packb(state.to_wire(), use_bin_type=True)
-        if state.is_tombstone():
+        if (state.is_tombstone() if live is None else live == 0):
             return self.engine.delete(stored_key, packed)
         return self.engine.put(stored_key, b"", packed)
 
@@ -644,12 +645,20 @@ class Node:
         A ring of fewer than N members keeps fewer than N copies, so quorums shrink
         with it; members that are down still count, so failures still fail.
         """
-        v = field_opt_uint(args, name, 1, self.config.n_replicas, rid)
-        q = v if v is not None else int(getattr(self.config, name))
-        return min(q, len(self.membership.ring))
+        if name in args:
+            v = field_opt_uint(args, name, 1, self.config.n_replicas, rid)
+            q = v if v is not None else int(getattr(self.config, name))
+        else:
+            q = self.config.r if name == "r" else self.config.w
+        n = len(self.membership.ring)
+        return q if q < n else n
 
     def _apl(self, key: bytes, now: float) -> tuple[Replica, ...]:
-        return self.membership.ring.apl(key, self.config.n_replicas, self.membership.up(now))
+        m = self.membership
+        if len(m.ring) == 1 and len(m.members) == 1:
+            # A one-member ring is this node alone: every key's list is just us.
+            return self._solo_apl
+        return m.ring.apl(key, self.config.n_replicas, m.up(now))
 
     def _on_get(self, conn: int, rid: int, args: dict[str, Any], now: float) -> bytes | None:
         key = self._client_key(args, rid)
@@ -671,11 +680,10 @@ class Node:
             r = len(apl) or 1
         if len(apl) < r:
             raise self._too_few_up(rid, len(apl), r)
-        coord = GetCoordinator(key, apl, r, now + self.config.request_timeout_s)
         if len(apl) == 1 and apl[0].node == self.name and not whereis and then is None:
             # A one-replica ring: read locally, nothing to merge or repair.
-            coord.on_reply(self.name, self._load(key))
-            return self._get_result(rid, coord)
+            return self._state_result(rid, self._load(key))
+        coord = GetCoordinator(key, apl, r, now + self.config.request_timeout_s)
         gid = self._next_id()
         self._gets[gid] = _ClientGet(conn, rid, coord, whereis, then=then)
         if then is None:
@@ -693,6 +701,13 @@ class Node:
         self._after(coord.deadline, partial(self.on_get_timeout, gid))
         self._advance_get(gid, now, failure)
         return None
+
+    def _state_result(self, rid: int, state: DVVSet | None) -> bytes:
+        if state is None or not state.entries:
+            return encode_response(rid, {"found": False, "values": [], "context": b""})
+        values = state.live_values()
+        return encode_response(rid, {"found": bool(values), "values": values,
+                                     "context": encode_context(state.context())})
 
     def _get_result(self, rid: int, coord: GetCoordinator) -> bytes:
         state = coord.merged
@@ -899,16 +914,17 @@ class Node:
             return encode_response(rid, {"context": b"", "siblings": 0})
         base = local if local is not None else DVVSet()
         new = base.update(ctx, value, self.actor)
-        self._check_siblings(new, rid)
+        summary = new.summary()
+        self._check_siblings(new, rid, summary)
         try:
-            seq = self._store(key, new)
+            seq = self._store(key, new, summary[1])
         except OSError as exc:
             self.counters["storage_errors"] += 1
             log.error("write failed: %s", exc)
             raise WireError(ErrorCode.STORAGE_ERROR, f"write failed: {exc.strerror or exc}",
                             req_id=rid) from None
         if len(apl) == 1 and not self.durability.acks_after_sync:
-            return self._put_result(rid, new)  # one replica, acked before sync: done
+            return self._put_result(rid, new, summary)  # one replica, acked before sync: done
         coord = PutCoordinator(key, new, apl, w, now + self.config.request_timeout_s)
         pid = self._next_id()
         self._puts[pid] = _ClientPut(conn, rid, coord)
@@ -931,28 +947,27 @@ class Node:
             self._put_refused(pid, node, "unknown address")
         return None
 
-    def _check_siblings(self, state: DVVSet, rid: int) -> None:
-        count = state.sibling_count()
+    def _check_siblings(self, state: DVVSet, rid: int,
+                        summary: tuple[int, int, int] | None = None) -> None:
+        count, live, size = summary if summary is not None else state.summary()
         if count > self.config.max_siblings:
-            live = len(state.live_values())
             raise WireError(ErrorCode.TOO_MANY_SIBLINGS,
                             f"key would have {count} siblings ({count - live} of them "
                             f"tombstones; limit {self.config.max_siblings}): read, resolve "
                             "and write back with the context", req_id=rid)
-        size = sum(len(v) for v in state.live_values())
         if size > self._max_sibling_bytes:
             raise WireError(ErrorCode.TOO_MANY_SIBLINGS,
                             f"siblings would total {size} bytes, more than one reply frame "
                             "holds: read, resolve and write back with the context", req_id=rid)
 
-    def _put_result(self, rid: int, state: DVVSet) -> bytes:
-        live = state.live_values()
+    def _put_result(self, rid: int, state: DVVSet,
+                    summary: tuple[int, int, int] | None = None) -> bytes:
+        siblings, live, _ = summary if summary is not None else state.summary()
         # A context is only handed back when it covers nothing but what this writer saw
         # plus its own write: with siblings left, writing again with the full context
         # would silently discard values the writer never read.
-        siblings = state.sibling_count()
         ctx = encode_context(state.context()) if siblings == 1 else b""
-        return encode_response(rid, {"context": ctx, "siblings": len(live)})
+        return encode_response(rid, {"context": ctx, "siblings": live})
 
     def _put_acked(self, pid: int, node: str) -> None:
         p = self._puts.get(pid)

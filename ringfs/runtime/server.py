@@ -110,6 +110,7 @@ class _Connection:
     reader_scope: trio.CancelScope | None = None
 
     unsent: int = 0
+    sending: bool = False
 
     def push(self, frame: bytes) -> None:
         if self.closing:
@@ -461,10 +462,21 @@ class NodeServer:
         self._conns[conn_id] = c
         node.client_connected(conn_id, self._clock())
         try:
+            raw = None
+            if isinstance(stream, trio.SocketStream):
+                # Fast path: drive a dup of the socket directly; trio only waits.
+                raw = socket.socket(fileno=os.dup(stream.socket.fileno()))
+                raw.setblocking(False)
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._writer, c)
+                if raw is not None:
+                    nursery.start_soon(self._raw_writer, c, raw)
+                else:
+                    nursery.start_soon(self._writer, c)
                 try:
-                    await self._reader(c)
+                    if raw is not None:
+                        await self._raw_reader(c, raw)
+                    else:
+                        await self._reader(c)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     c.closing = True
                 finally:
@@ -474,6 +486,8 @@ class NodeServer:
             node.counters["connection_bugs"] += 1
             log.exception("connection %d failed", conn_id)
         finally:
+            if raw is not None:
+                raw.close()
             self._conns.pop(conn_id, None)
             node.client_disconnected(conn_id, self._clock())
             with trio.CancelScope(shield=True), trio.move_on_after(1):
@@ -522,6 +536,113 @@ class NodeServer:
             while node.inflight(conn_id) and not c.closing:
                 c.drained = trio.Event()
                 await c.drained.wait()
+
+    async def _raw_reader(self, c: _Connection, sock: socket.socket) -> None:
+        node = self.node
+        assert node is not None
+        decoder = FrameDecoder(self.config.limits.max_frame_bytes)
+        max_inflight = self.config.max_inflight_per_connection
+        request = node.client_request
+        conn_id = c.conn_id
+        recv = sock.recv
+        send = sock.send
+        wait_readable = trio.lowlevel.wait_readable
+        checkpoint = trio.lowlevel.checkpoint
+        clock = self._clock
+        dispatch = self._dispatch
+        # Optimistic reads: after a reply, yield once and try recv before asking epoll.
+        # Under load the next request has usually arrived by the time this task runs
+        # again, which saves the epoll_ctl re-arm; when it had not, go back to waiting.
+        optimistic = False
+        with trio.CancelScope() as scope:
+            c.reader_scope = scope
+            while not c.closing:
+                if optimistic:
+                    await checkpoint()
+                else:
+                    await wait_readable(sock)
+                try:
+                    data = recv(RECEIVE_BYTES)
+                except BlockingIOError:
+                    optimistic = False
+                    continue
+                except OSError:
+                    c.closing = True
+                    break
+                optimistic = len(self._conns) > 1
+                if not data:
+                    break
+                bodies = decoder.feed(data)
+                now = clock()
+                out = c.out
+                for body in bodies:
+                    frame = request(conn_id, body, now)
+                    if frame is not None:
+                        out.append(frame)
+                dispatch()
+                if decoder.error is not None and not c.closing:
+                    exc = decoder.error
+                    node.counters[f"error_{exc.code.name.lower()}"] += 1
+                    out.append(encode_error(None, exc.code, exc.message))
+                    c.closing = True
+                if out and not c.sending:
+                    data = b"".join(out) if len(out) > 1 else out[0]
+                    out.clear()
+                    try:
+                        n = send(data)
+                    except BlockingIOError:
+                        n = 0
+                    except OSError:
+                        c.closing = True
+                        break
+                    if n < len(data):
+                        out.insert(0, data[n:])
+                        c.unsent = len(data) - n
+                        c.wake.set()
+                    else:
+                        c.unsent = 0
+                elif out:
+                    c.wake.set()
+                while (node.inflight(conn_id) >= max_inflight
+                       or c.unsent > MAX_UNSENT_REPLY_BYTES) and not c.closing:
+                    c.drained = trio.Event()
+                    await c.drained.wait()
+        with trio.move_on_after(self.config.request_timeout_s):
+            while node.inflight(conn_id) and not c.closing:
+                c.drained = trio.Event()
+                await c.drained.wait()
+
+    async def _raw_writer(self, c: _Connection, sock: socket.socket) -> None:
+        wait_writable = trio.lowlevel.wait_writable
+        while True:
+            await c.wake.wait()
+            c.wake = trio.Event()
+            while c.out and not c.sending:
+                c.sending = True
+                data = memoryview(b"".join(c.out))
+                c.out.clear()
+                c.unsent = 0
+                try:
+                    while data:
+                        try:
+                            n = sock.send(data)
+                        except BlockingIOError:
+                            n = 0
+                        data = data[n:]
+                        if data:
+                            await wait_writable(sock)
+                except OSError:
+                    c.closing = True
+                    if c.reader_scope is not None:
+                        c.reader_scope.cancel()
+                    return
+                finally:
+                    c.sending = False
+            c.drained.set()
+            if (c.closing or c.reading_done) and not c.out:
+                if c.closing and c.reader_scope is not None:
+                    c.reader_scope.cancel()
+                return
 
     async def _writer(self, c: _Connection) -> None:
         node = self.node

@@ -1,0 +1,248 @@
+"""Shared helpers for the benchmarks: CPU accounting, processes, tables, a bare server.
+
+CPU is measured without psutil: a server's user+system seconds come from
+/proc/PID/stat (all of its threads), a child tool's from getrusage(RUSAGE_CHILDREN),
+and the whole machine's busy time from /proc/stat, so a run can tell how much CPU
+*other* processes took while it measured (interference from concurrent jobs).
+
+The bare server (`python -m bench.common bare-server --listen HOST:PORT`) speaks
+just enough of the ringfs wire protocol (HELLO, GET, PUT; 4-byte length + msgpack)
+over trio to be driven by bench.loadgen: a dict and nothing else. It is the
+ceiling a trio+msgpack Python server can reach on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+KEY_PREFIX = b"key:"
+KEY_DIGITS = 12
+"""redis-benchmark's `key:__rand_int__` expands to 'key:' + 12 digits: 16-byte keys."""
+
+
+def bench_key(i: int) -> bytes:
+    """The i-th benchmark key, byte-identical to redis-benchmark's -r keys (16 bytes)."""
+    return KEY_PREFIX + b"%012d" % i
+
+
+def bench_value(size: int) -> bytes:
+    """A value of `size` bytes, like redis-benchmark -d (which fills with 'x')."""
+    return b"x" * size
+
+
+# -- CPU accounting ----------------------------------------------------------------
+
+def proc_cpu_s(pid: int) -> float:
+    """User+system CPU seconds used so far by process `pid` (all its threads)."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        data = f.read()
+    # The command name may contain spaces and parentheses; fields follow the last ')'.
+    fields = data[data.rindex(b")") + 2:].split()
+    # After the name, field 3 (state) is index 0, so utime (14) is 11 and stime (15) 12.
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def machine_busy_s() -> float:
+    """CPU seconds all cores have spent not idle since boot (from /proc/stat)."""
+    with open("/proc/stat", "rb") as f:
+        parts = f.readline().split()
+    # cpu user nice system idle iowait irq softirq steal guest guest_nice
+    v = [int(x) for x in parts[1:9]]
+    busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7]
+    return busy / CLK_TCK
+
+
+def self_cpu_s() -> float:
+    """This process's user+system CPU seconds."""
+    t = os.times()
+    return t.user + t.system
+
+
+def children_cpu_s() -> float:
+    """User+system CPU seconds of every waited-for child so far."""
+    t = os.times()
+    return t.children_user + t.children_system
+
+
+# -- processes ---------------------------------------------------------------------
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_listening(host: str, port: int, proc: subprocess.Popen[bytes] | None,
+                   timeout_s: float = 15.0) -> None:
+    """Block until something accepts on host:port; raise if `proc` dies first."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with status {proc.returncode} before listening")
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {host}:{port} after {timeout_s}s")
+
+
+@contextlib.contextmanager
+def server_process(cmd: Sequence[str], host: str, port: int, *, cwd: str | None = None,
+                   env: dict[str, str] | None = None,
+                   log_path: str | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """Run a server command until the block ends (SIGTERM, then SIGKILL after 5 s)."""
+    with contextlib.ExitStack() as files:
+        log: Any = (files.enter_context(open(log_path, "wb")) if log_path
+                    else subprocess.DEVNULL)
+        proc = subprocess.Popen(list(cmd), cwd=cwd, env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+        with _terminating(proc):
+            wait_listening(host, port, proc)
+            yield proc
+
+
+@contextlib.contextmanager
+def _terminating(proc: subprocess.Popen[bytes]) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@contextlib.contextmanager
+def temp_dir(prefix: str) -> Iterator[str]:
+    d = tempfile.mkdtemp(prefix=prefix)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def repo_root() -> str:
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# -- statistics and output ---------------------------------------------------------
+
+def percentile(sorted_values: Sequence[int | float], q: float) -> float:
+    """Nearest-rank percentile of an ascending sequence (q in 0..100); nan if empty."""
+    n = len(sorted_values)
+    if n == 0:
+        return float("nan")
+    k = max(0, min(n - 1, math.ceil(q / 100.0 * n) - 1))
+    return float(sorted_values[k])
+
+
+def fmt(v: Any, spec: str) -> str:
+    if v is None or (isinstance(v, float) and v != v):
+        return "-"
+    return format(v, spec)
+
+
+def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]],
+                file: Any = None) -> None:
+    """Print rows as an aligned table; columns are (key, header, format spec)."""
+    file = file or sys.stdout
+    cells = [[h for _, h, _ in columns]]
+    for r in rows:
+        cells.append([fmt(r.get(k), spec) for k, _, spec in columns])
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    for j, row in enumerate(cells):
+        print("  ".join(c.rjust(w) if i else c.ljust(w)
+                        for i, (c, w) in enumerate(zip(row, widths, strict=True))), file=file)
+        if j == 0:
+            print("  ".join("-" * w for w in widths), file=file)
+    file.flush()
+
+
+def print_json(obj: dict[str, Any]) -> None:
+    print(json.dumps(obj, sort_keys=True), flush=True)
+
+
+# -- the bare reference server -----------------------------------------------------
+
+def run_bare_server(host: str, port: int) -> None:
+    """A trio+msgpack dict server speaking the ringfs frame format: the ceiling."""
+    import msgpack
+    import trio
+
+    store: dict[bytes, bytes] = {}
+    unpackb = msgpack.unpackb
+
+    async def handle(stream: trio.SocketStream) -> None:
+        pack = msgpack.Packer(use_bin_type=True).pack
+        buf = b""
+        try:
+            while True:
+                data = await stream.receive_some(262144)
+                if not data:
+                    return
+                buf = buf + data if buf else data
+                out = []
+                pos = 0
+                end = len(buf)
+                while end - pos >= 4:
+                    n = int.from_bytes(buf[pos:pos + 4], "big")
+                    if end - pos - 4 < n:
+                        break
+                    _, rid, op, args = unpackb(buf[pos + 4:pos + 4 + n])
+                    pos += 4 + n
+                    if op == 3:
+                        store[args["key"]] = args["value"]
+                        res: dict[str, Any] = {"context": b""}
+                    elif op == 2:
+                        v = store.get(args["key"])
+                        res = {"found": v is not None, "values": [] if v is None else [v],
+                               "context": b""}
+                    else:
+                        res = {"version": 1}
+                    body = pack([1, rid, res])
+                    out.append(len(body).to_bytes(4, "big") + body)
+                buf = buf[pos:]
+                if out:
+                    await stream.send_all(out[0] if len(out) == 1 else b"".join(out))
+        except trio.BrokenResourceError:
+            return
+
+    async def main() -> None:
+        await trio.serve_tcp(handle, port, host=host)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        trio.run(main)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.common")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("bare-server", help="run the bare trio+msgpack dict server")
+    b.add_argument("--listen", default="127.0.0.1:7101")
+    args = p.parse_args(argv)
+    if args.cmd == "bare-server":
+        host, _, port = args.listen.rpartition(":")
+        run_bare_server(host, int(port))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -81,8 +81,9 @@ class NodeConfig:
     """HOST:PORT for client and peer TCP (and, with gossip, UDP on the same port)."""
     data_dir: str = "./data/node"
     """Directory holding this node's store; locked while the node runs."""
-    engine: str = "memory"
-    """Storage engine: memory (volatile, for tests and simulation) or log (on disk)."""
+    engine: str = "log"
+    """Storage engine: log (the crash-safe log-structured store on disk, the default) or
+    memory (volatile; for tests, benchmarks of the network path and the simulator)."""
     durability: Durability = field(default_factory=Durability)
     """Sync policy; see Durability."""
     limits: Limits = field(default_factory=Limits)

@@ -23,7 +23,7 @@ from ringfs.wire import FrameDecoder, Op, encode_request
 
 @pytest.fixture
 async def server(nursery: trio.Nursery) -> NodeServer:
-    srv = NodeServer(NodeConfig(name="n1", durability=Durability("group")))
+    srv = NodeServer(NodeConfig(name="n1", engine="memory", durability=Durability("group")))
     await nursery.start(partial(srv.serve, listen=False))
     return srv
 

@@ -30,7 +30,7 @@ import os
 import re
 import struct
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 CRC_RESIDUE = 0x2144DF1C
@@ -80,9 +80,7 @@ class FormatError(Exception):
 # -- records -------------------------------------------------------------------
 
 
-def encode_record(
-    salt: int, seq: int, flags: int, key: bytes, meta: bytes, value: bytes
-) -> bytes:
+def encode_record(salt: int, seq: int, flags: int, key: bytes, meta: bytes, value: bytes) -> bytes:
     """The bytes of one record, both checksums included."""
     fields = RECORD_FIELDS.pack(seq, flags, 0, len(key), len(meta), len(value))
     hcrc = zlib.crc32(key, zlib.crc32(fields, salt))
@@ -193,11 +191,14 @@ def hint_file_footer(crc_so_far: int, segment_id: int, seg_len: int, count: int)
 
 def parse_hint_file(
     data: bytes, salt: int, segment_id: int, seg_len: int
-) -> list[tuple[int, int, int, int, bytes]]:
+) -> Iterator[tuple[int, int, int, int, bytes]]:
     """Entries (seq, offset, size, flags, key) of a hint file; raises FormatError if unusable.
 
     A hint is only trusted when its checksum holds and it names the segment and the
     exact segment length it was written for; anything else falls back to a scan.
+    Those checks happen at once; the entries are then decoded lazily, one segment's
+    worth of tuples never being held at once, and a (checksum-colliding) hint whose
+    entries do not fit its length raises FormatError while being iterated.
     """
     minimum = HINT_HEADER.size + HINT_FOOTER.size + 4
     if len(data) < minimum:
@@ -210,8 +211,10 @@ def parse_hint_file(
     hid, hlen, count = HINT_FOOTER.unpack_from(data, len(data) - HINT_FOOTER.size - 4)
     if hid != segment_id or hlen != seg_len:
         raise FormatError("hint file describes another segment or length")
-    entries: list[tuple[int, int, int, int, bytes]] = []
-    append = entries.append
+    return _hint_entries(data, count)
+
+
+def _hint_entries(data: bytes, count: int) -> Iterator[tuple[int, int, int, int, bytes]]:
     unpack_from = HINT_ENTRY.unpack_from
     pos = HINT_HEADER.size
     end = len(data) - HINT_FOOTER.size - 4
@@ -221,12 +224,13 @@ def parse_hint_file(
             seq, offset, size, flags, klen = unpack_from(data, pos)
             kstart = pos + step
             pos = kstart + klen
-            append((seq, offset, size, flags, data[kstart:pos]))
+            if pos > end:
+                raise FormatError("hint file entries overrun the file")
+            yield seq, offset, size, flags, data[kstart:pos]
     except struct.error as exc:
         raise FormatError("hint file entries overrun the file") from exc
     if pos != end:
         raise FormatError("hint file entry count does not match its length")
-    return entries
 
 
 # -- scanning ------------------------------------------------------------------------

@@ -10,8 +10,8 @@ which the checkers read.
 from __future__ import annotations
 
 import random
-from functools import partial
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from ringfs.wire import Op

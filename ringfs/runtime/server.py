@@ -525,15 +525,25 @@ class NodeServer:
                     c.wake.set()
                 if c.closing:
                     break
-                # Back-pressure: stop reading while too many replies are outstanding or
-                # the client is not reading what was already sent.
-                while (node.inflight(conn_id) >= max_inflight
-                       or c.unsent > MAX_UNSENT_REPLY_BYTES) and not c.closing:
-                    c.drained = trio.Event()
-                    await c.drained.wait()
-        # End of input: wait (bounded) for replies still awaiting a sync, then finish.
+                await self._backpressure(c, max_inflight)
+        await self._finish_input(c)
+
+    async def _backpressure(self, c: _Connection, max_inflight: int) -> None:
+        """Stop reading while too many replies are outstanding or the client is not
+        reading what was already sent."""
+        node = self.node
+        assert node is not None
+        while (node.inflight(c.conn_id) >= max_inflight
+               or c.unsent > MAX_UNSENT_REPLY_BYTES) and not c.closing:
+            c.drained = trio.Event()
+            await c.drained.wait()
+
+    async def _finish_input(self, c: _Connection) -> None:
+        """End of input: wait (bounded) for replies still awaiting a sync."""
+        node = self.node
+        assert node is not None
         with trio.move_on_after(self.config.request_timeout_s):
-            while node.inflight(conn_id) and not c.closing:
+            while node.inflight(c.conn_id) and not c.closing:
                 c.drained = trio.Event()
                 await c.drained.wait()
 
@@ -603,14 +613,8 @@ class NodeServer:
                         c.unsent = 0
                 elif out:
                     c.wake.set()
-                while (node.inflight(conn_id) >= max_inflight
-                       or c.unsent > MAX_UNSENT_REPLY_BYTES) and not c.closing:
-                    c.drained = trio.Event()
-                    await c.drained.wait()
-        with trio.move_on_after(self.config.request_timeout_s):
-            while node.inflight(conn_id) and not c.closing:
-                c.drained = trio.Event()
-                await c.drained.wait()
+                await self._backpressure(c, max_inflight)
+        await self._finish_input(c)
 
     async def _raw_writer(self, c: _Connection, sock: socket.socket) -> None:
         wait_writable = trio.lowlevel.wait_writable

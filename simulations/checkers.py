@@ -1,0 +1,583 @@
+"""Checkers over a run's history, its disks and the cluster's final state.
+
+Inputs
+------
+- the client history (simulations.workload.OpRecord): every get, put and delete
+  with start and end times, the value and context sent, where that context came
+  from, and the outcome;
+- the disk log: every state any engine stored (key, previous and new state,
+  node, its actor id, time), recorded under the nodes by a RecordingEngine. From
+  it `DotIndex` learns each dot's issuance: the value (values are unique) and the
+  state its coordinator first stored it in;
+- the final state after the liveness phase: each node's stored DVVSet per key
+  (hints apart), its membership view, and the ring's preference lists.
+
+Causal vocabulary
+-----------------
+A write x *saw* a dot d when its effective context covers d and the context can
+have reflected d: for a write that carried a context, the context covers d and
+the result it came from ended after d was first stored (a context older than d
+cannot know d even if its counters are high, as happens when a coordinator
+issues counters again). A blind write's context is chosen by its coordinator
+(what a read quorum returned, or its own copy), so for a blind put x saw d when
+the state x's dot was first stored in had seen d and dropped it; for a blind
+delete, the same for the tombstone dot(s) first stored while the delete was in
+flight (any of them in the lenient direction, only when there is exactly one in
+the strict direction).
+
+The rules (each one a `check_*` function):
+
+acked-writes  Every acknowledged put is present in the final state (its value, as
+              a live sibling) or superseded: some write saw its dot, and the final
+              state has seen the dot or the key was reaped after it. Otherwise it
+              was lost. Until hinted handoff exists, copies kept as hints count.
+resurrection  No value that an acknowledged write saw is live in the final state
+              of the primaries. This is "a deleted key stays deleted" in its
+              general form: a key whose last acknowledged write was a delete that
+              saw every earlier value reads as absent.
+convergence   After heal and the liveness phase, the primaries of every key hold
+              equal states (a tombstone-only state and a reaped key read alike and
+              count as equal).
+hints         (with hinted handoff) No hint remains: every one reached its owner.
+siblings      Live siblings are pairwise concurrent: no sibling's writer saw another
+              sibling. So a key never has more siblings than writes none of which
+              saw the others (the concurrent writers). Checked on every get result
+              and on every final state.
+membership    Every up node has the same view (member names and states), naming
+              every node of the cluster as alive.
+coordinators  Every write was given its dot by one of its key's primaries (the
+              simulated membership never changes, so neither does the ring).
+dots-unique   A (key, actor, counter) dot names one write: no coordinator issues a
+              dot twice (as it would after forgetting a key's version vector).
+history       Every operation completed (ok, error or timeout) by the end.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import msgpack
+
+from ringfs.dvv import DVVSet, decode_context, from_stored
+from ringfs.node import parse_hint_key
+from simulations.workload import OK, PENDING, OpRecord
+
+
+class Violation(NamedTuple):
+    """One broken rule."""
+
+    check: str
+    message: str
+    key: bytes | None = None
+
+
+@dataclass
+class CheckResult:
+    """The verdict of one checker."""
+
+    name: str
+    violations: list[Violation] = field(default_factory=list)
+    detail: str = ""
+    skipped: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+
+class DiskWrite(NamedTuple):
+    """One change an engine made: a new state for a key, or a purge (meta None)."""
+
+    t: float
+    node: str
+    key: bytes
+    prev: bytes | None
+    """The state the key had on this disk just before."""
+    meta: bytes | None
+    actor: str
+    """The actor id the node was running as (name@epoch)."""
+
+
+class DotInfo(NamedTuple):
+    """One issuance of a dot: when and where its coordinator stamped it, and the
+    state it was first stored in."""
+
+    key: bytes
+    actor: str
+    counter: int
+    value: bytes | None
+    t: float
+    node: str
+    meta: bytes
+
+
+def show(b: bytes | None) -> str:
+    """Keys and values are ASCII in the simulator; print them plainly."""
+    if b is None:
+        return "<tombstone>"
+    return b.decode("ascii", "backslashreplace")
+
+
+def main_key(stored: bytes) -> tuple[bytes, str | None]:
+    """The client key a stored key belongs to, and the owner if it is a hint."""
+    h = parse_hint_key(stored)
+    return (h[1], h[0]) if h is not None else (stored, None)
+
+
+class DotIndex:
+    """Every dot issued, learned from the disk log (incrementally).
+
+    A dot is *issued* when a node running as actor A stores a state holding a dot
+    (A, n) that its previous state of that key had not seen: only a coordinator
+    stamping a new write does that (a node never lacks its own current actor's
+    dots otherwise, since a crash restarts it under a new actor). Counting
+    issuances, rather than first sightings, keeps the index right even when a
+    dot is issued twice.
+    """
+
+    def __init__(self) -> None:
+        self.issued: dict[tuple[bytes, str, int], DotInfo] = {}
+        """The latest issuance of each dot."""
+        self.by_value: dict[tuple[bytes, bytes], DotInfo] = {}
+        self.tombstones: dict[bytes, list[DotInfo]] = defaultdict(list)
+        """Per key, the issuances of tombstone dots, in time order."""
+        self.count = 0
+        self.purges: dict[bytes, list[float]] = defaultdict(list)
+        self.reuses: list[Violation] = []
+        self._decoded: dict[bytes, DVVSet] = {}
+        self._pos = 0
+
+    def decode(self, meta: bytes) -> DVVSet:
+        st = self._decoded.get(meta)
+        if st is None:
+            st = from_stored(msgpack.unpackb(meta, raw=False))
+            self._decoded[meta] = st
+        return st
+
+    def info(self, key: bytes, actor: str, counter: int, value: bytes | None) -> DotInfo | None:
+        """The issuance of a live dot seen in some state."""
+        if value is not None:
+            return self.by_value.get((key, value))
+        return self.issued.get((key, actor, counter))
+
+    def superseded_in_first_state(self, x: DotInfo, d: DotInfo) -> bool:
+        """Whether the state that introduced dot x had seen dot d and dropped it."""
+        if x.t < d.t:
+            return False
+        st = self.decode(x.meta)
+        return st.counter(d.actor) >= d.counter and \
+            (d.actor, d.counter, d.value) not in set(st.dots())
+
+    def ingest(self, log: list[DiskWrite]) -> list[Violation]:
+        """Learn from the entries added since the last call; returns new dot reuses."""
+        new: list[Violation] = []
+        issued = self.issued
+        for i in range(self._pos, len(log)):
+            t, node, stored, prev, meta, actor = log[i]
+            key, owner = main_key(stored)
+            if meta is None:
+                self.purges[key].append(t)
+                continue
+            if owner is not None:
+                continue  # hints hold copies; dots are issued under the key itself
+            state = self.decode(meta)
+            n = state.counter(actor)
+            if not n or (prev is not None and self.decode(prev).counter(actor) >= n):
+                continue
+            for a, counter, value in state.dots():
+                if a != actor or counter != n:
+                    continue
+                k = (key, actor, counter)
+                old = issued.get(k)
+                if old is not None:
+                    v = Violation("dots-unique",
+                                  f"dot ({actor}, {counter}) of key {show(key)} was issued at "
+                                  f"{old.t:.3f}s by {old.node} for {show(old.value)}, and again "
+                                  f"at {t:.3f}s for {show(value)}", key)
+                    self.reuses.append(v)
+                    new.append(v)
+                info = DotInfo(key, actor, counter, value, t, node, meta)
+                issued[k] = info
+                self.count += 1
+                if value is None:
+                    self.tombstones[key].append(info)
+                else:
+                    self.by_value[(key, value)] = info
+        self._pos = len(log)
+        return new
+
+
+@dataclass
+class FinalState:
+    """What the cluster holds once the liveness phase is over."""
+
+    n: int
+    nodes: list[str]
+    """Every node of the cluster, by name."""
+    up: list[str]
+    views: dict[str, dict[str, str]]
+    """Per up node: member name -> state."""
+    preference: dict[bytes, tuple[str, ...]]
+    """Per key: its primaries on the reference node's ring."""
+    states: dict[bytes, dict[str, DVVSet | None]]
+    """Per key, per node: the state stored under the key itself."""
+    hints: dict[bytes, list[tuple[str, str, DVVSet]]] = field(default_factory=dict)
+    """Per key: (holder, owner, state) of every hint still kept."""
+
+    def primaries_state(self, key: bytes) -> DVVSet | None:
+        """The causal merge of what the key's primaries hold."""
+        return _merge(self.states.get(key, {}).get(n) for n in self.preference.get(key, ()))
+
+    def any_state(self, key: bytes) -> DVVSet | None:
+        """The causal merge of every copy: all nodes and all hints."""
+        copies: list[DVVSet | None] = list(self.states.get(key, {}).values())
+        copies += [st for _h, _o, st in self.hints.get(key, [])]
+        return _merge(copies)
+
+
+def _merge(states: Iterable[DVVSet | None]) -> DVVSet | None:
+    out: DVVSet | None = None
+    for st in states:
+        if st is not None:
+            out = st if out is None else out.sync(st)
+    return out
+
+
+class Causality:
+    """Answers "did write x see dot d?" over one history and dot index."""
+
+    def __init__(self, history: list[OpRecord], dots: DotIndex) -> None:
+        self.history = history
+        self.dots = dots
+        self._ctx: dict[int, dict[str, int]] = {}
+        self.put_by_value: dict[tuple[bytes, bytes], OpRecord] = {}
+        self.writes: dict[bytes, list[OpRecord]] = defaultdict(list)
+        # Per key, the start times of its writes (history is in start order) and the
+        # longest a write took: a write that saw d started at most that long before d.
+        self._starts: dict[bytes, list[float]] = defaultdict(list)
+        self._longest: dict[bytes, float] = defaultdict(float)
+        for rec in history:
+            if rec.op == "PUT" and rec.value is not None:
+                self.put_by_value[(rec.key, rec.value)] = rec
+            if rec.is_write:
+                self.writes[rec.key].append(rec)
+                self._starts[rec.key].append(rec.start)
+                took = rec.end - rec.start if rec.outcome != PENDING else float("inf")
+                if took > self._longest[rec.key]:
+                    self._longest[rec.key] = took
+        self._tomb_times = {k: [t.t for t in v] for k, v in dots.tombstones.items()}
+
+    def _context(self, rec: OpRecord) -> dict[str, int]:
+        ctx = self._ctx.get(rec.id)
+        if ctx is None:
+            try:
+                ctx = decode_context(rec.context_sent or b"")
+            except ValueError:
+                ctx = {}
+            self._ctx[rec.id] = ctx
+        return ctx
+
+    def saw(self, x: OpRecord, d: DotInfo, strict: bool) -> bool:
+        """Whether write x's effective context covered dot d (see the module docstring)."""
+        if x.context_sent is not None:
+            src = x.context_source
+            if src is None or self.history[src].end < d.t:
+                return False
+            return self._context(x).get(d.actor, 0) >= d.counter
+        # A blind write's context is whatever its coordinator merged before applying it
+        # (a read quorum, or its own copy): judge by the state its dot first appeared in.
+        if x.op == "PUT":
+            assert x.value is not None
+            xi = self.dots.by_value.get((x.key, x.value))
+            return xi is not None and self.dots.superseded_in_first_state(xi, d)
+        end = x.end if x.outcome == OK else float("inf")
+        tombs = self.dots.tombstones.get(x.key, [])
+        times = self._tomb_times.get(x.key, [])
+        cands = tombs[bisect_left(times, x.start):bisect_right(times, end)]
+        if strict and len(cands) != 1:
+            return False
+        return any(self.dots.superseded_in_first_state(t, d) for t in cands)
+
+    def superseder(self, d: DotInfo, exclude: int | None, *, acked_only: bool,
+                   strict: bool) -> OpRecord | None:
+        """A write (other than `exclude`) that saw d, if any."""
+        writes = self.writes.get(d.key)
+        if not writes:
+            return None
+        first = bisect_left(self._starts[d.key], d.t - self._longest[d.key])
+        for i in range(first, len(writes)):
+            x = writes[i]
+            if x.id == exclude or (acked_only and x.outcome != OK):
+                continue
+            if self.saw(x, d, strict):
+                return x
+        return None
+
+
+def _describe(rec: OpRecord) -> str:
+    what = rec.op if rec.value is None else f"{rec.op} {show(rec.value)}"
+    ctx = "blind" if rec.context_sent is None else f"context from #{rec.context_source}"
+    return (f"#{rec.id} {rec.client} {what} ({ctx}) [{rec.start:.3f}s..{rec.end:.3f}s "
+            f"{rec.outcome}{' ' + rec.error if rec.error else ''}]")
+
+
+def _where(final: FinalState, key: bytes, d: DotInfo) -> str:
+    holders = [n for n, st in final.states.get(key, {}).items()
+               if st is not None and (d.actor, d.counter, d.value) in set(st.dots())]
+    holders += [f"{h}(hint for {o})" for h, o, st in final.hints.get(key, [])
+                if (d.actor, d.counter, d.value) in set(st.dots())]
+    return ", ".join(holders) if holders else "nowhere"
+
+
+def check_acked_writes(history: list[OpRecord], dots: DotIndex, final: FinalState,
+                       *, hints_count: bool, causal: Causality | None = None) -> CheckResult:
+    """Every acknowledged put is present or superseded by a write that saw it."""
+    res = CheckResult("acked-writes")
+    causal = causal or Causality(history, dots)
+    present = superseded = 0
+    finals: dict[bytes, tuple[DVVSet | None, set[tuple[str, int, bytes | None]]]] = {}
+    for w in history:
+        if w.op != "PUT" or w.outcome != OK or w.value is None:
+            continue
+        d = dots.by_value.get((w.key, w.value))
+        if d is None:
+            res.violations.append(Violation(
+                res.name, f"{_describe(w)} was acknowledged but no disk ever stored it", w.key))
+            continue
+        if w.key not in finals:
+            st = final.any_state(w.key) if hints_count else final.primaries_state(w.key)
+            finals[w.key] = (st, set(st.dots()) if st is not None else set())
+        f, f_dots = finals[w.key]
+        if (d.actor, d.counter, w.value) in f_dots:
+            present += 1
+            continue
+        x = causal.superseder(d, w.id, acked_only=False, strict=False)
+        covered = f is not None and f.context().get(d.actor, 0) >= d.counter
+        reaped = any(t >= d.t for t in dots.purges.get(w.key, ()))
+        if x is not None and (covered or reaped):
+            superseded += 1
+            continue
+        fvv = "absent" if f is None else f"context {dict(sorted(f.context().items()))}"
+        why = ("no write saw it" if x is None else
+               f"{_describe(x)} saw it, but the final state has not seen the dot (so that "
+               "write was lost too)")
+        res.violations.append(Violation(
+            res.name, f"lost {_describe(w)}: dot ({d.actor}, {d.counter}) first stored on "
+            f"{d.node} at {d.t:.3f}s; final state {fvv}; {why}; copies now: "
+            f"{_where(final, w.key, d)}", w.key))
+    res.detail = f"{present + superseded + len(res.violations)} acknowledged puts: " \
+                 f"{present} present, {superseded} superseded"
+    return res
+
+
+def check_resurrection(history: list[OpRecord], dots: DotIndex, final: FinalState,
+                       causal: Causality | None = None) -> CheckResult:
+    """No value an acknowledged write saw is live in the primaries' final state."""
+    res = CheckResult("resurrection")
+    causal = causal or Causality(history, dots)
+    deleted = 0
+    for key in sorted(final.preference):
+        f = final.primaries_state(key)
+        if f is None or f.is_tombstone():
+            deleted += 1
+            continue
+        for actor, counter, value in f.dots():
+            if value is None:
+                continue
+            d = dots.info(key, actor, counter, value)
+            if d is None or (d.actor, d.counter) != (actor, counter):
+                continue  # reported by dots-unique, or issued by no disk we saw
+            x = causal.superseder(d, None, acked_only=True, strict=True)
+            if x is not None and (x.op != "PUT" or x.value != value):
+                res.violations.append(Violation(
+                    res.name, f"{show(value)} is live in the final state of key {show(key)} "
+                    f"though the acknowledged {_describe(x)} had seen it", key))
+    res.detail = f"{len(final.preference)} keys, {deleted} absent at the end"
+    return res
+
+
+def check_convergence(final: FinalState) -> CheckResult:
+    """All primaries of every key hold equal states (tombstones and reaped keys alike)."""
+    res = CheckResult("convergence")
+    for key in sorted(final.preference):
+        per = final.states.get(key, {})
+        seen: dict[object, list[str]] = {}
+        for node in final.preference[key]:
+            st = per.get(node)
+            norm = None if st is None or st.is_tombstone() else st.entries
+            seen.setdefault(norm, []).append(node)
+        if len(seen) > 1:
+            parts = []
+            for label, nodes in seen.items():
+                st = per.get(nodes[0])
+                what = "absent" if label is None else (
+                    f"{sorted(show(v) for v in st.live_values())} "
+                    f"context {dict(sorted(st.context().items()))}" if st is not None else "?")
+                parts.append(f"{','.join(nodes)}: {what}")
+            res.violations.append(Violation(
+                res.name, f"replicas of {show(key)} differ: " + "; ".join(parts), key))
+    res.detail = f"{len(final.preference)} keys x {final.n} replicas"
+    return res
+
+
+def check_hints_drained(final: FinalState) -> CheckResult:
+    """Hinted handoff delivered every hint once the owners were back."""
+    res = CheckResult("hints")
+    for key in sorted(final.hints):
+        for holder, owner, _st in final.hints[key]:
+            res.violations.append(Violation(
+                res.name, f"{holder} still keeps a hint of {show(key)} for {owner}", key))
+    res.detail = f"{sum(len(v) for v in final.hints.values())} hints kept"
+    return res
+
+
+def sibling_pairs(values: list[bytes], key: bytes, causal: Causality,
+                  dots: DotIndex) -> Iterator[tuple[bytes, OpRecord]]:
+    """(u, writer of v) for siblings u, v where v's writer saw u."""
+    for v in values:
+        writer = causal.put_by_value.get((key, v))
+        if writer is None:
+            continue
+        for u in values:
+            if u == v:
+                continue
+            du = dots.by_value.get((key, u))
+            if du is not None and causal.saw(writer, du, strict=True):
+                yield u, writer
+
+
+def check_siblings(history: list[OpRecord], dots: DotIndex, final: FinalState | None,
+                   causal: Causality | None = None) -> CheckResult:
+    """Live siblings are pairwise concurrent, in every get result and final state."""
+    res = CheckResult("siblings")
+    causal = causal or Causality(history, dots)
+    most = 0
+    for rec in history:
+        if rec.op != "GET" or rec.outcome != OK:
+            continue
+        vals = rec.values
+        most = max(most, len(vals))
+        if len(vals) < 2:
+            continue
+        for u, writer in sibling_pairs(vals, rec.key, causal, dots):
+            res.violations.append(Violation(
+                res.name, f"#{rec.id} GET {show(rec.key)} at {rec.end:.3f}s returned siblings "
+                f"{show(u)} and {show(writer.value)}, but {_describe(writer)} had seen "
+                f"{show(u)}", rec.key))
+    if final is not None:
+        for key in sorted(final.states):
+            for node, st in final.states[key].items():
+                if st is None:
+                    continue
+                vals = st.live_values()
+                most = max(most, len(vals))
+                for u, writer in sibling_pairs(vals, key, causal, dots):
+                    res.violations.append(Violation(
+                        res.name, f"{node} holds siblings {show(u)} and {show(writer.value)} "
+                        f"of {show(key)}, but {_describe(writer)} had seen {show(u)}", key))
+    res.detail = f"at most {most} siblings seen"
+    return res
+
+
+def check_membership(final: FinalState) -> CheckResult:
+    """Every up node's view is the same and names every node as alive."""
+    res = CheckResult("membership")
+    want = {n: "alive" for n in final.nodes}
+    for node in final.up:
+        view = final.views.get(node, {})
+        if view != want:
+            missing = sorted(set(want) - set(view))
+            extra = sorted(set(view) - set(want))
+            wrong = sorted(f"{m}={s}" for m, s in view.items() if m in want and s != "alive")
+            parts = ([f"missing {','.join(missing)}"] if missing else []) + \
+                    ([f"unknown {','.join(extra)}"] if extra else []) + \
+                    ([f"sees {' '.join(wrong)}"] if wrong else [])
+            res.violations.append(Violation(res.name, f"{node}'s view: {'; '.join(parts)}"))
+    res.detail = f"{len(final.up)} up nodes"
+    return res
+
+
+def check_coordinators(dots: DotIndex, final: FinalState) -> CheckResult:
+    """Every write was coordinated by one of its key's primaries.
+
+    The simulated cluster never changes its membership, so the ring is the same
+    all along and a node that gives a key a new dot without being one of its
+    primaries was working from a wrong view of the cluster (its write lands where
+    reads do not look)."""
+    res = CheckResult("coordinators")
+    wrong: dict[tuple[str, bytes], list[DotInfo]] = {}
+    issuances = [d for ds in dots.tombstones.values() for d in ds] + list(dots.by_value.values())
+    for d in issuances:
+        pref = final.preference.get(d.key)
+        if pref is not None and d.node not in pref:
+            wrong.setdefault((d.node, d.key), []).append(d)
+    for (node, key), ds in sorted(wrong.items()):
+        ds.sort(key=lambda d: d.t)
+        res.violations.append(Violation(
+            res.name, f"{node} coordinated {len(ds)} write(s) of {show(key)} between "
+            f"{ds[0].t:.3f}s and {ds[-1].t:.3f}s, but its primaries are "
+            f"{','.join(final.preference[key])}", key))
+    res.detail = f"{dots.count} dots issued"
+    return res
+
+
+def check_dots_unique(dots: DotIndex) -> CheckResult:
+    res = CheckResult("dots-unique", list(dots.reuses))
+    res.detail = f"{dots.count} dots issued"
+    return res
+
+
+def check_history_complete(history: list[OpRecord]) -> CheckResult:
+    res = CheckResult("history")
+    for rec in history:
+        if rec.outcome == PENDING:
+            res.violations.append(Violation(
+                res.name, f"{_describe(rec)} never completed", rec.key))
+    res.detail = f"{len(history)} operations"
+    return res
+
+
+def check_all(history: list[OpRecord], dots: DotIndex, final: FinalState, *,
+              hinted_handoff: bool) -> list[CheckResult]:
+    """Every checker, in the order the report prints them."""
+    causal = Causality(history, dots)
+    return [
+        check_membership(final),
+        check_coordinators(dots, final),
+        check_acked_writes(history, dots, final, hints_count=not hinted_handoff, causal=causal),
+        check_resurrection(history, dots, final, causal),
+        check_convergence(final),
+        *([check_hints_drained(final)] if hinted_handoff else []),
+        check_siblings(history, dots, final, causal),
+        check_dots_unique(dots),
+        check_history_complete(history),
+    ]
+
+
+class IncrementalChecker:
+    """The checks that must hold after every step, run over what is new since the last."""
+
+    def __init__(self, history: list[OpRecord], log: list[DiskWrite]) -> None:
+        self.history = history
+        self.log = log
+        self.dots = DotIndex()
+        self._pos = 0
+
+    def step(self) -> list[Violation]:
+        out = self.dots.ingest(self.log)
+        causal: Causality | None = None
+        hist = self.history
+        while self._pos < len(hist) and hist[self._pos].outcome != PENDING:
+            rec = hist[self._pos]
+            self._pos += 1
+            if rec.op == "GET" and rec.outcome == OK and len(rec.values) > 1:
+                causal = causal or Causality(hist, self.dots)
+                for u, writer in sibling_pairs(rec.values, rec.key, causal, self.dots):
+                    out.append(Violation("siblings", f"#{rec.id} GET {show(rec.key)} returned "
+                                         f"{show(u)} beside {_describe(writer)}, which had "
+                                         f"seen it", rec.key))
+        return out

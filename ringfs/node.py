@@ -84,6 +84,8 @@ from ringfs.wire import (
 
 log = logging.getLogger("ringfs.node")
 
+MAX_REAPED_REMEMBERED = 1_000_000
+"""Reaped keys whose counters a node remembers; past it, it takes a new actor id."""
 HANDOFF_INTERVAL_S = 1.0
 """How often a node checks whether owners of its hints are back."""
 HANDOFF_MAX_INFLIGHT = 64
@@ -229,6 +231,10 @@ class Node:
         self.config = config
         self.name = config.name
         self.actor = f"{config.name}@{epoch}"
+        self._epoch = epoch
+        self._actor_generation = 0
+        self._reaped: dict[bytes, int] = {}
+        """Keys reaped during this actor's life, with its last counter in each."""
         self.engine = engine
         self.rng = rng
         self.limits = config.limits
@@ -609,9 +615,18 @@ class Node:
                 hid = self._next_id()
                 self._handoffs[hid] = (owner, key, state)
                 self._handoff_inflight[owner] += 1
+                # An acknowledgement can be lost (owner crashed before syncing, a cut
+                # link): give up on this attempt after a while so the hint is retried.
+                self._after(now + self.config.request_timeout_s,
+                            partial(self._handoff_expired, hid))
                 self.counters["hints_sent"] += 1
                 self._send(owner, PeerMsg.REPLICA_PUT,
                            {"id": hid, "key": key, "state": state.to_wire(), "handoff": True})
+
+    def _handoff_expired(self, hid: int, now: float) -> None:
+        if hid in self._handoffs:
+            self.counters["hints_unacknowledged"] += 1
+            self._handoff_done(hid, False)
 
     def _handoff_done(self, hid: int, ok: bool) -> bool:
         """An owner answered a hint delivery; True if `hid` was one."""
@@ -808,6 +823,20 @@ class Node:
         if self._load(key) == tomb:
             self.engine.purge(key)
             self.counters["tombstones_reaped"] += 1
+            # Forgetting the key must not let this actor issue its old dots again: a
+            # client holding a context from before the delete would cover them.
+            mine = tomb.counter(self.actor)
+            if mine:
+                if len(self._reaped) >= MAX_REAPED_REMEMBERED:
+                    self._new_actor_generation()
+                else:
+                    self._reaped[key] = mine
+
+    def _new_actor_generation(self) -> None:
+        """Start a fresh actor id: every counter of the old one is then safe to forget."""
+        self._actor_generation += 1
+        self.actor = f"{self.name}@{self._epoch}.{self._actor_generation}"
+        self._reaped.clear()
 
     def on_get_timeout(self, gid: int, now: float) -> None:
         g = self._gets.get(gid)
@@ -913,6 +942,11 @@ class Node:
         if value is None and local is None and not ctx:
             return encode_response(rid, {"context": b"", "siblings": 0})
         base = local if local is not None else DVVSet()
+        floor = self._reaped.pop(key, None)
+        if floor is not None and base.counter(self.actor) < floor:
+            # The key was reaped here (and may since have come back from another
+            # coordinator): continue this actor's counter above the dots it issued.
+            base = base.sync(DVVSet(((self.actor, floor, ()),)))
         new = base.update(ctx, value, self.actor)
         summary = new.summary()
         self._check_siblings(new, rid, summary)

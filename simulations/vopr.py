@@ -142,19 +142,6 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
         "writes for keys it does not own (alone it sees a one-member ring, and quorums "
         "are capped by the ring's size, so W=1), and those writes are lost once the "
         "views re-merge (shipped scenario crash_during_handoff, seed 1)"),
-    KnownIssue(
-        "reap-reuses-dots", "dots-unique",
-        "reaping a tombstone forgets the key's version vector, so the next write of the "
-        "key starts its coordinator's counter again and reissues dots; a client still "
-        "holding a context from before the delete then silently discards writes it never "
-        "saw (an acknowledged write is lost), and a stale copy's old dots can shadow new "
-        "ones (shipped scenario tombstone_reaping)"),
-    KnownIssue(
-        "handoff-no-retry", "hints",
-        "a hint delivery whose acknowledgement never comes (the owner crashed before "
-        "syncing, or a partition cut the ack while the delivery itself got through) stays "
-        "in flight forever: in-flight deliveries have no timeout and block a new attempt "
-        "for that key, so the hint is never delivered"),
 )
 
 

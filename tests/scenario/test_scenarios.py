@@ -47,8 +47,7 @@ def _issue(name: str) -> str:
     return f"known ringfs issue {issue.name}: {issue.summary}"
 
 
-FAILING_TODAY = {"crash_during_handoff": "lonely-restart",
-                 "tombstone_reaping": "reap-reuses-dots"}
+FAILING_TODAY = {"crash_during_handoff": "lonely-restart"}
 """Shipped scenarios that a known ringfs issue makes fail (seed 1)."""
 
 
@@ -209,13 +208,11 @@ def test_a_node_restarted_while_cut_off_joins_once_it_can() -> None:
     assert report.ok, report.render()
 
 
-@pytest.mark.xfail(strict=True, reason=_issue("handoff-no-retry"))
 def test_every_hint_is_delivered_in_the_end() -> None:
     report = run_seed(52)  # a VOPR seed where two deliveries lose their acknowledgement
     assert report.ok, report.render()
 
 
-@pytest.mark.xfail(strict=True, reason=_issue("reap-reuses-dots"))
 def test_a_write_survives_a_stale_context_from_before_a_reaped_delete() -> None:
     w = SimWorld(1, node_defaults={"tombstone_grace_s": 0.5, "vnodes_per_capacity": 64})
     for n in ("n1", "n2", "n3"):

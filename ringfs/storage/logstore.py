@@ -134,12 +134,12 @@ _INLINE_SYNC_AFTER = 8
 """Calls a finished hint or merge waits for the runtime's next sync() to fsync its
 files before maybe_merge() fsyncs them itself (the store is then idle anyway)."""
 
-_INLINE_FLUSH_BYTES = 4 * MiB
+_INLINE_FLUSH_BYTES = 2 * MiB
 """Unsynced merge or hint bytes after which maybe_merge() fsyncs them itself: no sync()
 has come for many calls, and a bounded fsync now beats one huge fsync later (a 100 MB
-file sealed by a single fdatasync stalls ~45 ms; 4 MB take a few)."""
+file sealed by a single fdatasync stalled ~45 ms on the test machine, 2 MB a few)."""
 
-_TRIM_BYTES = 8 * MiB
+_TRIM_BYTES = 4 * MiB
 """A merged-away segment is shrunk by this much per maybe_merge() call before it is
 unlinked: unlinking a 64 MiB file at once takes ~30 ms."""
 
@@ -439,9 +439,8 @@ class LogStore:
         self._fds: list[int] = []
         self._maps: list[mmap.mmap | None] = []
         """Read-only maps of immutable segments: a get from one costs no system call."""
-        self._active_view: mmap.mmap | None = None
         self._active_mapped = 0
-        """Bytes of the active segment _active_view covers."""
+        """Bytes of the active segment its map in _maps covers (it keeps growing)."""
         self._free_slots: list[int] = []
         self._active: _Segment | None = None
         self._dirty: list[_Segment] = []
@@ -512,15 +511,26 @@ class LogStore:
         else:
             buf = self._read_unmapped(slot, off, size)
         if _crc32(buf, self._salt) != 0x2144DF1C or not buf.startswith(key, 24):
-            self._unreadable(key, loc)
-            return None
+            # Damage, or a record of the active segment past the end of its map.
+            return self._get_slow(key, loc)
         seq, flags, klen, mlen, _ = _unpack_read(buf, 4)
         if klen != len(key):
-            self._unreadable(key, loc)
-            return None
+            return self._get_slow(key, loc)
         a = 24 + klen
         b = a + mlen
         return _new_record(Record, (buf[b:-4], buf[a:b], flags == 1, seq))
+
+    def _get_slow(self, key: bytes, loc: int) -> Record | None:
+        """get() when the mapped read failed its checks: read again past the map."""
+        buf = self._read_unmapped(loc >> 46, (loc >> 14) & 0xFFFFFFFF, loc & 0x3FFF)
+        if _crc32(buf, self._salt) == CRC_RESIDUE and buf.startswith(key, HEADER_BYTES):
+            seq, flags, klen, mlen, _ = _unpack_read(buf, 4)
+            if klen == len(key):
+                a = HEADER_BYTES + klen
+                b = a + mlen
+                return _new_record(Record, (buf[b:-4], buf[a:b], flags == FLAG_TOMBSTONE, seq))
+        self._unreadable(key, loc)
+        return None
 
     def __len__(self) -> int:
         return len(self._kd)
@@ -656,7 +666,11 @@ class LogStore:
             self._dir_dirty = True
             self._dir_epoch += 1
         if old is not None:
-            self._unmap_active()
+            partial = self._maps[old.slot]
+            if partial is not None:  # it covered part of the segment; map it whole
+                partial.close()
+                self._maps[old.slot] = None
+            self._active_mapped = 0
             self._map(old)
             self._hint_jobs.append(_HintJob(old))
         return seg
@@ -746,11 +760,11 @@ class LogStore:
         return int(HEADER_BYTES + 4 + klen + mlen + vlen)
 
     def _read_unmapped(self, slot: int, off: int, size: int) -> bytes:
-        """Reads the retired segments' maps do not serve: the active segment, large records.
+        """Reads a map cannot serve: past the end of the active segment's map, large records.
 
-        The active segment grows, so it is mapped only up to where it had grown at
-        the last remap, which happens once at least _REMAP_BYTES more were written;
-        records past that are read with pread.
+        The active segment grows, so its map covers it only up to where it had grown
+        at the last remap, which a read past the map triggers once at least
+        _REMAP_BYTES more were written; until then such reads use pread.
         """
         if not size:
             return self._read_large(slot, off)
@@ -759,26 +773,20 @@ class LogStore:
             end = off + size
             if end > self._active_mapped and seg.size - self._active_mapped >= _REMAP_BYTES:
                 self._remap_active(seg)
-            view = self._active_view
+            view = self._maps[slot]
             if view is not None and end <= self._active_mapped:
                 return view[off:end]
         return os.pread(self._fds[slot], size, off)
 
     def _remap_active(self, seg: _Segment) -> None:
-        old = self._active_view
+        old = self._maps[seg.slot]
         view = mmap.mmap(seg.fd, seg.size, access=mmap.ACCESS_READ)
         if hasattr(view, "madvise") and hasattr(mmap, "MADV_RANDOM"):
             view.madvise(mmap.MADV_RANDOM)
-        self._active_view = view
+        self._maps[seg.slot] = view
         self._active_mapped = seg.size
         if old is not None:
             old.close()
-
-    def _unmap_active(self) -> None:
-        if self._active_view is not None:
-            self._active_view.close()
-        self._active_view = None
-        self._active_mapped = 0
 
     def _read_large(self, slot: int, off: int) -> bytes:
         # Large records are rare and their copy dominates; pread keeps this simple.
@@ -1761,7 +1769,6 @@ class LogStore:
             log.warning("could not clean up an unfinished merge: %s", exc)
 
     def _close_segments(self) -> None:
-        self._unmap_active()
         for view in self._maps:
             if view is not None:
                 view.close()

@@ -84,6 +84,10 @@ from ringfs.wire import (
 
 log = logging.getLogger("ringfs.node")
 
+RECONNECT_INTERVAL_S = 5.0
+"""How often a node tries a full-state exchange with one member it believes dead, or
+re-joins its seeds when it sees nobody alive: the way views split by a long partition,
+or a node restarted while cut off, merge again."""
 MAX_REAPED_REMEMBERED = 1_000_000
 """Reaped keys whose counters a node remembers; past it, it takes a new actor id."""
 HANDOFF_INTERVAL_S = 1.0
@@ -302,6 +306,8 @@ class Node:
                  "gossip=%s", self.name, self.actor, config.engine, config.durability,
                  config.n_replicas, config.r, config.w, config.gossip)
         self.gossip: Swim | None = None
+        self._next_reconnect: float | None = None
+        self._seeds: list[str] = []
         seeds = [s for s in config.seeds if s != config.listen]
         if config.gossip != "off":
             preset = GossipConfig.local() if config.gossip == "local" else GossipConfig.lan()
@@ -312,6 +318,8 @@ class Node:
                                keyring=keyring)
             if seeds:
                 self.gossip.join(seeds, now)
+            self._seeds = seeds
+            self._next_reconnect = now + RECONNECT_INTERVAL_S
             self._pump_gossip(now)
         else:
             for seed in seeds:
@@ -1266,6 +1274,25 @@ class Node:
         self.gossip.receive_stream(data, origin, now)
         self._pump_gossip(now)
 
+    def on_reconnect_timeout(self, now: float) -> None:
+        """Push-pull with a random dead member, or re-join the seeds when alone."""
+        g = self.gossip
+        self._next_reconnect = now + RECONNECT_INTERVAL_S
+        if g is None or g.leaving:
+            return
+        others_alive = [m for m in g.members() if m.name != self.name and m.state == "alive"]
+        dead = sorted(m.address for m in g.members()
+                      if m.name != self.name and m.state == "dead")
+        targets: list[str] = []
+        if not others_alive and self._seeds:
+            targets = list(self._seeds)
+        elif dead:
+            targets = [self.rng.choice(dead)]
+        if targets:
+            self.counters["gossip_reconnects"] += 1
+            g.join(targets, now)
+            self._pump_gossip(now)
+
     def leave(self, now: float) -> None:
         """Leave the cluster gracefully: members will mark this node left, not dead."""
         if self.gossip is not None:
@@ -1342,6 +1369,9 @@ class Node:
         h = self._next_handoff
         if h is not None and (t is None or h < t):
             t = h
+        rc = self._next_reconnect
+        if rc is not None and (t is None or rc < t):
+            t = rc
         return t
 
     def handle_timer(self, now: float) -> None:
@@ -1351,6 +1381,9 @@ class Node:
         h = self._next_handoff
         if h is not None and now >= h:
             self.on_handoff_timeout(now)
+        rc = self._next_reconnect
+        if rc is not None and now >= rc:
+            self.on_reconnect_timeout(now)
         if self.gossip is not None:
             g = self.gossip.next_deadline()
             if g is not None and now >= g:

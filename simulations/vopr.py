@@ -127,13 +127,6 @@ class KnownIssue:
 
 KNOWN_ISSUES: tuple[KnownIssue, ...] = (
     KnownIssue(
-        "gossip-no-remerge", "membership",
-        "membership views never re-merge when a member was cut off long enough to be "
-        "declared dead (3-node cluster, one node isolated >= 10 s; a 3/2 split of 15 s), "
-        "or when a node restarts while it cannot reach any seed (its join is never "
-        "retried): gossip to the dead only runs while broadcasts are queued and "
-        "push-pull only targets alive members, so nothing reconnects the sides"),
-    KnownIssue(
         "lonely-restart", "coordinators",
         "a restarted node rebuilds its view only from the members it hears of "
         "(membership is not kept across restarts, and the state it joins with omits dead "

@@ -189,7 +189,6 @@ def test_a_flapping_link_toggles_and_ends_healed() -> None:
 # the test passes, strict xfail turns that into a failure, and the fixer removes the
 # xfail mark and the KNOWN_ISSUES entry so the VOPR campaign stops tolerating it.
 
-@pytest.mark.xfail(strict=True, reason=_issue("gossip-no-remerge"))
 def test_a_member_isolated_long_enough_to_be_declared_dead_rejoins() -> None:
     sc = Scenario("isolate", nodes=3, duration_s=25.0, liveness_s=120.0,
                   workload=WorkloadConfig(clients=2, keys=4, rate_ops_s=20),
@@ -198,7 +197,6 @@ def test_a_member_isolated_long_enough_to_be_declared_dead_rejoins() -> None:
     assert report.ok, report.render()
 
 
-@pytest.mark.xfail(strict=True, reason=_issue("gossip-no-remerge"))
 def test_a_node_restarted_while_cut_off_joins_once_it_can() -> None:
     sc = Scenario("restart-isolated", nodes=4, duration_s=20.0, liveness_s=120.0,
                   workload=WorkloadConfig(clients=2, keys=4, rate_ops_s=20),

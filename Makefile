@@ -35,7 +35,11 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench
 
-## soak: long randomized campaigns
+## sim: 200 random VOPR seeds; replay one with `python -m simulations run/vopr --seed...`
+sim: $(STAMP)
+	$(BIN)/python -m simulations vopr --seeds 200
+
+## soak: long randomized campaigns (10,000 VOPR seeds, long state machines)
 soak: $(STAMP)
 	$(BIN)/pytest -q -p no:cacheprovider -m slow --hypothesis-profile=soak
 

@@ -236,6 +236,7 @@ class Node:
         self.name = config.name
         self.actor = f"{config.name}@{epoch}"
         self._epoch = epoch
+        self._seeds_given = any(sd != config.listen for sd in config.seeds)
         self._actor_generation = 0
         self._reaped: dict[bytes, int] = {}
         """Keys reaped during this actor's life, with its last counter in each."""
@@ -663,16 +664,21 @@ class Node:
         return key
 
     def _quorum_arg(self, args: dict[str, Any], name: str, rid: int) -> int:
-        """R or W for a request: as asked, else the default; never more than the ring has.
+        """R or W for a request: as asked, else the default.
 
-        A ring of fewer than N members keeps fewer than N copies, so quorums shrink
-        with it; members that are down still count, so failures still fail.
+        On a node started without seeds, a ring of fewer than N members keeps fewer
+        than N copies, so quorums shrink with it; members that are down still count,
+        so failures still fail. A node given seeds belongs to a bigger cluster even
+        when it sees nobody (restarted while the others were away): shrinking W to
+        what it sees would acknowledge writes the real replicas never get.
         """
         if name in args:
             v = field_opt_uint(args, name, 1, self.config.n_replicas, rid)
             q = v if v is not None else int(getattr(self.config, name))
         else:
             q = self.config.r if name == "r" else self.config.w
+        if self._seeds_given:
+            return q
         n = len(self.membership.ring)
         return q if q < n else n
 

@@ -351,17 +351,11 @@ class Swim:
         st = self.stats
         st.packets_received += 1
         st.bytes_received += len(data)
-        if len(data) > MAX_DATAGRAM_BYTES:
-            st.dropped_oversize += 1
+        plain = self._open(data, MAX_DATAGRAM_BYTES)
+        if plain is None:
             return
-        if self._keyring is not None:
-            try:
-                data = self._keyring.decrypt(data)
-            except DecryptError:
-                st.dropped_bad_auth += 1
-                return
         try:
-            msgs, bad = wire.decode_packet(data, self._limits)
+            msgs, bad = wire.decode_packet(plain, self._limits)
         except Malformed:
             st.dropped_malformed += 1
             return
@@ -370,22 +364,30 @@ class Swim:
         for msg in msgs:
             dispatch[type(msg)](msg, src, now)
 
+    def _open(self, data: bytes, max_bytes: int) -> bytes | None:
+        """Size-check and decrypt incoming bytes; None (counted) when they must be dropped."""
+        st = self.stats
+        if len(data) > max_bytes:
+            st.dropped_oversize += 1
+            return None
+        if self._keyring is not None:
+            try:
+                return self._keyring.decrypt(data)
+            except DecryptError:
+                st.dropped_bad_auth += 1
+                return None
+        return data
+
     def receive_stream(self, data: bytes, src: str, now: float) -> None:
         """A stream message (push-pull) arrived. Bad input is dropped and counted."""
         st = self.stats
         st.streams_received += 1
         st.stream_bytes_received += len(data)
-        if len(data) > self._cfg.max_stream_bytes + OVERHEAD_BYTES:
-            st.dropped_oversize += 1
+        plain = self._open(data, self._cfg.max_stream_bytes + OVERHEAD_BYTES)
+        if plain is None:
             return
-        if self._keyring is not None:
-            try:
-                data = self._keyring.decrypt(data)
-            except DecryptError:
-                st.dropped_bad_auth += 1
-                return
         try:
-            msg = wire.decode_push_pull(data, self._limits)
+            msg = wire.decode_push_pull(plain, self._limits)
         except Malformed:
             st.dropped_malformed += 1
             return

@@ -37,6 +37,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
@@ -61,7 +62,7 @@ HOST = "127.0.0.1"
 KEYSPACE = 100_000
 VALUE_BYTES = 100
 DURABILITY = "interval:1000"
-RINGFS_LOG = "/tmp/bench-kv-ringfs.log"
+RINGFS_LOG = os.path.join(tempfile.gettempdir(), "bench-kv-ringfs.log")
 INSTALL_HINT = (
     "redis-server and redis-benchmark are needed for this benchmark.\n"
     "Install them with:  apt-get update && apt-get install -y redis-server\n"

@@ -73,7 +73,6 @@ from ringfs.wire import (
     encode_error,
     encode_frame,
     encode_response,
-    error_body,
     field_key,
     field_opt_bytes,
     field_opt_uint,
@@ -197,7 +196,6 @@ class _ClientPut:
 class _Forwarded:
     conn: int
     rid: int
-    deadline: float
     target: str
 
 
@@ -346,10 +344,6 @@ class Node:
     def _send_address(self, address: str, msg: PeerMsg, body: dict[str, Any]) -> None:
         self._outbox.append(PeerSend(address, encode_peer(self.name, msg, body)))
 
-    def _reply(self, conn: int, frame: bytes) -> None:
-        if conn in self._conns:
-            self._outbox.append(ClientReply(conn, frame))
-
     def _hold_until_durable(self, seq: int, release: Callable[[], None]) -> None:
         """Run `release` once `seq` is durable (at once under policies that ack early)."""
         if (not self.durability.acks_after_sync or seq <= self.engine.durable_seq
@@ -372,10 +366,6 @@ class Node:
         """Forget a connection. Requests it issued still complete; their replies are dropped."""
         if self._conns.pop(conn, None) is not None:
             self.counters["connections_closed"] += 1
-
-    @property
-    def open_connections(self) -> int:
-        return len(self._conns)
 
     def inflight(self, conn: int) -> int:
         """Requests on `conn` whose replies are still to come (for read back-pressure)."""
@@ -1063,7 +1053,7 @@ class Node:
                             "no primary replica of this key is up to coordinate the write",
                             req_id=rid)
         fid = self._next_id()
-        self._forwards[fid] = _Forwarded(conn, rid, now + self.config.request_timeout_s, target)
+        self._forwards[fid] = _Forwarded(conn, rid, target)
         self._track(conn, rid)
         self.counters["forwarded"] += 1
         self._send(target, PeerMsg.FORWARD, {"id": fid, "op": int(op), "args": args})
@@ -1097,11 +1087,6 @@ class Node:
         except Exception:
             self.counters["internal_errors"] += 1
             log.exception("handling %s from %s failed", mtype, sender)
-
-    def peer_message(self, sender: str, mtype: int, body: dict[str, Any], now: float) -> None:
-        """Handle one peer message (used by drivers that do not frame peer traffic)."""
-        c = _Conn(handshaken=True, peer=sender)
-        self._on_peer_frame(c, 0, [3, sender, mtype, body], now)
 
     def peer_unreachable(self, address: str, now: float) -> None:
         """The connection to the peer at `address` failed: requests to it fail now."""
@@ -1434,11 +1419,5 @@ class Node:
             self.gossip.check_invariants()
 
 
-def make_rng(seed: int | None = None) -> random.Random:
-    """The randomness a driver hands a node: seeded in the simulator, OS-seeded at runtime."""
-    return random.Random(seed)
-
-
 __all__ = ["ClientReply", "CloseConnection", "Datagram", "Effect", "Node", "PeerSend",
-           "RequestSync",
-           "error_body"]
+           "RequestSync"]

@@ -498,8 +498,6 @@ class NodeServer:
         assert node is not None
         decoder = FrameDecoder(self.config.limits.max_frame_bytes)
         max_inflight = self.config.max_inflight_per_connection
-        request = node.client_request
-        conn_id = c.conn_id
         stream = c.stream
         with trio.CancelScope() as scope:
             c.reader_scope = scope
@@ -507,26 +505,37 @@ class NodeServer:
                 data = await stream.receive_some(RECEIVE_BYTES)
                 if not data:
                     break
-                bodies = decoder.feed(data)
-                now = self._clock()
-                out = c.out
-                for body in bodies:
-                    frame = request(conn_id, body, now)
-                    if frame is not None:
-                        out.append(frame)
-                        c.unsent += len(frame)
-                self._dispatch()
-                if decoder.error is not None and not c.closing:
-                    exc = decoder.error
-                    node.counters[f"error_{exc.code.name.lower()}"] += 1
-                    out.append(encode_error(None, exc.code, exc.message))
-                    c.closing = True
-                if out:
+                closing = self._handle_input(c, decoder, data)
+                if c.out:
                     c.wake.set()
-                if c.closing:
+                if closing:
                     break
                 await self._backpressure(c, max_inflight)
         await self._finish_input(c)
+
+    def _handle_input(self, c: _Connection, decoder: FrameDecoder,
+                      data: bytes | bytearray) -> bool:
+        """Hand every complete frame in `data` to the node and queue the replies ready
+        now; a broken stream queues its error frame last and marks the connection closing.
+        Returns whether the connection is closing."""
+        node = self.node
+        assert node is not None
+        request = node.client_request
+        conn_id = c.conn_id
+        now = self._clock()
+        out = c.out
+        for body in decoder.feed(data):
+            frame = request(conn_id, body, now)
+            if frame is not None:
+                out.append(frame)
+                c.unsent += len(frame)
+        self._dispatch()
+        if decoder.error is not None and not c.closing:
+            exc = decoder.error
+            node.counters[f"error_{exc.code.name.lower()}"] += 1
+            out.append(encode_error(None, exc.code, exc.message))
+            c.closing = True
+        return c.closing
 
     async def _backpressure(self, c: _Connection, max_inflight: int) -> None:
         """Stop reading while too many replies are outstanding or the client is not
@@ -552,14 +561,10 @@ class NodeServer:
         assert node is not None
         decoder = FrameDecoder(self.config.limits.max_frame_bytes)
         max_inflight = self.config.max_inflight_per_connection
-        request = node.client_request
-        conn_id = c.conn_id
         recv = sock.recv
         send = sock.send
         wait_readable = trio.lowlevel.wait_readable
         checkpoint = trio.lowlevel.checkpoint
-        clock = self._clock
-        dispatch = self._dispatch
         # Optimistic reads: after a reply, yield once and try recv before asking epoll.
         # Under load the next request has usually arrived by the time this task runs
         # again, which saves the epoll_ctl re-arm; when it had not, go back to waiting.
@@ -582,19 +587,8 @@ class NodeServer:
                 optimistic = len(self._conns) > 1
                 if not data:
                     break
-                bodies = decoder.feed(data)
-                now = clock()
+                self._handle_input(c, decoder, data)
                 out = c.out
-                for body in bodies:
-                    frame = request(conn_id, body, now)
-                    if frame is not None:
-                        out.append(frame)
-                dispatch()
-                if decoder.error is not None and not c.closing:
-                    exc = decoder.error
-                    node.counters[f"error_{exc.code.name.lower()}"] += 1
-                    out.append(encode_error(None, exc.code, exc.message))
-                    c.closing = True
                 if out and not c.sending:
                     data = b"".join(out) if len(out) > 1 else out[0]
                     out.clear()

@@ -132,9 +132,10 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
         "(membership is not kept across restarts, and the state it joins with omits dead "
         "members): restarted while another member is down or cut off, its ring lacks "
         "that member and gives some keys other primaries; it coordinates and acknowledges "
-        "writes for keys it does not own (alone it sees a one-member ring, and quorums "
-        "are capped by the ring's size, so W=1), and those writes are lost once the "
-        "views re-merge (shipped scenario crash_during_handoff, seed 1)"),
+        "writes for keys it does not own, and those writes are lost once the views "
+        "re-merge (shipped scenario crash_during_handoff, seed 1). A node given seeds no "
+        "longer shrinks W to the one-member ring it sees alone; the missing dead member "
+        "is what remains"),
     KnownIssue(
         "reap-reuses-dots", "dots-unique",
         "a node can still reissue one of its old dots for a key whose tombstone was "

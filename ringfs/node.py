@@ -541,6 +541,10 @@ class Node:
             return self.engine.delete(stored_key, packed)
         return self.engine.put(stored_key, b"", packed)
 
+    def _drop_local(self, stored_key: bytes) -> None:
+        """Forget a stored key entirely (no tombstone); every local removal goes here."""
+        self.engine.purge(stored_key)
+
     def _iter_hints(self) -> Any:
         for k, _rec in self.engine.iter_range(0, 0):
             if k.startswith(HINT_PREFIX):
@@ -640,7 +644,7 @@ class Node:
         sk = hint_key(owner, key)
         if self._load(sk) == sent:
             # The owner holds it durably and nothing newer arrived meanwhile: drop ours.
-            self.engine.purge(sk)
+            self._drop_local(sk)
             self._hint_index.get(owner, set()).discard(key)
             self.counters["hints_delivered"] += 1
         return True
@@ -825,7 +829,7 @@ class Node:
 
     def _reap_local(self, key: bytes, tomb: DVVSet) -> None:
         if self._load(key) == tomb:
-            self.engine.purge(key)
+            self._drop_local(key)
             self.counters["tombstones_reaped"] += 1
             # Forgetting the key must not let this actor issue its old dots again: a
             # client holding a context from before the delete would cover them.

@@ -20,6 +20,7 @@ from typing import Any
 
 BENCHMARKS: tuple[str, ...] = (
     "kv",
+    "cluster",
     "storage",
     "ring_balance",
     "gossip_report",

@@ -6,7 +6,9 @@ msgpack [0, id, op, {key, value}]) are encoded once before the run, so the hot
 loop only sends bytes, reads bytes, checks the frame length and takes a
 timestamp. A worker process with one connection uses a plain blocking socket; a
 worker with several multiplexes them with epoll directly (no selectors layer).
-Connections can be spread over several worker processes (`--procs`).
+Connections can be spread over several worker processes (`--procs`) and over
+several servers (`--addr A,B,C`: connection i goes to server i mod 3 here, counted
+across all workers), e.g. the nodes of one cluster.
 
 Runs are either timed (`--duration`, after a `--warmup` whose replies are not
 counted) or counted (`--requests`, total over all connections). All workers
@@ -16,6 +18,7 @@ CPU over exactly the measured window. Each worker reports its own CPU seconds
 computed over all of them.
 
     python -m bench.loadgen --addr 127.0.0.1:7001 --op put -c 50 --duration 5
+    python -m bench.loadgen --addr 127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003 -c 50
 """
 
 from __future__ import annotations
@@ -199,12 +202,12 @@ def _loop_many(socks: list[socket.socket], frames: list[bytes], warm_end_ns: int
     return ops, errors
 
 
-def _worker(host: str, port: int, nconns: int, op: int, keyspace: int, value_size: int,
-            seed: int, warmup_s: float, duration_s: float | None, requests: int | None,
-            pipe: Any) -> None:
+def _worker(addrs: list[tuple[str, int]], first_conn: int, nconns: int, op: int,
+            keyspace: int, value_size: int, seed: int, warmup_s: float,
+            duration_s: float | None, requests: int | None, pipe: Any) -> None:
     try:
         frames = build_frames(op, keyspace, value_size, FRAME_POOL, seed)
-        socks = [connect(host, port) for _ in range(nconns)]
+        socks = [connect(*addrs[(first_conn + j) % len(addrs)]) for j in range(nconns)]
         pipe.send("ready")
         t0_ns: int = pipe.recv()
         lat: array[int] = array("q")
@@ -251,14 +254,20 @@ def run_load(host: str, port: int, *, op: str, connections: int,
              duration_s: float | None = 5.0, requests: int | None = None,
              warmup_s: float = 0.5, procs: int = 1, keyspace: int = 100_000,
              value_size: int = 100, server_pid: int | None = None,
-             seed: int = 1) -> dict[str, Any]:
+             seed: int = 1, addrs: Sequence[tuple[str, int]] | None = None,
+             server_pids: Sequence[int] | None = None) -> dict[str, Any]:
     """Drive host:port with `connections` closed-loop connections; returns the result.
 
     Exactly one of `duration_s` / `requests` decides when to stop. With
     `server_pid`, the server's CPU over the measured window is reported too.
+    `addrs` replaces host:port with several servers, connections spread round-robin;
+    `server_pids` replaces server_pid with several processes, whose CPU is summed
+    (and also reported per process, in order, as server_cpu_by_pid_s).
     """
     if (duration_s is None) == (requests is None):
         raise ValueError("give exactly one of duration_s and requests")
+    targets = list(addrs) if addrs else [(host, port)]
+    pids = list(server_pids) if server_pids else ([server_pid] if server_pid else [])
     opcode = OPS[op]
     procs = max(1, min(procs, connections))
     ctx = mp.get_context("fork")
@@ -269,9 +278,9 @@ def run_load(host: str, port: int, *, op: str, connections: int,
         if requests is not None:
             per_req = requests // procs + (1 if w < requests % procs else 0)
         parent, child = ctx.Pipe()
-        p = ctx.Process(target=_worker, args=(host, port, per[w], opcode, keyspace, value_size,
-                                              seed * 1000 + w, warmup_s, duration_s, per_req,
-                                              child), daemon=True)
+        p = ctx.Process(target=_worker, args=(targets, sum(per[:w]), per[w], opcode, keyspace,
+                                              value_size, seed * 1000 + w, warmup_s,
+                                              duration_s, per_req, child), daemon=True)
         p.start()
         child.close()
         workers.append((p, parent))
@@ -285,14 +294,15 @@ def run_load(host: str, port: int, *, op: str, connections: int,
             conn.send(t0)
         measure_from = t0 + (int(warmup_s * 1e9) if duration_s is not None else 0)
         time.sleep(max(0.0, (measure_from - time.monotonic_ns()) / 1e9))
-        srv0 = proc_cpu_s(server_pid) if server_pid else None
+        srv0 = [proc_cpu_s(pid) for pid in pids]
         busy0 = machine_busy_s()
-        srv1 = busy1 = None
+        srv1: list[float] | None = None
+        busy1 = None
         if duration_s is not None:
             # Sample at the end of the window, not after the workers' drain and exit.
             time.sleep(max(0.0, (measure_from + int(duration_s * 1e9) - time.monotonic_ns())
                            / 1e9))
-            srv1 = proc_cpu_s(server_pid) if server_pid else None
+            srv1 = [proc_cpu_s(pid) for pid in pids]
             busy1 = machine_busy_s()
         results = []
         for _, conn in workers:
@@ -301,7 +311,7 @@ def run_load(host: str, port: int, *, op: str, connections: int,
                 raise RuntimeError(f"load generator worker failed: {msg['error']}")
             results.append(msg)
         if busy1 is None:
-            srv1 = proc_cpu_s(server_pid) if server_pid else None
+            srv1 = [proc_cpu_s(pid) for pid in pids]
             busy1 = machine_busy_s()
     finally:
         for p, conn in workers:
@@ -317,9 +327,10 @@ def run_load(host: str, port: int, *, op: str, connections: int,
     ops = sum(r["ops"] for r in results)
     window = max(r["window_s"] for r in results)
     client_cpu = sum(r["cpu_s"] for r in results)
-    server_cpu = (srv1 - srv0) if srv0 is not None and srv1 is not None else None
+    by_pid = [b - a for a, b in zip(srv0, srv1 or [], strict=True)] if pids else []
+    server_cpu = sum(by_pid) if pids else None
     other = busy1 - busy0 - client_cpu - (server_cpu or 0.0)
-    return {
+    out = {
         "op": op,
         "connections": connections,
         "procs": procs,
@@ -331,9 +342,13 @@ def run_load(host: str, port: int, *, op: str, connections: int,
         "p99_ms": percentile(lat_sorted, 99) / 1e6,
         "mean_ms": (sum(lat_sorted) / len(lat_sorted) / 1e6) if lat_sorted else float("nan"),
         "client_cpu_s": client_cpu,
+        "client_cpu_max_proc_s": max(r["cpu_s"] for r in results),
         "server_cpu_s": server_cpu,
         "other_cpu_s": max(0.0, other),
     }
+    if len(pids) > 1:
+        out["server_cpu_by_pid_s"] = by_pid
+    return out
 
 
 def prefill(host: str, port: int, keyspace: int, value_size: int, batch: int = 2000) -> float:
@@ -372,7 +387,9 @@ def prefill(host: str, port: int, keyspace: int, value_size: int, batch: int = 2
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.loadgen", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--addr", default="127.0.0.1:7001", help="HOST:PORT of the server")
+    p.add_argument("--addr", default="127.0.0.1:7001",
+                   help="HOST:PORT of the server, or several comma-separated (connections "
+                   "are spread over them round-robin)")
     p.add_argument("--op", choices=sorted(OPS), default="get")
     p.add_argument("-c", "--connections", type=int, default=50)
     p.add_argument("--procs", type=int, default=1, help="load generator processes")
@@ -385,15 +402,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--prefill", action="store_true", help="write every key once first")
     p.add_argument("--server-pid", type=int, help="also report this process's CPU")
     a = p.parse_args(argv)
-    host, _, port_s = a.addr.rpartition(":")
+    targets = []
+    for addr in a.addr.split(","):
+        h, _, p_s = addr.strip().rpartition(":")
+        targets.append((h, int(p_s)))
+    host, port = targets[0]
     if a.prefill:
-        prefill(host, int(port_s), a.keyspace, a.value_size)
+        prefill(host, port, a.keyspace, a.value_size)
     duration = a.duration if a.requests is None else None
     if duration is None and a.requests is None:
         duration = 5.0
-    res = run_load(host, int(port_s), op=a.op, connections=a.connections, duration_s=duration,
+    res = run_load(host, port, op=a.op, connections=a.connections, duration_s=duration,
                    requests=a.requests, warmup_s=a.warmup, procs=a.procs,
-                   keyspace=a.keyspace, value_size=a.value_size, server_pid=a.server_pid)
+                   keyspace=a.keyspace, value_size=a.value_size, server_pid=a.server_pid,
+                   addrs=targets)
     print_json(res)
     return 0 if res["errors"] == 0 else 1
 

@@ -208,9 +208,21 @@ def build_parser() -> argparse.ArgumentParser:
     wh.set_defaults(func=cmd_whereis)
 
     s = sub.add_parser("status", help="show a node's view of the cluster",
-                       description="Show members, storage and counters as one node sees them.")
+                       description="Show members, ring and storage as one node sees them, then "
+                                   "pending hints, handoff and anti-entropy progress of every "
+                                   "member that answers.")
     client_opts(s)
     s.set_defaults(func=cmd_status)
+
+    lv = sub.add_parser("leave", help="make a node leave the cluster gracefully",
+                        description="Ask the node at --node to leave for good: it hands every "
+                                    "key to the key's new owners, then announces its leave and "
+                                    "stops. Waits and shows progress unless --no-wait.")
+    client_opts(lv)
+    lv.add_argument("--no-wait", action="store_true", help="return once the leave started")
+    lv.add_argument("--wait-timeout", type=_seconds, default=3600.0, metavar="SECONDS",
+                    help="give up waiting after this long (default 3600)")
+    lv.set_defaults(func=cmd_leave)
     return p
 
 
@@ -439,8 +451,12 @@ def cmd_whereis(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     with _client(args) as c:
         st = c.status()
+    cluster = _cluster_status(args, st)
     if args.json:
-        print(json.dumps(_jsonable(st)))
+        nodes = {name: other if "error" in other else
+                 {k: other.get(k) for k in ("hints", "handoff", "anti_entropy")}
+                 for name, other in cluster}
+        print(json.dumps(_jsonable({**st, "nodes": nodes})))
         return 0
     print(f"node {st.get('node')} at {st.get('address')} (ringfs {st.get('version')})")
     if st.get("read_only"):
@@ -453,12 +469,77 @@ def cmd_status(args: argparse.Namespace) -> int:
         share = m.get("ring_share", 0.0) * 100
         print(f"  {m.get('name'):<16} {m.get('address'):<22} {m.get('state'):<8} "
               f"incarnation {m.get('incarnation'):<4} owns {share:5.1f}% of the ring")
-    h = st.get("hints", {})
-    print(f"hints: {h.get('pending')} pending (max {h.get('max')})")
     s = st.get("storage", {})
     print(f"storage: {s.get('engine')} ({s.get('durability')}), {s.get('keys')} keys, "
           f"{s.get('tombstones')} tombstones, {s.get('data_bytes')} bytes")
+    print("convergence, per node (hints held for down owners; keys moving to new owners; "
+          "anti-entropy):")
+    for name, other in cluster:
+        if "error" in other:
+            print(f"  {name:<16} {other['error']}")
+            continue
+        h, ho, ae = other.get("hints", {}), other.get("handoff", {}), other.get("anti_entropy", {})
+        moving = (ho.get("queued_keys") or 0) + (ho.get("inflight_keys") or 0)
+        print(f"  {name:<16} hints {h.get('pending', 0):<7} handoff {ho.get('state', '?'):<8} "
+              f"{moving} moving, {ho.get('moved_keys', 0)} moved"
+              f"{' LEAVING' if ho.get('leaving') else ''}; anti-entropy "
+              f"{ae.get('exchanges', 0)} exchanges, {ae.get('keys_repaired', 0)} keys repaired"
+              f"{', building trees' if ae.get('arcs_building') else ''}")
     return 0
+
+
+def _cluster_status(args: argparse.Namespace, st: dict[str, Any]) -> list[tuple[str, Any]]:
+    """(name, status or {"error": ...}) of every member that is not known to be gone."""
+    from ringfs.client import Client
+    from ringfs.errors import RingfsError
+
+    out: list[tuple[str, Any]] = []
+    for m in st.get("members", []):
+        name, addr = str(m.get("name")), str(m.get("address"))
+        if m.get("state") in ("dead", "left"):
+            out.append((name, {"error": str(m.get("state"))}))
+            continue
+        if name == st.get("node"):
+            out.append((name, st))
+            continue
+        try:
+            with Client(addr, timeout_s=min(args.timeout, 2.0), retries=0) as c:
+                out.append((name, c.status()))
+        except (RingfsError, OSError) as exc:
+            out.append((name, {"error": f"no answer: {exc}"}))
+    return out
+
+
+def cmd_leave(args: argparse.Namespace) -> int:
+    import time
+
+    from ringfs.errors import RingfsError
+
+    with _client(args) as c:
+        first = c.leave()
+    if args.json and args.no_wait:
+        print(json.dumps(_jsonable(first)))
+        return 0
+    print(f"{args.node} is leaving: handing its keys to their new owners")
+    if args.no_wait:
+        return 0
+    deadline = time.monotonic() + args.wait_timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            with _client(args) as c:
+                ho = c.status(timeout_s=2.0).get("handoff", {})
+        except (RingfsError, OSError):
+            print(f"{args.node} has left the cluster and stopped")
+            return 0
+        line = (f"  {ho.get('state')}: {ho.get('moved_keys', 0)} keys "
+                f"({ho.get('moved_bytes', 0)} bytes) moved, "
+                f"{(ho.get('queued_keys') or 0) + (ho.get('inflight_keys') or 0)} moving")
+        if line != last and not args.json:
+            print(line, flush=True)
+            last = line
+        time.sleep(0.5)
+    _fail(f"{args.node} is still leaving after {args.wait_timeout:g} s")
 
 
 def _fingerprint(key: bytes) -> str:

@@ -318,6 +318,14 @@ class AsyncClient:
         """The status map of the first node that answers."""
         return await self._call(Op.STATUS, {}, safe=True, timeout_s=timeout_s)
 
+    async def leave(self, *, timeout_s: float | None = None) -> dict[str, Any]:
+        """Ask the node to leave the cluster for good, handing its data over first.
+
+        Talk to exactly the node that should leave (a client given one address).
+        Returns its handoff progress; STATUS shows it until the node stops.
+        """
+        return await self._call(Op.LEAVE, {}, safe=True, timeout_s=timeout_s)
+
     # -- machinery -----------------------------------------------------------------
     async def _call(self, op: int, args: dict[str, Any], *, safe: bool,
                     timeout_s: float | None) -> dict[str, Any]:
@@ -470,6 +478,9 @@ class Client:
 
     def status(self, *, timeout_s: float | None = None) -> dict[str, Any]:
         return self._do(self._async.status, timeout_s=timeout_s)
+
+    def leave(self, *, timeout_s: float | None = None) -> dict[str, Any]:
+        return self._do(self._async.leave, timeout_s=timeout_s)
 
     def close(self) -> None:
         """Close connections and stop the client thread."""

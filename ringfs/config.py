@@ -127,6 +127,18 @@ class NodeConfig:
     processes on one machine), or off (seed announcements only, no failure detection)."""
     keyring_file: str = ""
     """File of gossip keys (from `ringfs keygen`), primary first; empty: gossip unencrypted."""
+    hinted_handoff: bool = True
+    """Deliver writes kept for down owners once they are back (off: anti-entropy alone
+    repairs them; for experiments)."""
+    anti_entropy_interval_s: float = 5.0
+    """How often this node starts a Merkle-tree exchange with one of its peers (round
+    robin); 0 switches active anti-entropy off."""
+    anti_entropy_max_keys: int = 2000
+    """Differing keys one exchange synchronises at most; more are left to the next one."""
+    repair_bytes_per_s: int = 32 << 20
+    """Rate limit of anti-entropy and ownership handoff transfers, each, in bytes/s."""
+    ownership_settle_s: float = 5.0
+    """How long the ring must stay unchanged before keys this node no longer owns move."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
@@ -164,6 +176,14 @@ class NodeConfig:
             raise ConfigError("max_hints must be in 0..100000000")
         if self.gossip not in ("lan", "local", "off"):
             raise ConfigError(f"gossip {self.gossip!r}: expected lan, local or off")
+        if not 0 <= self.anti_entropy_interval_s <= 86400:
+            raise ConfigError("anti_entropy_interval_s must be in 0..86400")
+        if not 1 <= self.anti_entropy_max_keys <= 1_000_000:
+            raise ConfigError("anti_entropy_max_keys must be in 1..1000000")
+        if not 1024 <= self.repair_bytes_per_s <= 1 << 40:
+            raise ConfigError("repair_bytes_per_s must be in 1024..2**40")
+        if not 0 <= self.ownership_settle_s <= 86400:
+            raise ConfigError("ownership_settle_s must be in 0..86400")
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"log_level {self.log_level!r}: expected one of {LOG_LEVELS}")
 
@@ -192,6 +212,11 @@ _SCALARS: dict[str, type | tuple[type, ...]] = {
     "max_hints": int,
     "gossip": str,
     "keyring_file": str,
+    "hinted_handoff": bool,
+    "anti_entropy_interval_s": (int, float),
+    "anti_entropy_max_keys": int,
+    "repair_bytes_per_s": int,
+    "ownership_settle_s": (int, float),
 }
 _LIMITS = {f.name for f in dataclasses.fields(Limits)}
 
@@ -227,7 +252,8 @@ def build_config(values: dict[str, Any]) -> NodeConfig:
             if not all(isinstance(s, str) for s in val):
                 raise ConfigError("seeds must be a list of HOST:PORT strings")
             kwargs[key] = tuple(val)
-        elif key in ("request_timeout_s", "capacity", "tombstone_grace_s", "unreachable_s"):
+        elif key in ("request_timeout_s", "capacity", "tombstone_grace_s", "unreachable_s",
+                     "anti_entropy_interval_s", "ownership_settle_s"):
             kwargs[key] = float(val)
         else:
             kwargs[key] = val

@@ -130,7 +130,8 @@ class Membership:
         return changed
 
     def _rebuild(self) -> bool:
-        placed = sorted((ring_member(m) for m in self.members.values() if m.state != "left"),
+        placed = sorted((ring_member(m) for m in self.members.values()
+                         if m.state != "left" and not m.meta.get("leaving")),
                         key=lambda rm: rm.name)
         key = tuple(placed)
         if key == self._placed:

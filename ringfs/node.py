@@ -55,6 +55,7 @@ from typing import Any
 import msgpack
 
 from ringfs import __version__
+from ringfs.antientropy import is_local_key
 from ringfs.config import NodeConfig
 from ringfs.dvv import DVVSet, Value, decode_context, encode_context, from_stored
 from ringfs.errors import ErrorCode
@@ -62,6 +63,7 @@ from ringfs.gossip import GossipConfig, Keyring, SendPacket, Swim
 from ringfs.membership import Member, Membership
 from ringfs.peer import PeerMsg, encode_peer, parse_peer
 from ringfs.quorum import GetCoordinator, PutCoordinator, QuorumFailure
+from ringfs.repair import Repairer
 from ringfs.ring import Replica
 from ringfs.storage.engine import StorageEngine
 from ringfs.wire import (
@@ -288,6 +290,7 @@ class Node:
             Op.DELETE: self._on_delete,
             Op.STATUS: self._on_status,
             Op.WHEREIS: self._on_whereis,
+            Op.LEAVE: self._on_leave,
         }
         self._peer_handlers: dict[int, Callable[[str, dict[str, Any], float], None]] = {
             PeerMsg.JOIN: self.on_join,
@@ -300,6 +303,8 @@ class Node:
             PeerMsg.FORWARD: self.on_forward,
             PeerMsg.FORWARD_REPLY: self.on_forward_reply,
             PeerMsg.GOSSIP: self.on_gossip,
+            PeerMsg.AAE_REQUEST: self.on_aae_request,
+            PeerMsg.AAE_REPLY: self.on_aae_reply,
         }
         log.info("node %s (actor %s) starting: engine=%s durability=%s N=%d R=%d W=%d "
                  "gossip=%s", self.name, self.actor, config.engine, config.durability,
@@ -323,6 +328,7 @@ class Node:
         else:
             for seed in seeds:
                 self._send_address(seed, PeerMsg.JOIN, self._join_body())
+        self.repair = Repairer(self, now)
 
     # -- small helpers -------------------------------------------------------------
     def _next_id(self) -> int:
@@ -479,6 +485,32 @@ class Node:
     def _on_status(self, conn: int, rid: int, args: dict[str, Any], now: float) -> bytes:
         return encode_response(rid, self.status(now))
 
+    def _on_leave(self, conn: int, rid: int, args: dict[str, Any], now: float) -> bytes:
+        if self.gossip is None:
+            raise WireError(ErrorCode.BAD_REQUEST, "leave needs gossip membership", req_id=rid)
+        try:
+            self.repair.begin_leave(now)
+        except WireError as exc:
+            exc.req_id = rid
+            raise
+        self.counters["leave"] += 1
+        return encode_response(rid, {"leaving": True, **self.repair.status()["handoff"]})
+
+    def _set_leaving_meta(self, now: float) -> None:
+        """Advertise `leaving`: every ring, this node's own included, drops this node."""
+        me = self.membership.me
+        meta = {**me.meta, "leaving": 1}
+        self.membership.me = dataclasses.replace(me, meta=meta)
+        self.membership.upsert(self.membership.me)
+        if self.gossip is not None:
+            self.gossip.update_meta(meta, now)
+            self._pump_gossip(now)
+
+    @property
+    def departed(self) -> bool:
+        """A requested leave finished: the data moved away and the leave was announced."""
+        return self.repair.departed
+
     def status(self, now: float) -> dict[str, Any]:
         """What `ringfs status` shows for this node."""
         st = self.engine.stats()
@@ -519,6 +551,7 @@ class Node:
             "hints": {"pending": self.hints, "max": self.config.max_hints,
                       "by_owner": self.hints_by_owner(),
                       "full": self.hints >= self.config.max_hints},
+            **self.repair.status(),
             "connections": len(self._conns),
             "pending_acks": len(self._pending),
             "counters": dict(self.counters),
@@ -535,15 +568,29 @@ class Node:
         return from_stored(msgpack.unpackb(rec.meta, raw=False))
 
     def _store(self, stored_key: bytes, state: DVVSet, live: int | None = None) -> int:
-        """Write a replica state; raises OSError from the engine."""
-        packed = msgpack.packb(state.to_wire(), use_bin_type=True)
+        """Write a replica state; raises OSError from the engine.
+
+        Every local write goes through here (or `_drop_local`), which keeps the
+        anti-entropy hash trees current.
+        """
+        packed: bytes = msgpack.packb(state.to_wire(), use_bin_type=True)
+        old = None if is_local_key(stored_key) else self.engine.get(stored_key)
         if (state.is_tombstone() if live is None else live == 0):
-            return self.engine.delete(stored_key, packed)
-        return self.engine.put(stored_key, b"", packed)
+            seq = self.engine.delete(stored_key, packed)
+        else:
+            seq = self.engine.put(stored_key, b"", packed)
+        if not is_local_key(stored_key):
+            self.repair.follow_ring()
+            self.repair.trees.note_write(stored_key, None if old is None else old.meta, packed)
+        return seq
 
     def _drop_local(self, stored_key: bytes) -> None:
         """Forget a stored key entirely (no tombstone); every local removal goes here."""
+        old = None if is_local_key(stored_key) else self.engine.get(stored_key)
         self.engine.purge(stored_key)
+        if old is not None:
+            self.repair.follow_ring()
+            self.repair.trees.note_write(stored_key, old.meta, None)
 
     def _iter_hints(self) -> Any:
         for k, _rec in self.engine.iter_range(0, 0):
@@ -598,14 +645,18 @@ class Node:
         if not self._hint_index:
             return
         self._next_handoff = now + HANDOFF_INTERVAL_S
-        if "skip_hinted_handoff" in self.faults or self.read_only_reason is not None:
+        if ("skip_hinted_handoff" in self.faults or self.read_only_reason is not None
+                or not self.config.hinted_handoff):
             return
         for owner in list(self._hint_index):
             keys = self._hint_index[owner]
             if not keys:
                 del self._hint_index[owner]
                 continue
-            if not self.membership.is_up(owner, now) or owner == self.name:
+            if owner == self.name:
+                continue
+            rehome = not self.membership.is_up(owner, now)
+            if rehome and not (self.repair.leaving or owner not in self.membership.members):
                 continue
             budget = HANDOFF_MAX_INFLIGHT - self._handoff_inflight[owner]
             for key in sorted(keys)[:max(0, budget)]:
@@ -615,6 +666,15 @@ class Node:
                 if state is None:
                     keys.discard(key)
                     continue
+                body: dict[str, Any] = {"key": key, "state": state.to_wire(), "handoff": True}
+                target = owner
+                if rehome:
+                    found, hint_for = self._rehome_target(key, owner, now)
+                    if found is None:
+                        continue
+                    target = found
+                    if hint_for is not None:
+                        body["hint_for"] = hint_for
                 hid = self._next_id()
                 self._handoffs[hid] = (owner, key, state)
                 self._handoff_inflight[owner] += 1
@@ -623,8 +683,26 @@ class Node:
                 self._after(now + self.config.request_timeout_s,
                             partial(self._handoff_expired, hid))
                 self.counters["hints_sent"] += 1
-                self._send(owner, PeerMsg.REPLICA_PUT,
-                           {"id": hid, "key": key, "state": state.to_wire(), "handoff": True})
+                self._send(target, PeerMsg.REPLICA_PUT, {"id": hid, **body})
+
+    def _rehome_target(self, key: bytes, owner: str,
+                       now: float) -> tuple[str | None, str | None]:
+        """Where a hint goes when its owner cannot take it: (node, hint_for).
+
+        An owner no longer on the ring (removed) gets nothing: the key's first live
+        owner now takes the write as its own. A leaving node passes hints for owners
+        that are down to the fallback the ring now picks for them.
+        """
+        ring = self.membership.ring
+        up = self.membership.up(now) - {self.name}
+        if owner not in ring:
+            first = next((r.node for r in ring.apl(key, self.config.n_replicas, up)
+                          if r.role == "primary" and r.node != self.name), None)
+            return first, None
+        for rep in ring.apl(key, self.config.n_replicas, up):
+            if rep.hint_for == owner and rep.node != self.name:
+                return rep.node, owner
+        return None, None
 
     def _handoff_expired(self, hid: int, now: float) -> None:
         if hid in self._handoffs:
@@ -1186,7 +1264,7 @@ class Node:
         if type(pid) is not int:
             raise ValueError("bad ack")
         self.membership.mark_reachable(sender)
-        if self._handoff_done(pid, ok is True):
+        if self._handoff_done(pid, ok is True) or self.repair.on_ack(pid, sender, ok is True):
             return
         if ok is True:
             self._put_acked(pid, sender)
@@ -1250,6 +1328,14 @@ class Node:
             return
         kind = RESPONSE if ok is True else ERROR
         self._finish(f.conn, f.rid, encode_frame([kind, f.rid, payload]))
+
+    def on_aae_request(self, sender: str, body: dict[str, Any], now: float) -> None:
+        self.membership.mark_reachable(sender)
+        self.repair.on_request(sender, body, now)
+
+    def on_aae_reply(self, sender: str, body: dict[str, Any], now: float) -> None:
+        self.membership.mark_reachable(sender)
+        self.repair.on_reply(sender, body, now)
 
     # -- gossip ------------------------------------------------------------------------
     def receive_datagram(self, data: bytes, src: str, now: float) -> None:

@@ -44,6 +44,10 @@ class PeerMsg(IntEnum):
     """{id, ok, body}: the result map, or the error map, of a forwarded request."""
     GOSSIP = 20
     """{data}: a gossip stream message (push-pull), opaque to everything but gossip."""
+    AAE_REQUEST = 30
+    """{id, step, ring, n, ...}: one step of an anti-entropy exchange (ringfs/repair.py)."""
+    AAE_REPLY = 31
+    """{id, ok, reason?, ...}: the peer's answer to that step."""
 
 
 def encode_peer(sender: str, msg: PeerMsg, body: dict[str, Any]) -> bytes:

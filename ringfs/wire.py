@@ -49,6 +49,7 @@ class Op(IntEnum):
     DELETE = 4
     STATUS = 5
     WHEREIS = 6
+    LEAVE = 20
 
 
 @dataclass(frozen=True)

@@ -79,7 +79,7 @@ class Features:
     hinted_handoff: bool = True
     """Hints must be delivered: acknowledged writes must reach the primaries and no
     hint may remain after the liveness phase. While False, hints count as copies."""
-    anti_entropy: bool = False
+    anti_entropy: bool = True
     """Replicas converge by themselves: the liveness phase stops reading every key
     (which made read repair do the work) and only waits."""
 

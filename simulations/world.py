@@ -43,6 +43,8 @@ from ringfs.wire import (
 from simulations.loop import EventLoop, Handle
 from simulations.network import LinkConfig, SimNetwork
 
+LEAVE_SPREAD_S = 5.0
+"""How long a node that finished leaving runs on before it stops (as the runtime does)."""
 
 @dataclass(frozen=True)
 class DiskConfig:
@@ -77,6 +79,8 @@ class SimNode:
     """This node's clock runs this far ahead of true (simulated) time."""
     paused_until: float = 0.0
     """While paused (SIGSTOP), input waits in buffers and timers wait."""
+    departed: bool = False
+    """The node left the cluster (LEAVE) and stopped for good."""
 
 
 class SimWorld:
@@ -167,7 +171,7 @@ class SimWorld:
     def restart(self, name: str) -> None:
         """Start a crashed node again on the disk it left behind."""
         sn = self.nodes[name]
-        if sn.up:
+        if sn.up or sn.departed:
             return
         sn.epoch += 1  # the runtime bumps a durable epoch at every start
         # Like an operator's config, a restarted node seeds from the rest of the cluster.
@@ -185,6 +189,15 @@ class SimWorld:
         self.net.set_up(sn.address, True)
         self.log(f"node {name} restarted with {len(sn.engine)} keys")
         self._pump(sn)
+
+    def _stop_departed(self, sn: SimNode) -> None:
+        if not sn.up:
+            return
+        sn.up = False
+        self.net.set_up(sn.address, False)
+        if sn.timer is not None:
+            sn.timer.cancel()
+        self.log(f"node {sn.name} left the cluster and stopped ({len(sn.engine)} keys left)")
 
     def pause(self, name: str, seconds: float) -> None:
         """Stop a node's process for a while (SIGSTOP): nothing it receives is handled
@@ -274,6 +287,9 @@ class SimWorld:
                 self._start_sync(sn)
             elif type(eff) is CloseConnection:
                 self._drop_conn(sn, eff.conn)
+        if node.departed and not sn.departed:
+            sn.departed = True  # like the runtime: let the leave spread, then stop
+            self.loop.call_at(self.loop.now + LEAVE_SPREAD_S, self._stop_departed, sn)
         dl = node.next_deadline()
         if dl != sn.timer_at:
             if sn.timer is not None:

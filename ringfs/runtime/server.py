@@ -43,6 +43,8 @@ PEER_CONNECT_TIMEOUT_S = 2.0
 PEER_QUEUE_BYTES = 64 * 1024 * 1024
 """Frames queued for one peer beyond this are dropped and the peer reported unreachable."""
 MERGE_IDLE_S = 0.5
+LEAVE_SPREAD_S = 5.0
+"""After a requested leave, how long the node keeps running while the announcement spreads."""
 """How often an idle node asks its engine whether a merge is due."""
 MAX_UNSENT_REPLY_BYTES = 8 * 1024 * 1024
 """A connection whose client does not read its replies stops being read past this."""
@@ -138,6 +140,7 @@ class NodeServer:
         self._clock = clock or trio.current_time
         self._peers: dict[str, _PeerLink] = {}
         self._nursery: trio.Nursery | None = None
+        self._departing = False
         self._udp: socket.socket | None = None
         self._resolved: dict[str, tuple[str, int]] = {}
         self.keyring: Keyring | None = None
@@ -245,6 +248,19 @@ class NodeServer:
         dl = node.next_deadline()
         if dl is not None and dl < self._deadline:
             self._timer_rearm.set()
+        if node.departed and not self._departing and self._nursery is not None:
+            self._departing = True
+            self._nursery.start_soon(self._depart)
+
+    async def _depart(self) -> None:
+        """A requested leave finished: let the announcement spread, then stop serving."""
+        node = self.node
+        assert node is not None and self._nursery is not None
+        with trio.move_on_after(LEAVE_SPREAD_S):
+            while node.leave_pending:
+                await trio.sleep(0.05)
+        log.info("node %s left the cluster; stopping", node.name)
+        self._nursery.cancel_scope.cancel()
 
     # -- gossip --------------------------------------------------------------------
     async def _udp_receiver(self, sock: trio.socket.SocketType) -> None:
@@ -691,7 +707,11 @@ def serve_config(config: NodeConfig) -> Any:
         server = NodeServer(config)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             async with trio.open_nursery() as nursery:
-                await nursery.start(server.serve)
+                async def serve_then_stop(task_status: trio.TaskStatus[Any]) -> None:
+                    await server.serve(task_status=task_status)
+                    nursery.cancel_scope.cancel()  # the node left the cluster (LEAVE)
+
+                await nursery.start(serve_then_stop)
 
                 async def watch() -> None:
                     async for sig in signals:

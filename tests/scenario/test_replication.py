@@ -114,7 +114,7 @@ def test_read_repair_brings_a_stale_replica_up_to_date() -> None:
 
 
 def test_read_repair_off_leaves_the_stale_replica() -> None:
-    w = cluster(3, read_repair=False)
+    w = cluster(3, read_repair=False, anti_entropy_interval_s=0)
     c = client(w, "n1")
     w.crash("n3")
     ok(c.call(Op.PUT, {"key": b"k", "value": b"v"}))
@@ -253,7 +253,8 @@ def test_a_blind_delete_at_a_coordinator_without_the_key_still_deletes() -> None
 
 @pytest.mark.parametrize("faults", [frozenset(), frozenset({"skip_hinted_handoff"})])
 def test_hints_go_home_when_the_owner_returns(faults: frozenset[str]) -> None:
-    w = SimWorld(3, faults=faults)
+    # Anti-entropy would repair the owner too; off, so only hand-off is measured.
+    w = SimWorld(3, faults=faults, node_defaults={"anti_entropy_interval_s": 0})
     for i in range(5):
         w.add_node(f"n{i + 1}")
     w.run_for(2.0)

@@ -1,0 +1,531 @@
+"""Convergence work a node does in the background: anti-entropy, ownership handoff, leave.
+
+Theory of operation
+-------------------
+`Repairer` is a component of the sans-IO `Node` (it performs no I/O, is told the
+time, and sends through the node). Its `tick` runs every TICK_S:
+
+* Hash trees (ringfs/antientropy.py) follow the node's ring; arcs that are new to
+  this node are scanned from the store a bounded number of keys per tick.
+* Active anti-entropy: every `anti_entropy_interval_s` the node starts one exchange
+  with the next peer (round robin) that replicates some of its arcs, is up, has the
+  same ring and has built its trees. The exchange descends the trees (root, groups,
+  arcs, leaves, key lists) and ends by synchronising the differing keys both ways:
+  the initiator sends its states and asks for the peer's; each side stores the causal
+  merge. Exchanges are rate limited: after one that moved B bytes the next may start
+  only B / repair_bytes_per_s later; one that found a difference is followed at once
+  (within that limit) by another with the same peer, so a large repair proceeds at the
+  configured rate while an idle cluster sends one root hash per peer per round.
+* Ownership handoff: a stored key whose preference list (under the current ring) no
+  longer includes this node is sent to every one of its N owners and dropped locally
+  only after each acknowledged it durably and the local state is still what was sent.
+  A pass scans the arcs this node does not replicate, `ownership_settle_s` after the
+  ring last changed; passes repeat until nothing foreign is left. The work is
+  resumable by construction: it is derived from what the store holds and what the ring
+  says, so after a crash of either side the next pass finds whatever is still to move.
+  A node that copies a key it does not own is harmless: it hands the key on the same way.
+* Leave: a leaving node advertises `leaving` in its gossip metadata, which takes it
+  off every ring (its own included); all its keys become foreign and move to their new
+  owners, its hints go to their owners or, for owners that are down, to another
+  fallback. Once nothing is left it announces a graceful gossip leave and reports
+  `departed`, and the runtime stops it.
+
+Local-only keys (hints, other bookkeeping: `antientropy.is_local_key`) are never
+compared, transferred as data, or counted.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ringfs.antientropy import (
+    BUCKETS,
+    GROUP_ARCS,
+    Exchange,
+    HashTrees,
+    differing,
+    differing_keys,
+    is_local_key,
+)
+from ringfs.dvv import DVVSet
+from ringfs.errors import ErrorCode
+from ringfs.hashing import key_token
+from ringfs.peer import PeerMsg
+from ringfs.wire import WireError
+
+if TYPE_CHECKING:
+    from ringfs.node import Node
+
+log = logging.getLogger("ringfs.repair")
+
+TICK_S = 0.25
+"""Period of the background step (tree building, exchange scheduling, handoff)."""
+BUILD_KEYS_PER_TICK = 20_000
+"""Keys scanned into hash trees per tick while arcs are still unbuilt."""
+MAX_ARCS_PER_STEP = 256
+"""Arcs whose leaves one exchange step asks for."""
+MAX_LEAVES_PER_STEP = 4096
+"""Leaves whose key lists one exchange step asks for."""
+MAX_SYNC_BYTES = 4 << 20
+"""Bytes of replica states one synchronising message carries at most."""
+TRANSFER_MAX_INFLIGHT = 64
+"""Keys being handed to new owners at once."""
+TRANSFER_SCAN_PER_TICK = 2_000
+"""Stored keys a handoff pass examines per tick."""
+RETRY_PASS_S = 5.0
+"""How long after an incomplete handoff pass the next one starts."""
+
+
+@dataclass
+class _Transfer:
+    key: bytes
+    state: DVVSet
+    waiting: set[str]
+    deadline: float
+    size: int
+
+
+class Repairer:
+    """Anti-entropy, ownership handoff and leave for one node. See the module docstring."""
+
+    def __init__(self, node: Node, now: float) -> None:
+        self.node = node
+        cfg = node.config
+        self.trees = HashTrees(node.name, cfg.n_replicas)
+        self.trees.set_ring(node.membership.ring)
+        self.interval_s = cfg.anti_entropy_interval_s
+        self.rate = float(cfg.repair_bytes_per_s)
+        self.max_keys = cfg.anti_entropy_max_keys
+        self._exchange: Exchange | None = None
+        self._next_exchange = now + self.interval_s
+        self._peer_rr = 0
+        self._stick_to: str | None = None
+        self.counters = node.counters
+        # ownership handoff
+        self._ring_changed_at = now
+        self._pass_due: float | None = now + cfg.ownership_settle_s
+        self._scan_arcs: deque[tuple[int, int]] = deque()
+        self._scan_iter: Iterator[bytes] | None = None
+        self._queue: deque[bytes] = deque()
+        self._queued: set[bytes] = set()
+        self._transfers: dict[int, _Transfer] = {}
+        self._pass_found = 0
+        self._pass_blocked = 0
+        self.moved_keys = 0
+        self.moved_bytes = 0
+        self.passes = 0
+        """Completed handoff passes."""
+        # leave
+        self._in_pass = False
+        self._last_tick = now
+        self.leaving = False
+        self.departed = False
+        self.node._after(now + TICK_S, self.tick)
+
+    # -- the periodic step -------------------------------------------------------------
+    def follow_ring(self, now: float | None = None) -> None:
+        """Bring the trees up to the node's current ring (before any write under it)."""
+        ring = self.node.membership.ring
+        if self.trees.ring is ring:
+            return
+        if now is None:
+            now = self._last_tick
+        old = self.trees.ring
+        self.trees.set_ring(ring)
+        if old is not None and old.digest != ring.digest:
+            self._ring_changed_at = now
+            delay = 0.0 if self.leaving else self.node.config.ownership_settle_s
+            self._pass_due = now + delay
+            self._scan_arcs.clear()
+            self._scan_iter = None
+            if self._exchange is not None:
+                self._end_exchange(now, "ring changed")
+
+    def tick(self, now: float) -> None:
+        node = self.node
+        node._after(now + TICK_S, self.tick)
+        self._last_tick = now
+        self.follow_ring(now)
+        if self.trees.unbuilt:
+            self.trees.build_step(self._scan_meta, BUILD_KEYS_PER_TICK)
+        ex = self._exchange
+        if ex is not None and now >= ex.deadline:
+            self.counters["aae_timeouts"] += 1
+            self._end_exchange(now, "timed out")
+        if self._exchange is None and now >= self._next_exchange:
+            self._start_exchange(now)
+        self._handoff_step(now)
+
+    def _scan_meta(self, start: int, end: int) -> Iterator[tuple[bytes, bytes]]:
+        for key, rec in self.node.engine.iter_range(start, end):
+            yield key, rec.meta
+
+    # -- anti-entropy: the initiator --------------------------------------------------
+    def _start_exchange(self, now: float) -> None:
+        node = self.node
+        self._next_exchange = now + self.interval_s
+        if (self.interval_s <= 0 or "skip_anti_entropy" in node.faults
+                or node.read_only_reason is not None):
+            return
+        peers = [p for p in self.trees.peers()
+                 if node.membership.is_up(p, now) and self.trees.ready_for(p)]
+        if not peers:
+            return
+        if self._stick_to in peers:
+            peer = self._stick_to
+        else:
+            self._peer_rr += 1
+            peer = peers[self._peer_rr % len(peers)]
+        self._stick_to = None
+        ring = self.trees.ring
+        assert ring is not None
+        ex = Exchange(node._next_id(), peer, ring.digest, now)
+        self._exchange = ex
+        self.counters["aae_exchanges"] += 1
+        self._request(ex, now, "root", {"root": self.trees.root(peer)})
+
+    def _request(self, ex: Exchange, now: float, step: str, body: dict[str, Any]) -> None:
+        ex.step = step
+        ex.deadline = now + self.node.config.request_timeout_s
+        self.node._send(ex.peer, PeerMsg.AAE_REQUEST,
+                        {"id": ex.id, "step": step, "ring": ex.ring,
+                         "n": self.trees.n, **body})
+
+    def _end_exchange(self, now: float, outcome: str) -> None:
+        ex = self._exchange
+        if ex is None:
+            return
+        self._exchange = None
+        moved = ex.bytes_sent + ex.bytes_received
+        if outcome == "differ":
+            # More may differ than one exchange repairs: go on with the same peer as
+            # soon as the rate limit allows.
+            self._stick_to = ex.peer
+            self._next_exchange = now + (moved / self.rate if self.rate > 0 else 0.0)
+        elif outcome == "same":
+            self.counters["aae_in_sync"] += 1
+        else:
+            self.counters["aae_aborted"] += 1
+            log.debug("anti-entropy exchange with %s ended: %s", ex.peer, outcome)
+        self.counters["aae_bytes"] += moved
+
+    def on_reply(self, sender: str, body: dict[str, Any], now: float) -> None:
+        ex = self._exchange
+        if ex is None or body["id"] != ex.id or sender != ex.peer:
+            return
+        if body.get("ok") is not True:
+            self._end_exchange(now, f"refused: {str(body.get('reason'))[:100]}")
+            return
+        self.follow_ring(now)
+        if self._exchange is not ex:
+            return
+        trees, peer = self.trees, ex.peer
+        if ex.step == "root":
+            if body.get("same") is True:
+                self._end_exchange(now, "same")
+                return
+            groups = differing(trees.group_hashes(peer), _ints(body["groups"]))
+            self._request(ex, now, "arcs", {"groups": groups[:MAX_ARCS_PER_STEP]})
+        elif ex.step == "arcs":
+            arcs: list[int] = []
+            for g, hashes in _pairs(body["arcs"]):
+                arcs += [g * GROUP_ARCS + i
+                         for i in differing(trees.arc_hashes(peer, g), _ints(hashes))]
+            if not arcs:
+                self._end_exchange(now, "same")
+                return
+            self._request(ex, now, "leaves", {"arcs": arcs[:MAX_ARCS_PER_STEP]})
+        elif ex.step == "leaves":
+            leaves: list[list[int]] = []
+            for a, hashes in _pairs(body["leaves"]):
+                leaves += [[a, b] for b in differing(trees.leaf_hashes(peer, a), _ints(hashes))
+                           if b < BUCKETS]
+            if not leaves:
+                self._end_exchange(now, "same")
+                return
+            ex.leaves = [(a, b) for a, b in leaves[:MAX_LEAVES_PER_STEP]]
+            self._request(ex, now, "keys", {"leaves": [list(x) for x in ex.leaves]})
+        elif ex.step == "keys":
+            theirs: dict[bytes, int] = {}
+            for k, h in body["items"]:
+                if type(k) is bytes and type(h) is int:
+                    theirs[k] = h
+            mine = trees.leaf_items(peer, ex.leaves, self._scan_meta)
+            keys = differing_keys(mine, theirs)[:self.max_keys]
+            if not keys:
+                self._end_exchange(now, "same")
+                return
+            records, size = self._records(keys)
+            ex.keys = keys
+            ex.bytes_sent += size
+            self._request(ex, now, "sync", {"records": records, "want": keys})
+        elif ex.step == "sync":
+            merged = self._merge_records(body["records"])
+            ex.bytes_received += merged[1]
+            ex.keys_repaired += merged[0]
+            self.counters["aae_keys_repaired"] += merged[0]
+            self.counters["aae_keys_differing"] += len(ex.keys)
+            self._end_exchange(now, "differ")
+
+    # -- anti-entropy: the responder -----------------------------------------------------
+    def on_request(self, sender: str, body: dict[str, Any], now: float) -> None:
+        rid, step = body["id"], body["step"]
+        if type(rid) is not int or type(step) is not str:
+            raise ValueError("bad AAE request")
+        node = self.node
+        self.follow_ring(now)
+        ring = self.trees.ring
+        reply: dict[str, Any] = {"id": rid, "ok": True}
+        if ring is None or body.get("ring") != ring.digest or body.get("n") != self.trees.n:
+            reply = {"id": rid, "ok": False, "reason": "ring differs"}
+        elif "skip_anti_entropy" in node.faults or node.read_only_reason is not None:
+            reply = {"id": rid, "ok": False, "reason": "anti-entropy is off here"}
+        elif not self.trees.ready_for(sender):
+            reply = {"id": rid, "ok": False, "reason": "trees still building"}
+        elif step == "root":
+            if _int(body["root"]) == self.trees.root(sender):
+                reply["same"] = True
+            else:
+                reply["groups"] = self.trees.group_hashes(sender)
+        elif step == "arcs":
+            reply["arcs"] = [[g, self.trees.arc_hashes(sender, g)]
+                             for g in _ints(body["groups"])[:MAX_ARCS_PER_STEP]]
+        elif step == "leaves":
+            reply["leaves"] = [[a, self.trees.leaf_hashes(sender, a)]
+                               for a in _ints(body["arcs"])[:MAX_ARCS_PER_STEP]]
+        elif step == "keys":
+            leaves = [(a, b) for a, b in _pairs(body["leaves"])][:MAX_LEAVES_PER_STEP]
+            items = self.trees.leaf_items(sender, leaves, self._scan_meta)
+            reply["items"] = [[k, h] for k, h in sorted(items.items())[:self.max_keys * 4]]
+        elif step == "sync":
+            self.counters["aae_keys_repaired"] += self._merge_records(body["records"])[0]
+            want = [k for k in body["want"] if type(k) is bytes][:self.max_keys]
+            reply["records"] = self._records(want)[0]
+        else:
+            reply = {"id": rid, "ok": False, "reason": f"unknown step {step[:32]!r}"}
+        node._send(sender, PeerMsg.AAE_REPLY, reply)
+
+    def _records(self, keys: list[bytes]) -> tuple[list[list[Any]], int]:
+        """[[key, state or nil], ...] for `keys`, within MAX_SYNC_BYTES; and their size."""
+        out: list[list[Any]] = []
+        size = 0
+        for k in keys:
+            rec = self.node.engine.get(k)
+            if rec is not None and size + len(rec.meta) > MAX_SYNC_BYTES and out:
+                break
+            state = None if rec is None else self.node._load(k)
+            size += len(k) + (0 if rec is None else len(rec.meta))
+            out.append([k, None if state is None else state.to_wire()])
+        return out, size
+
+    def _merge_records(self, records: Any) -> tuple[int, int]:
+        """Merge [[key, state], ...] into local replicas; (keys changed, bytes)."""
+        changed = size = 0
+        node = self.node
+        max_sib = node.config.max_siblings * 2
+        for key, raw in records:
+            if (type(key) is not bytes or not key or raw is None or is_local_key(key)
+                    or not self.trees.owns_token(key_token(key))):
+                continue
+            try:
+                state = DVVSet.from_wire(raw, max_siblings=max_sib)
+            except ValueError:
+                self.counters["aae_malformed"] += 1
+                continue
+            size += len(key)
+            try:
+                if node._merge_local(key, state, None) is not None:
+                    changed += 1
+            except WireError:
+                self.counters["aae_store_refused"] += 1
+        return changed, size
+
+    # -- ownership handoff -------------------------------------------------------------
+    def _handoff_step(self, now: float) -> None:
+        node = self.node
+        if self._pass_due is not None and now >= self._pass_due and not self._in_pass:
+            self._pass_due = None
+            self._in_pass = True
+            self._scan_arcs = deque(self.trees.foreign_arcs())
+            self._pass_found = self._pass_blocked = 0
+        # Examine stored keys of arcs this node does not replicate.
+        budget = TRANSFER_SCAN_PER_TICK
+        while budget > 0 and len(self._queue) < 4 * TRANSFER_MAX_INFLIGHT:
+            if self._scan_iter is None:
+                if not self._scan_arcs:
+                    break
+                start, end = self._scan_arcs.popleft()
+                self._scan_iter = (k for k, _r in list(node.engine.iter_range(start, end)))
+            k = next(self._scan_iter, None)
+            if k is None:
+                self._scan_iter = None
+                continue
+            budget -= 1
+            if is_local_key(k) or k in self._queued:
+                continue
+            self._queue.append(k)
+            self._queued.add(k)
+            self._pass_found += 1
+        # Expire transfers whose acknowledgements did not all come.
+        for tid, t in list(self._transfers.items()):
+            if now >= t.deadline:
+                del self._transfers[tid]
+                self._queued.discard(t.key)
+                self._pass_blocked += 1
+                self.counters["handoff_unacknowledged"] += 1
+        sent_bytes = 0
+        limit = self.rate * TICK_S if self.rate > 0 else float("inf")
+        while (self._queue and len(self._transfers) < TRANSFER_MAX_INFLIGHT
+               and sent_bytes < limit and node.read_only_reason is None):
+            key = self._queue.popleft()
+            sent_bytes += self._transfer(key, now)
+        if (self._in_pass and not self._scan_arcs and self._scan_iter is None
+                and not self._queue and not self._transfers):
+            self._pass_complete(now)
+
+    def _transfer(self, key: bytes, now: float) -> int:
+        node = self.node
+        ring = node.membership.ring
+        rec = node.engine.get(key)
+        state = node._load(key) if rec is not None else None
+        owners = ring.preference_list(key, node.config.n_replicas)
+        if state is None or node.name in owners or not owners:
+            self._queued.discard(key)
+            return 0
+        if not all(node.membership.is_up(o, now) for o in owners):
+            self._queued.discard(key)
+            self._pass_blocked += 1
+            return 0
+        tid = node._next_id()
+        size = len(key) + (len(rec.meta) if rec is not None else 0)
+        self._transfers[tid] = _Transfer(key, state, set(owners),
+                                         now + node.config.request_timeout_s, size)
+        wire = state.to_wire()
+        for o in owners:
+            node._send(o, PeerMsg.REPLICA_PUT, {"id": tid, "key": key, "state": wire,
+                                                "handoff": True})
+        self.counters["handoff_sent"] += 1
+        return size
+
+    def on_ack(self, pid: int, sender: str, ok: bool) -> bool:
+        """A REPLICA_PUT_ACK arrived; True if it answered a transfer of ours."""
+        t = self._transfers.get(pid)
+        if t is None:
+            return False
+        if not ok:
+            del self._transfers[pid]
+            self._queued.discard(t.key)
+            self._pass_blocked += 1
+            self.counters["handoff_refused"] += 1
+            return True
+        t.waiting.discard(sender)
+        if t.waiting:
+            return True
+        del self._transfers[pid]
+        self._queued.discard(t.key)
+        node = self.node
+        if node._load(t.key) == t.state:
+            node._drop_local(t.key)
+            self.moved_keys += 1
+            self.moved_bytes += t.size
+            self.counters["handoff_moved"] += 1
+        else:
+            self._pass_blocked += 1  # changed meanwhile: the next pass sends it again
+        return True
+
+    def _pass_complete(self, now: float) -> None:
+        self._in_pass = False
+        self.passes += 1
+        found, blocked = self._pass_found, self._pass_blocked
+        if found or blocked:
+            log.info("handoff pass: %d foreign keys found, %d moved in all, %d to retry",
+                     found, self.moved_keys, blocked)
+            # Look again at once after progress (new keys may have arrived meanwhile),
+            # after a pause when owners were down or did not answer.
+            if self._pass_due is None:
+                self._pass_due = now + (RETRY_PASS_S if blocked else 0.0)
+            return
+        if self.leaving and not self.departed:
+            if self.node.hints == 0:
+                self._depart(now)
+            elif self._pass_due is None:
+                self._pass_due = now + RETRY_PASS_S  # hints still to deliver
+
+    # -- leave ---------------------------------------------------------------------------
+    def begin_leave(self, now: float) -> None:
+        node = self.node
+        if self.leaving:
+            return
+        others = [m for m in node.membership.members.values()
+                  if m.name != node.name and m.state == "alive"
+                  and not m.meta.get("leaving")]
+        if not others:
+            raise WireError(ErrorCode.UNAVAILABLE,
+                            "no other live member could take over this node's data")
+        self.leaving = True
+        log.info("leaving the cluster: handing every key to its new owners")
+        node._set_leaving_meta(now)
+        self.follow_ring(now)
+        self._pass_due = now
+
+    def _depart(self, now: float) -> None:
+        self.departed = True
+        log.info("handoff complete (%d keys, %d bytes moved); announcing leave",
+                 self.moved_keys, self.moved_bytes)
+        self.node.leave(now)
+
+    # -- status --------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        st = self.trees.stats()
+        c = self.counters
+        scanning = bool(self._scan_arcs or self._scan_iter is not None)
+        state = ("moving" if self._queue or self._transfers else
+                 "scanning" if scanning or self._in_pass else
+                 "waiting" if self._pass_due is not None else "idle")
+        return {
+            "anti_entropy": {
+                "enabled": self.interval_s > 0,
+                "interval_s": self.interval_s,
+                "arcs": st.arcs, "arcs_building": st.unbuilt,
+                "exchanges": c["aae_exchanges"], "in_sync": c["aae_in_sync"],
+                "aborted": c["aae_aborted"], "keys_repaired": c["aae_keys_repaired"],
+                "bytes": c["aae_bytes"],
+                "exchanging_with": None if self._exchange is None else self._exchange.peer,
+            },
+            "handoff": {
+                "state": state, "leaving": self.leaving, "departed": self.departed,
+                "queued_keys": len(self._queue), "inflight_keys": len(self._transfers),
+                "moved_keys": self.moved_keys, "moved_bytes": self.moved_bytes,
+                "arcs_to_scan": len(self._scan_arcs), "passes": self.passes,
+            },
+        }
+
+
+def _int(v: Any) -> int:
+    if type(v) is not int:
+        raise ValueError("expected an integer")
+    return v
+
+
+def _ints(v: Any) -> list[int]:
+    if type(v) is not list:
+        raise ValueError("expected a list")
+    return [_int(x) for x in v]
+
+
+def _pairs(v: Any) -> list[tuple[int, Any]]:
+    if type(v) is not list:
+        raise ValueError("expected a list")
+    out = []
+    for p in v:
+        if type(p) is not list or len(p) != 2 or type(p[0]) is not int:
+            raise ValueError("expected [index, value] pairs")
+        out.append((p[0], p[1]))
+    return out
+
+
+__all__ = ["Repairer"]

@@ -1,0 +1,83 @@
+"""Anti-entropy exchanges and LEAVE in the simulated world: the mechanics.
+
+(The convergence cases with crashes, corruption, growth and partitions are in
+test_convergence.py.)
+"""
+
+from __future__ import annotations
+
+from ringfs.wire import Op
+from tests.scenario.test_replication import client, cluster, ok, stored_values
+
+
+def test_an_idle_cluster_exchanges_one_root_hash_and_finds_nothing() -> None:
+    w = cluster(3, anti_entropy_interval_s=1.0)
+    c = client(w, "n1")
+    for i in range(50):
+        ok(c.call(Op.PUT, {"key": b"k%d" % i, "value": b"v"}))
+    w.run_for(10.0)
+    n1 = w.nodes["n1"].node
+    before = dict(n1.counters)
+    w.run_for(10.0)
+    started = n1.counters["aae_exchanges"] - before.get("aae_exchanges", 0)
+    same = n1.counters["aae_in_sync"] - before.get("aae_in_sync", 0)
+    assert started >= 5 and same == started  # every exchange stopped at the root
+    assert n1.counters["aae_bytes"] == before.get("aae_bytes", 0)
+
+
+def test_anti_entropy_alone_repairs_a_replica_that_missed_writes() -> None:
+    w = cluster(3, anti_entropy_interval_s=1.0, read_repair=False, hinted_handoff=False)
+    c = client(w, "n1")
+    w.crash("n3")
+    keys = [b"m%d" % i for i in range(100)]
+    for k in keys:
+        ok(c.call(Op.PUT, {"key": k, "value": k}))
+    ok(c.call(Op.DELETE, {"key": keys[0]}))
+    w.restart("n3")
+    w.run_for(15.0)
+    assert all(stored_values(w, "n3", k) == [k] for k in keys[1:])
+    assert stored_values(w, "n3", keys[0]) == []  # the tombstone travelled too
+    assert w.nodes["n3"].node.counters["aae_keys_repaired"] + sum(
+        w.nodes[n].node.counters["aae_keys_repaired"] for n in ("n1", "n2")) >= len(keys)
+
+
+def test_switched_off_anti_entropy_repairs_nothing() -> None:
+    w = cluster(3, anti_entropy_interval_s=0, read_repair=False, hinted_handoff=False)
+    c = client(w, "n1")
+    w.crash("n3")
+    ok(c.call(Op.PUT, {"key": b"k", "value": b"v"}))
+    w.restart("n3")
+    w.run_for(15.0)
+    assert stored_values(w, "n3", b"k") is None
+
+
+def test_leave_hands_everything_over_and_stops_the_node() -> None:
+    w = cluster(4, anti_entropy_interval_s=1.0, ownership_settle_s=1.0,
+                vnodes_per_capacity=64)
+    c = client(w, "n1")
+    keys = [b"l%d" % i for i in range(200)]
+    for k in keys:
+        ok(c.call(Op.PUT, {"key": k, "value": k}))
+    leaver = client(w, "n4", "x")
+    got = ok(leaver.call(Op.LEAVE, {}))
+    assert got["leaving"] is True
+    assert ok(leaver.call(Op.LEAVE, {}))["leaving"] is True  # idempotent
+    w.run_for(30.0)
+    assert not w.nodes["n4"].up and w.nodes["n4"].departed
+    assert len(w.nodes["n4"].engine) == 0
+    ring = w.nodes["n1"].node.membership.ring
+    assert "n4" not in ring
+    for k in keys:
+        holders = sorted(n for n in ("n1", "n2", "n3") if stored_values(w, n, k) == [k])
+        assert holders == sorted(ring.preference_list(k, 3))
+        assert ok(c.call(Op.GET, {"key": k}))["values"] == [k]
+    states = {m.name: m.state for m in w.nodes["n1"].node.membership.members.values()}
+    assert states.get("n4", "left") == "left"
+
+
+def test_the_last_member_cannot_leave() -> None:
+    w = cluster(1)
+    c = client(w, "n1")
+    outcome, err = c.call(Op.LEAVE, {})
+    assert outcome == "error" and err["name"] == "UNAVAILABLE"
+    assert w.nodes["n1"].up

@@ -127,6 +127,11 @@ class NodeConfig:
     processes on one machine), or off (seed announcements only, no failure detection)."""
     keyring_file: str = ""
     """File of gossip keys (from `ringfs keygen`), primary first; empty: gossip unencrypted."""
+    gc_grace_s: float = 3600.0
+    """A chunk is garbage-collected only after this long untouched (not written, not found
+    by an upload's check) on its node: it covers uploads in progress (docs/design.md)."""
+    gc_interval_s: float = 600.0
+    """How often a node looks for unreferenced chunks to collect."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
@@ -164,6 +169,11 @@ class NodeConfig:
             raise ConfigError("max_hints must be in 0..100000000")
         if self.gossip not in ("lan", "local", "off"):
             raise ConfigError(f"gossip {self.gossip!r}: expected lan, local or off")
+        if not 4 * self.request_timeout_s <= self.gc_grace_s <= 86400 * 365:
+            raise ConfigError("gc_grace_s must be at least 4 x request_timeout_s "
+                              "(and at most a year)")
+        if not 0.1 <= self.gc_interval_s <= 86400:
+            raise ConfigError("gc_interval_s must be in 0.1..86400")
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"log_level {self.log_level!r}: expected one of {LOG_LEVELS}")
 
@@ -192,6 +202,8 @@ _SCALARS: dict[str, type | tuple[type, ...]] = {
     "max_hints": int,
     "gossip": str,
     "keyring_file": str,
+    "gc_grace_s": (int, float),
+    "gc_interval_s": (int, float),
 }
 _LIMITS = {f.name for f in dataclasses.fields(Limits)}
 
@@ -227,7 +239,8 @@ def build_config(values: dict[str, Any]) -> NodeConfig:
             if not all(isinstance(s, str) for s in val):
                 raise ConfigError("seeds must be a list of HOST:PORT strings")
             kwargs[key] = tuple(val)
-        elif key in ("request_timeout_s", "capacity", "tombstone_grace_s", "unreachable_s"):
+        elif key in ("request_timeout_s", "capacity", "tombstone_grace_s", "unreachable_s",
+                     "gc_grace_s", "gc_interval_s"):
             kwargs[key] = float(val)
         else:
             kwargs[key] = val

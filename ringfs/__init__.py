@@ -6,11 +6,14 @@ return, the errors they raise, and the node configuration.
 
 __version__ = "0.1.0"
 
-from ringfs.client import AsyncClient, Client, GetResult
+from ringfs.client import AsyncClient, Client, FileInfo, GetResult, PutFileResult
 from ringfs.config import ConfigError, Durability, NodeConfig
 from ringfs.errors import (
+    ChecksumMismatch,
     ErrorCode,
+    FileNotFound,
     LocalProtocolError,
+    MissingChunks,
     QuorumNotMet,
     RemoteProtocolError,
     RequestTimeout,
@@ -21,13 +24,18 @@ from ringfs.errors import (
 
 __all__ = [
     "AsyncClient",
+    "ChecksumMismatch",
     "Client",
     "ConfigError",
     "Durability",
     "ErrorCode",
+    "FileInfo",
+    "FileNotFound",
     "GetResult",
     "LocalProtocolError",
+    "MissingChunks",
     "NodeConfig",
+    "PutFileResult",
     "QuorumNotMet",
     "RemoteProtocolError",
     "RequestTimeout",

@@ -82,6 +82,16 @@ def _seconds(text: str) -> float:
     return v
 
 
+def _size(text: str) -> int:
+    units = {"K": 1024, "M": 1024 * 1024}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    mult = units.get(t[-1:], 1)
+    digits = t[:-1] if t[-1:] in units else t
+    if not digits.isdigit() or not 1 <= int(digits) * mult <= 64 * 1024 * 1024:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size in 1..64M (e.g. 1M, 256K)")
+    return int(digits) * mult
+
+
 def _b64(text: str) -> bytes:
     try:
         return base64.b64decode(text, validate=True)
@@ -206,6 +216,46 @@ def build_parser() -> argparse.ArgumentParser:
     wh.add_argument("key", metavar="KEY")
     client_opts(wh)
     wh.set_defaults(func=cmd_whereis)
+
+    pf = sub.add_parser("put-file", help="upload a file, streaming",
+                        description="Upload PATH ('-' for stdin) as the file NAME. Only chunks "
+                                    "the cluster does not hold yet are sent, so running it "
+                                    "again after an interruption resumes it. Prints the SHA-256 "
+                                    "stored; a progress bar on a terminal unless --quiet.")
+    pf.add_argument("path", metavar="PATH")
+    pf.add_argument("name", metavar="NAME")
+    pf.add_argument("--chunk-size", type=_size, default=1024 * 1024, metavar="BYTES",
+                    help="chunk size, e.g. 1M (default), 256K, 4M")
+    pf.add_argument("--w", type=_positive_int, metavar="W", help="durable copies per chunk")
+    pf.add_argument("--quiet", "-q", action="store_true", help="no progress, no summary")
+    client_opts(pf)
+    pf.set_defaults(func=cmd_put_file)
+
+    gf = sub.add_parser("get-file", help="download a file, verified",
+                        description="Download the file NAME into PATH ('-' for stdout). A "
+                                    "path is written under a temporary name and moved into "
+                                    "place once every byte is verified.")
+    gf.add_argument("name", metavar="NAME")
+    gf.add_argument("path", metavar="PATH")
+    gf.add_argument("--offset", type=int, default=0, help="first byte to read")
+    gf.add_argument("--length", type=int, help="bytes to read (default: to the end)")
+    gf.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    client_opts(gf)
+    gf.set_defaults(func=cmd_get_file)
+
+    ls = sub.add_parser("ls", help="list files",
+                        description="List the files whose names start with PREFIX.")
+    ls.add_argument("prefix", metavar="PREFIX", nargs="?", default="")
+    ls.add_argument("--long", "-l", action="store_true", help="show size and SHA-256")
+    client_opts(ls)
+    ls.set_defaults(func=cmd_ls)
+
+    rm = sub.add_parser("rm", help="delete a file",
+                        description="Delete the file NAME; its chunks are garbage-collected "
+                                    "later, once no other file uses them.")
+    rm.add_argument("name", metavar="NAME")
+    client_opts(rm)
+    rm.set_defaults(func=cmd_rm)
 
     s = sub.add_parser("status", help="show a node's view of the cluster",
                        description="Show members, ring and storage as one node sees them, then "
@@ -540,6 +590,141 @@ def cmd_leave(args: argparse.Namespace) -> int:
             last = line
         time.sleep(0.5)
     _fail(f"{args.node} is still leaving after {args.wait_timeout:g} s")
+
+
+class Progress:
+    """A one-line progress bar on stderr (bytes, rate, ETA), redrawn at most 5 times a second."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.start = time.monotonic()
+        self.last = 0.0
+        self.drawn = False
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now - self.last < 0.2 and done < total:
+            return
+        self.last = now
+        elapsed = max(now - self.start, 1e-6)
+        rate = done / elapsed
+        eta = (total - done) / rate if rate > 0 and total > done else 0.0
+        pct = 100.0 * done / total if total else 100.0
+        width = 24
+        fill = int(width * pct / 100)
+        line = (f"\r[{'#' * fill}{'.' * (width - fill)}] {pct:5.1f}% "
+                f"{_human(done)}/{_human(total)} {_human(rate)}/s ETA {eta:4.0f}s ")
+        sys.stderr.write(line)
+        sys.stderr.flush()
+        self.drawn = True
+
+    def finish(self) -> None:
+        if self.drawn:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def _file_client(args: argparse.Namespace) -> Any:
+    from ringfs.client import Client
+
+    return Client(args.node, timeout_s=max(args.timeout, 30.0))
+
+
+def cmd_put_file(args: argparse.Namespace) -> int:
+    from ringfs.errors import LocalProtocolError
+
+    bar = Progress(sys.stderr.isatty() and not args.quiet and not args.json)
+    src: Any = sys.stdin.buffer if args.path == "-" else args.path
+    if src is args.path and not os.path.isfile(args.path):
+        raise CliError(f"{args.path}: no such file")
+    try:
+        with _file_client(args) as c:
+            res = c.put_file(args.name, src, chunk_size=args.chunk_size, w=args.w,
+                             progress=bar)
+    except LocalProtocolError as exc:
+        raise CliError(exc.message) from None
+    except OSError as exc:
+        raise CliError(f"{args.path}: {exc.strerror or exc}") from None
+    finally:
+        bar.finish()
+    if args.json:
+        print(json.dumps({"name": res.name, "size": res.size, "sha256": res.sha256,
+                          "chunks": res.chunks, "sent": res.sent, "skipped": res.skipped}))
+        return 0
+    print(f"{res.sha256}  {res.name}", flush=True)
+    if not args.quiet:
+        print(f"ringfs: stored {res.name}: {res.size} bytes in {res.chunks} chunk(s), "
+              f"{res.sent} sent, {res.skipped} skipped (already stored)", file=sys.stderr)
+    return 0
+
+
+def cmd_get_file(args: argparse.Namespace) -> int:
+    from ringfs.errors import FileNotFound, LocalProtocolError
+
+    to_stdout = args.path == "-"
+    bar = Progress(sys.stderr.isatty() and not args.quiet and not args.json)
+    dest: Any = sys.stdout.buffer if to_stdout else args.path
+    try:
+        with _file_client(args) as c:
+            info = c.get_file(args.name, dest, offset=args.offset, length=args.length,
+                              progress=bar)
+    except FileNotFound:
+        raise CliError(f"file {args.name!r} not found") from None
+    except LocalProtocolError as exc:
+        raise CliError(exc.message) from None
+    except OSError as exc:
+        raise CliError(f"{args.path}: {exc.strerror or exc}") from None
+    finally:
+        bar.finish()
+    if to_stdout:
+        sys.stdout.flush()
+    elif args.json:
+        print(json.dumps({"name": info.name, "size": info.size, "sha256": info.sha256,
+                          "versions": info.versions}))
+    elif info.versions > 1 and not args.quiet:
+        print(f"ringfs: {args.name} has {info.versions} concurrent versions; wrote the "
+              "latest upload", file=sys.stderr)
+    return 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    with _file_client(args) as c:
+        names = c.list_files(args.prefix)
+        infos = [c.stat_file(n) for n in names] if (args.long or args.json) else []
+    if args.json:
+        print(json.dumps([{"name": i.name, "size": i.size, "sha256": i.sha256,
+                           "versions": i.versions} for i in infos if i is not None]))
+        return 0
+    if args.long:
+        for i in infos:
+            if i is not None:
+                print(f"{i.size:>14}  {i.sha256[:16]}  {i.name}"
+                      f"{f'  ({i.versions} versions)' if i.versions > 1 else ''}")
+        return 0
+    for n in names:
+        print(n)
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    with _file_client(args) as c:
+        info = c.stat_file(args.name)
+        if info is None:
+            raise CliError(f"file {args.name!r} not found")
+        c.delete_file(args.name, info.context)
+    if args.json:
+        print(json.dumps({"name": args.name, "ok": True}))
+    return 0
 
 
 def _fingerprint(key: bytes) -> str:

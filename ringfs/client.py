@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 import trio
 
+from ringfs import fileclient
 from ringfs.config import parse_address
 from ringfs.errors import (
     NOT_EXECUTED,
@@ -36,6 +37,7 @@ from ringfs.errors import (
     Unavailable,
     error_from_wire,
 )
+from ringfs.fileclient import FileInfo, PutFileResult, Source
 from ringfs.wire import (
     ERROR,
     PROTOCOL_VERSION,
@@ -326,6 +328,68 @@ class AsyncClient:
         """
         return await self._call(Op.LEAVE, {}, safe=True, timeout_s=timeout_s)
 
+    # -- files (ringfs/fileclient.py does the streaming) ------------------------------
+    async def put_file(self, name: str, src: Source, **options: Any) -> PutFileResult:
+        """Upload a file from a path or a binary file object, streaming, under `name`.
+
+        Sends only the chunks the cluster does not hold yet (the result says how many
+        it skipped), and makes the file visible only once every chunk is durable on W
+        replicas. Options: chunk_size, meta, context, w, size and sha256 (expected
+        values, checked before anything is committed), progress(done, total), parallel.
+        """
+        return await fileclient.put_file(self, name, src, **options)
+
+    async def get_file(self, name: str, dest: Source, **options: Any) -> FileInfo:
+        """Download `name` into a path (written to a temporary name, moved into place once
+        verified) or a binary file object. Options: offset, length, progress, parallel."""
+        return await fileclient.get_file(self, name, dest, **options)
+
+    async def stat_file(self, name: str, *, r: int | None = None) -> FileInfo | None:
+        """The file's manifest (the version get_file reads, with `versions` > 1 when
+        concurrent uploads left siblings), or None when there is no such file."""
+        return await fileclient.stat_file(self, name, r=r)
+
+    async def list_files(self, prefix: str = "") -> list[str]:
+        """Names of the files whose name starts with `prefix`, in order."""
+        return await fileclient.list_files(self, prefix)
+
+    async def delete_file(self, name: str, context: bytes | None = None, *,
+                          w: int | None = None) -> bytes:
+        """Delete a file (its manifest); its chunks are garbage-collected later."""
+        return await fileclient.delete_file(self, name, context, w=w)
+
+    async def chunk_have(self, hashes: Sequence[bytes], *, w: int | None = None) -> list[bool]:
+        """Whether each chunk is durably held by at least `w` replicas."""
+        args: dict[str, Any] = {"hashes": list(hashes)}
+        if w is not None:
+            args["w"] = _quorum(w, "w")
+        res = await self._call(Op.CHUNK_HAVE, args, safe=True, timeout_s=None)
+        held = res.get("held")
+        if not isinstance(held, list) or len(held) != len(hashes):
+            raise RemoteProtocolError("CHUNK_HAVE result has the wrong shape")
+        return [h is True for h in held]
+
+    async def chunk_put(self, digest: bytes, data: bytes, *, w: int | None = None) -> None:
+        """Store one chunk under its SHA-256 `digest` (idempotent, so retried freely)."""
+        args: dict[str, Any] = {"hash": digest, "data": data}
+        if w is not None:
+            args["w"] = _quorum(w, "w")
+        await self._call(Op.CHUNK_PUT, args, safe=True, timeout_s=None)
+
+    async def chunk_get(self, digest: bytes, *, offset: int = 0,
+                        length: int | None = None) -> bytes:
+        """The bytes of one chunk (a verified copy), or `length` of them from `offset`."""
+        args: dict[str, Any] = {"hash": digest}
+        if offset:
+            args["offset"] = offset
+        if length is not None:
+            args["length"] = length
+        res = await self._call(Op.CHUNK_GET, args, safe=True, timeout_s=None)
+        data = res.get("data")
+        if not isinstance(data, bytes):
+            raise RemoteProtocolError("CHUNK_GET result has the wrong shape")
+        return data
+
     # -- machinery -----------------------------------------------------------------
     async def _call(self, op: int, args: dict[str, Any], *, safe: bool,
                     timeout_s: float | None) -> dict[str, Any]:
@@ -482,6 +546,24 @@ class Client:
     def leave(self, *, timeout_s: float | None = None) -> dict[str, Any]:
         return self._do(self._async.leave, timeout_s=timeout_s)
 
+    def put_file(self, name: str, src: Source, **options: Any) -> PutFileResult:
+        """See AsyncClient.put_file; `progress` is called on the client's thread."""
+        return self._do(self._async.put_file, name, src, **options)
+
+    def get_file(self, name: str, dest: Source, **options: Any) -> FileInfo:
+        """See AsyncClient.get_file."""
+        return self._do(self._async.get_file, name, dest, **options)
+
+    def stat_file(self, name: str, *, r: int | None = None) -> FileInfo | None:
+        return self._do(self._async.stat_file, name, r=r)
+
+    def list_files(self, prefix: str = "") -> list[str]:
+        return self._do(self._async.list_files, prefix)
+
+    def delete_file(self, name: str, context: bytes | None = None, *,
+                    w: int | None = None) -> bytes:
+        return self._do(self._async.delete_file, name, context, w=w)
+
     def close(self) -> None:
         """Close connections and stop the client thread."""
         if self._token is not None and self._stop is not None and self._thread.is_alive():
@@ -502,4 +584,4 @@ class Client:
             self.close()
 
 
-__all__ = ["AsyncClient", "Client", "GetResult"]
+__all__ = ["AsyncClient", "Client", "FileInfo", "GetResult", "PutFileResult"]

@@ -139,6 +139,11 @@ class NodeConfig:
     """Rate limit of anti-entropy and ownership handoff transfers, each, in bytes/s."""
     ownership_settle_s: float = 5.0
     """How long the ring must stay unchanged before keys this node no longer owns move."""
+    gc_grace_s: float = 3600.0
+    """A chunk is garbage-collected only after this long untouched (not written, not found
+    by an upload's check) on its node: it covers uploads in progress (docs/design.md)."""
+    gc_interval_s: float = 600.0
+    """How often a node looks for unreferenced chunks to collect."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
@@ -184,6 +189,11 @@ class NodeConfig:
             raise ConfigError("repair_bytes_per_s must be in 1024..2**40")
         if not 0 <= self.ownership_settle_s <= 86400:
             raise ConfigError("ownership_settle_s must be in 0..86400")
+        if not 4 * self.request_timeout_s <= self.gc_grace_s <= 86400 * 365:
+            raise ConfigError("gc_grace_s must be at least 4 x request_timeout_s "
+                              "(and at most a year)")
+        if not 0.1 <= self.gc_interval_s <= 86400:
+            raise ConfigError("gc_interval_s must be in 0.1..86400")
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"log_level {self.log_level!r}: expected one of {LOG_LEVELS}")
 
@@ -217,6 +227,8 @@ _SCALARS: dict[str, type | tuple[type, ...]] = {
     "anti_entropy_max_keys": int,
     "repair_bytes_per_s": int,
     "ownership_settle_s": (int, float),
+    "gc_grace_s": (int, float),
+    "gc_interval_s": (int, float),
 }
 _LIMITS = {f.name for f in dataclasses.fields(Limits)}
 
@@ -253,7 +265,8 @@ def build_config(values: dict[str, Any]) -> NodeConfig:
                 raise ConfigError("seeds must be a list of HOST:PORT strings")
             kwargs[key] = tuple(val)
         elif key in ("request_timeout_s", "capacity", "tombstone_grace_s", "unreachable_s",
-                     "anti_entropy_interval_s", "ownership_settle_s"):
+                     "anti_entropy_interval_s", "ownership_settle_s", "gc_grace_s",
+                     "gc_interval_s"):
             kwargs[key] = float(val)
         else:
             kwargs[key] = val

@@ -52,6 +52,12 @@ class ErrorCode(IntEnum):
     """A request id is reused while an earlier request with it is still in flight."""
     UNAVAILABLE = 18
     """Not enough nodes reachable to serve the request; clients raise it when none answers."""
+    CHECKSUM_MISMATCH = 19
+    """Bytes do not match the SHA-256 they were sent or stored with; nothing was stored."""
+    MISSING_CHUNKS = 20
+    """A file's chunks are not durably held by enough replicas (or no good copy was found)."""
+    BAD_MANIFEST = 21
+    """A file commit is inconsistent: size, chunk size, chunk list or metadata."""
 
 
 # Codes after which the request is known not to have run, so any op may be retried.
@@ -110,6 +116,24 @@ class Unavailable(RingfsError):
     code = ErrorCode.UNAVAILABLE
 
 
+class ChecksumMismatch(RingfsError):
+    """Bytes did not match their SHA-256: a chunk sent or read, or a whole file read back."""
+
+    code = ErrorCode.CHECKSUM_MISMATCH
+
+
+class MissingChunks(RingfsError):
+    """Chunks of a file are not held by enough replicas; `details["missing"]` says which."""
+
+    code = ErrorCode.MISSING_CHUNKS
+
+
+class FileNotFound(RingfsError):
+    """No live version of the named file (raised by clients; nodes answer found=false)."""
+
+    code = ErrorCode.BAD_REQUEST
+
+
 class ServerError(RingfsError):
     """An error frame from a node whose code has no more specific class here."""
 
@@ -117,6 +141,8 @@ class ServerError(RingfsError):
 _BY_CODE: dict[ErrorCode, type[RingfsError]] = {
     ErrorCode.QUORUM_NOT_MET: QuorumNotMet,
     ErrorCode.TIMEOUT: RequestTimeout,
+    ErrorCode.CHECKSUM_MISMATCH: ChecksumMismatch,
+    ErrorCode.MISSING_CHUNKS: MissingChunks,
 }
 
 

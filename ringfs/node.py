@@ -59,6 +59,7 @@ from ringfs.antientropy import is_local_key
 from ringfs.config import NodeConfig
 from ringfs.dvv import DVVSet, Value, decode_context, encode_context, from_stored
 from ringfs.errors import ErrorCode
+from ringfs.files import FileStore
 from ringfs.gossip import GossipConfig, Keyring, SendPacket, Swim
 from ringfs.membership import Member, Membership
 from ringfs.peer import PeerMsg, encode_peer, parse_peer
@@ -306,6 +307,10 @@ class Node:
             PeerMsg.AAE_REQUEST: self.on_aae_request,
             PeerMsg.AAE_REPLY: self.on_aae_reply,
         }
+        self._forwardable = {Op.PUT, Op.DELETE, Op.FILE_COMMIT, Op.FILE_DELETE}
+        self.files = FileStore(self, now)
+        self._handlers.update(self.files.handlers())
+        self._peer_handlers.update(self.files.peer_handlers())
         log.info("node %s (actor %s) starting: engine=%s durability=%s N=%d R=%d W=%d "
                  "gossip=%s", self.name, self.actor, config.engine, config.durability,
                  config.n_replicas, config.r, config.w, config.gossip)
@@ -554,6 +559,7 @@ class Node:
             **self.repair.status(),
             "connections": len(self._conns),
             "pending_acks": len(self._pending),
+            "files": self.files.status(),
             "counters": dict(self.counters),
         }
 
@@ -604,6 +610,7 @@ class Node:
         """
         if self.read_only_reason is not None:
             raise WireError(ErrorCode.STORAGE_ERROR, f"node is read-only: {self.read_only_reason}")
+        self.files.check_incoming(key, incoming)
         sk = self._stored_key(key, hint_for)
         local = self._load(sk)
         merged = incoming if local is None else local.sync(incoming)
@@ -1180,6 +1187,7 @@ class Node:
         if name is None:
             return
         self.membership.mark_unreachable(name, now)
+        self.files.peer_unreachable(name, now)
         for pid in list(self._puts):
             p = self._puts[pid]
             if any(rep.node == name for rep in p.coord.replicas):
@@ -1308,7 +1316,7 @@ class Node:
 
     def on_forward(self, sender: str, body: dict[str, Any], now: float) -> None:
         fid, op, args = body["id"], body["op"], body["args"]
-        if type(fid) is not int or op not in (Op.PUT, Op.DELETE) or type(args) is not dict:
+        if type(fid) is not int or op not in self._forwardable or type(args) is not dict:
             raise ValueError("bad FORWARD")
         self.counters["forwards_received"] += 1
         # Run it as a request on a pseudo-connection whose reply goes back to the sender.

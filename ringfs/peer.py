@@ -48,6 +48,26 @@ class PeerMsg(IntEnum):
     """{id, step, ring, n, ...}: one step of an anti-entropy exchange (ringfs/repair.py)."""
     AAE_REPLY = 31
     """{id, ok, reason?, ...}: the peer's answer to that step."""
+    CHUNK_STORE = 40
+    """{id, hash, data, hint_for?, repair?}: verify and store a chunk; ack when durable (id > 0)."""
+    CHUNK_STORE_ACK = 41
+    """{id, ok, reason?}: the chunk is durable (ok) or was refused."""
+    CHUNK_HAVE = 42
+    """{id, items: [[hash, hint_for], ...]}: which of these chunks are held here."""
+    CHUNK_HAVE_REPLY = 43
+    """{id, sizes}: per item the size of the durable copy held, -1 when none."""
+    CHUNK_FETCH = 44
+    """{id, hash, hint_for?}: send the chunk's bytes."""
+    CHUNK_FETCH_REPLY = 45
+    """{id, data}: the bytes held (nil when absent); the asker verifies them."""
+    FILE_REFS = 46
+    """{id, hashes}: which of these chunks do live manifests held here reference (GC)."""
+    FILE_REFS_REPLY = 47
+    """{id, referenced}: the referenced subset."""
+    FILE_LIST = 48
+    """{id, prefix, after, limit}: names of manifests held here, in order."""
+    FILE_LIST_REPLY = 49
+    """{id, names: [[name, skeleton], ...], more}: names with their version skeletons."""
 
 
 def encode_peer(sender: str, msg: PeerMsg, body: dict[str, Any]) -> bytes:

@@ -49,6 +49,13 @@ class Op(IntEnum):
     DELETE = 4
     STATUS = 5
     WHEREIS = 6
+    CHUNK_HAVE = 7
+    CHUNK_PUT = 8
+    CHUNK_GET = 9
+    FILE_COMMIT = 10
+    FILE_STAT = 11
+    FILE_DELETE = 12
+    FILE_LIST = 13
     LEAVE = 20
 
 

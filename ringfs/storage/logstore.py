@@ -538,6 +538,11 @@ class LogStore:
     def __contains__(self, key: bytes) -> bool:
         return key in self._kd
 
+    def keys_with_prefix(self, prefix: bytes) -> list[bytes]:
+        """Every stored key starting with `prefix` (tombstones included), unordered; reads
+        no record."""
+        return [k for k in self._kd if k.startswith(prefix)]
+
     def iter_range(self, start: int, end: int) -> Iterator[tuple[bytes, Record]]:
         """Keys whose token lies in (start, end], in token order; see StorageEngine.
 

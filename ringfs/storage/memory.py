@@ -40,6 +40,13 @@ class MemoryEngine:
     def __len__(self) -> int:
         return len(self._data)
 
+    def __contains__(self, key: bytes) -> bool:
+        return key in self._data
+
+    def keys_with_prefix(self, prefix: bytes) -> list[bytes]:
+        """Every stored key starting with `prefix` (tombstones included), unordered."""
+        return [k for k in self._data if k.startswith(prefix)]
+
     def iter_range(self, start: int, end: int) -> Iterator[tuple[bytes, Record]]:
         whole = start == end
         picked = [

@@ -10,6 +10,7 @@ settings, STATUS and WHEREIS tables are checked against the code too.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 import struct
@@ -73,6 +74,8 @@ def doc_examples() -> dict[str, bytes]:
 HELLO_ARGS = {"versions": [1], "client": "demo/1.0"}
 KEY = b"color"
 UNKNOWN_OP = 99
+FILE_NAME = "hello.txt"
+FILE_DATA = b"hello, ringfs!"
 SECOND_MEMBER = Member("n2", "127.0.0.1:7002")
 """A member the node believes up but that never answers (nothing delivers to it)."""
 
@@ -147,6 +150,21 @@ def conversation(durability: str = "none") -> dict[str, bytes]:
     exchange("whereis", 8, Op.WHEREIS, {"key": KEY})
     frames["unknown-op-request"] = req = encode_request(9, UNKNOWN_OP, {})
     frames["unknown-op-error"] = drive(node, req)
+
+    # A one-chunk file: check, send the chunk, commit, stat, read a range, list, delete.
+    digest = hashlib.sha256(FILE_DATA).digest()
+    exchange("chunk-have", 10, Op.CHUNK_HAVE, {"hashes": [digest]})
+    exchange("chunk-put", 11, Op.CHUNK_PUT, {"hash": digest, "data": FILE_DATA})
+    exchange("file-commit", 12, Op.FILE_COMMIT, {
+        "name": FILE_NAME, "size": len(FILE_DATA), "sha256": digest, "chunk_size": 1048576,
+        "chunks": digest, "meta": {"type": "text/plain"}, "mtime": 1700000000.0,
+        "context": b""})
+    stat = msgpack.unpackb(exchange("file-stat", 13, Op.FILE_STAT, {"name": FILE_NAME})[4:],
+                           raw=False)
+    exchange("chunk-get", 14, Op.CHUNK_GET, {"hash": digest, "offset": 7, "length": 6})
+    exchange("file-list", 15, Op.FILE_LIST, {"prefix": "hello"})
+    exchange("file-delete", 16, Op.FILE_DELETE, {"name": FILE_NAME,
+                                                 "context": stat[2]["context"]})
 
     # A length prefix one above the limit: the server answers as the decoder dictates.
     limit = node.limits.max_frame_bytes

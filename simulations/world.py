@@ -159,12 +159,8 @@ class SimWorld:
     def crash(self, name: str) -> None:
         """Kill the process and cut the power: unsynced writes are lost."""
         sn = self.nodes[name]
-        if not sn.up:
+        if not self._stop(sn):
             return
-        sn.up = False
-        self.net.set_up(sn.address, False)
-        if sn.timer is not None:
-            sn.timer.cancel()
         sn.engine.crash()
         self.log(f"node {name} crashed (durable seq {sn.engine.durable_seq})")
 
@@ -190,14 +186,20 @@ class SimWorld:
         self.log(f"node {name} restarted with {len(sn.engine)} keys")
         self._pump(sn)
 
-    def _stop_departed(self, sn: SimNode) -> None:
+    def _stop(self, sn: SimNode) -> bool:
+        """Take a running node off the network and stop its timer; False if it was down."""
         if not sn.up:
-            return
+            return False
         sn.up = False
         self.net.set_up(sn.address, False)
         if sn.timer is not None:
             sn.timer.cancel()
-        self.log(f"node {sn.name} left the cluster and stopped ({len(sn.engine)} keys left)")
+        return True
+
+    def _stop_departed(self, sn: SimNode) -> None:
+        if self._stop(sn):
+            self.log(f"node {sn.name} left the cluster and stopped "
+                     f"({len(sn.engine)} keys left)")
 
     def pause(self, name: str, seconds: float) -> None:
         """Stop a node's process for a while (SIGSTOP): nothing it receives is handled

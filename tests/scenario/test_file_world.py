@@ -22,6 +22,7 @@ from ringfs.files import (
 from ringfs.storage.memory import MemoryEngine
 from ringfs.wire import Op
 from simulations.world import SimClient, SimWorld
+from tests.scenario.test_replication import client, ok
 
 CS = 64
 """Chunk size in these tests: small, so a file of a few KiB has dozens of chunks."""
@@ -35,17 +36,6 @@ def cluster(n: int, seed: int = 1, engine_factory: Any = None, **defaults: Any) 
     w.run_for(1.0)
     return w
 
-
-def client(w: SimWorld, node: str) -> SimClient:
-    c = w.add_client(f"c{len(w.clients)}")
-    c.open(w.nodes[node].address)
-    return c
-
-
-def ok(result: tuple[str, Any]) -> dict[str, Any]:
-    outcome, payload = result
-    assert outcome == "ok", result
-    return payload  # type: ignore[no-any-return]
 
 
 def err(result: tuple[str, Any]) -> str:

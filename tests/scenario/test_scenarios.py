@@ -47,7 +47,7 @@ def _issue(name: str) -> str:
     return f"known ringfs issue {issue.name}: {issue.summary}"
 
 
-FAILING_TODAY = {"crash_during_handoff": "lonely-restart"}
+FAILING_TODAY: dict[str, str] = {}
 """Shipped scenarios that a known ringfs issue makes fail (seed 1)."""
 
 
@@ -202,6 +202,16 @@ def test_a_node_restarted_while_cut_off_joins_once_it_can() -> None:
                   workload=WorkloadConfig(clients=2, keys=4, rate_ops_s=20),
                   events=(FaultEvent(3.0, "isolate", nodes=("n4",), duration_s=6.0),
                           FaultEvent(4.0, "crash", nodes=("n4",), duration_s=1.0)))
+    report = Simulation(sc, 1).run()
+    assert report.ok, report.render()
+
+
+@pytest.mark.xfail(strict=True, reason=_issue("lonely-restart"))
+def test_a_cluster_restarted_while_a_member_is_down_still_places_it() -> None:
+    sc = Scenario("restart-while-down", nodes=4, duration_s=15.0, liveness_s=60.0,
+                  workload=WorkloadConfig(clients=2, keys=6, rate_ops_s=20),
+                  events=(FaultEvent(3.0, "crash", nodes=("n4",), duration_s=8.0),
+                          FaultEvent(5.0, "crash", nodes=("n1", "n2", "n3"), duration_s=0.5)))
     report = Simulation(sc, 1).run()
     assert report.ok, report.render()
 

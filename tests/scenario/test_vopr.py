@@ -42,10 +42,7 @@ BUGS = [
             pending="anti-entropy has not landed: when it does, set Features.anti_entropy "
                     "(simulations/harness.py) so the liveness phase stops reading every key "
                     "and convergence depends on it"),
-    BugCase("wrong_incarnation_precedence", 50, frozenset({"membership"}),
-            pending="needs a check of transient membership (a member that was reachable all "
-                    "along declared dead): the end-state membership check cannot see a false "
-                    "death that is refuted before the liveness phase ends"),
+    BugCase("wrong_incarnation_precedence", 5, frozenset({"incarnations"})),
 ]
 
 

@@ -45,6 +45,11 @@ siblings      Live siblings are pairwise concurrent: no sibling's writer saw ano
               and on every final state.
 membership    Every up node has the same view (member names and states), naming
               every node of the cluster as alive.
+incarnations  No node's view of a member's incarnation ever goes back (until the
+              member is reaped or the node restarts): only the member raises its
+              incarnation, and news about an older one never overrides newer news
+              (a stale suspicion must not undo a refutation). Checked on every
+              change of every view during the run.
 coordinators  Every write was given its dot by one of its key's primaries (the
               simulated membership never changes, so neither does the ring).
 dots-unique   A (key, actor, counter) dot names one write: no coordinator issues a
@@ -498,6 +503,45 @@ def check_membership(final: FinalState) -> CheckResult:
                     ([f"sees {' '.join(wrong)}"] if wrong else [])
             res.violations.append(Violation(res.name, f"{node}'s view: {'; '.join(parts)}"))
     res.detail = f"{len(final.up)} up nodes"
+    return res
+
+
+class ViewRecorder:
+    """The gossip view of every node process, followed as it changes.
+
+    The harness calls `observe` after every step of a node with its view, member
+    name -> (incarnation, state). A process is a node name and its epoch (a
+    restart starts a new view from nothing); a member that leaves a view (reaped)
+    starts afresh if it comes back."""
+
+    def __init__(self) -> None:
+        self.views: dict[tuple[str, int], dict[str, tuple[int, str]]] = {}
+        self.violations: list[Violation] = []
+        self.changes = 0
+        """Changes of some member's (incarnation, state) in some view."""
+
+    def observe(self, t: float, node: str, epoch: int,
+                view: dict[str, tuple[int, str]]) -> None:
+        old = self.views.get((node, epoch))
+        self.views[(node, epoch)] = view
+        if old is None or old == view:
+            return
+        for name, now in view.items():
+            was = old.get(name)
+            if was is None or was == now:
+                continue
+            self.changes += 1
+            if now[0] < was[0]:
+                self.violations.append(Violation(
+                    "incarnations", f"at {t:.3f}s {node} took {name} from {was[1]} at "
+                    f"incarnation {was[0]} back to {now[1]} at incarnation {now[0]}: news "
+                    "about an older incarnation overrode newer news"))
+
+
+def check_incarnations(views: ViewRecorder) -> CheckResult:
+    """No view of a member's incarnation goes back (see the module docstring)."""
+    res = CheckResult("incarnations", list(views.violations))
+    res.detail = f"{len(views.views)} views followed, {views.changes} changes"
     return res
 
 

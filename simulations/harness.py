@@ -43,16 +43,18 @@ from simulations.checkers import (
     DotIndex,
     FinalState,
     IncrementalChecker,
+    ViewRecorder,
     Violation,
     check_all,
     check_convergence,
+    check_incarnations,
     main_key,
     show,
 )
 from simulations.loop import Handle
 from simulations.scenario import FaultEvent, Scenario, expand_all
 from simulations.workload import ERROR, OK, TIMEOUT, OpRecord, Workload
-from simulations.world import SimClient, SimWorld
+from simulations.world import SimClient, SimNode, SimWorld
 
 
 @contextmanager
@@ -295,6 +297,8 @@ class Simulation:
         self.world = SimWorld(seed, link=s.network, disk=s.disk, node_defaults=defaults,
                               faults=self.bugs, engine_factory=self._engine)
         self.names = s.node_names
+        self.views = ViewRecorder()
+        self.world.pump_observers.append(self._observe_views)
         self.timeline: list[tuple[float, str]] = []
         self.t0 = 0.0
         self.safety_end = 0.0
@@ -305,6 +309,11 @@ class Simulation:
         self.rng: random.Random | None = None
         self._sweepers: dict[str, SimClient] = {}
         self.sweep_failures: list[str] = []
+
+    def _observe_views(self, sn: SimNode) -> None:
+        g = sn.node.gossip
+        if g is not None:
+            self.views.observe(self.now, sn.name, sn.epoch, g.incarnations())
 
     def _engine(self, name: str) -> MemoryEngine:
         def actor() -> str:
@@ -593,7 +602,7 @@ class Simulation:
                 "liveness", f"{self.workload.inflight} client operations still in flight"))
         inv = CheckResult("node-invariants", list(self.violations),
                           detail="Node.check_invariants every simulated second")
-        checks = [inv, *checks, live]
+        checks = [inv, check_incarnations(self.views), *checks, live]
         stats = self._stats(final)
         return Report(self.seed, self.scenario, self.bugs, list(self.timeline),
                       self.workload.history, self.safety_end - self.t0, checks, stats)

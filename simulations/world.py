@@ -112,6 +112,9 @@ class SimWorld:
         self.nodes: dict[str, SimNode] = {}
         self.clients: dict[str, SimClient] = {}
         self.trace: list[str] = []
+        self.pump_observers: list[Callable[[SimNode], None]] = []
+        """Called with the node after every step of an up node (its effects carried
+        out): the harness records the gossip views through it."""
         self._by_address: dict[str, SimNode] = {}
 
     def _child_rng(self) -> random.Random:
@@ -299,6 +302,8 @@ class SimWorld:
             sn.timer_at = dl
             sn.timer = (None if dl is None
                         else self.loop.call_at(self._true_time(sn, dl), self._fire_timer, sn))
+        for fn in self.pump_observers:
+            fn(sn)
 
     @staticmethod
     def _true_time(sn: SimNode, node_time: float) -> float:

@@ -20,9 +20,10 @@ departure announced by the member itself.
 Updates (ALIVE, SUSPECT, DEAD, LEFT) spread infection-style: they are queued and
 piggybacked on every datagram we send (pings, acks, ping-reqs, nacks), each at most
 retransmit_mult * ceil(log10(N+1)) times, and a gossip tick pushes them to a few
-random members (recently dead ones included) when anything is queued. Periodic
-push-pull exchanges the full state over a stream and repairs what gossip missed;
-joining is a push-pull with the seeds.
+random members (recently dead ones included) when anything is queued; news of a
+death is pushed to a few live members at once instead of waiting for the tick.
+Periodic push-pull exchanges the full state over a stream and repairs what gossip
+missed; joining is a push-pull with the seeds.
 
 Lifeguard adds three things, each switchable in `GossipConfig`:
   * local health awareness scales our probe interval and timeouts when we are the
@@ -42,7 +43,9 @@ our record of it in state S at incarnation i ("-" = ignored):
     dead(j)    | j >= i: dead     | j >= i: dead        | -              | -
     left(j)    | j >= i: left     | j >= i: left        | j >= i: left   | -
 
-    unknown member: alive -> join (if under max_members); anything else ignored.
+    unknown member: alive -> join (if under max_members); suspect or dead in a
+    push-pull state -> added in that state (unless we reaped it at that incarnation
+    or later); anything else ignored.
 
 So at equal incarnation suspect beats alive, dead and left beat both, and left
 beats dead (it is the more precise news); only the member itself, by raising its
@@ -52,8 +55,13 @@ incarnation, can get out of suspect, dead or left. About ourselves:
     suspect/dead/left(j)   j >= ours: refute (unless we are leaving); else ignore
 
 where refuting sets our incarnation to max(ours, j) + 1 and broadcasts ALIVE. A
-DEAD entry in a push-pull state is merged as a suspicion (the sender's view may be
-stale; the member gets the chance to refute), as memberlist does.
+DEAD entry in a push-pull state about a member we know is merged as a suspicion
+(the sender's view may be stale; the member gets the chance to refute), as
+memberlist does. About a member we never knew it is recorded as dead, with the
+address and metadata the entry carries: a member that is down still owns its
+place on the ring, and a member that joins or restarts while another is down
+must not build a ring without it. Gossip messages about unknown members are
+still ignored (they carry no address or metadata).
 
 This module performs no I/O, never reads the clock and draws all randomness from
 the `random.Random` it is given. The driver calls `receive_packet`,
@@ -269,6 +277,9 @@ class Swim:
             name, address, incarnation, ALIVE, _check_meta_local(meta, self._limits), now
         )
         self._members: dict[str, Member] = {name: self._self}
+        # Members reaped, with the incarnation they died at, oldest first (at most
+        # max_members): a full state that still holds one dead does not bring it back.
+        self._reaped: dict[str, int] = {}
         self._live = 1  # members in state alive or suspect, ourselves included
         # Names of the other members, in a list for O(1) random picks.
         self._others: list[str] = []
@@ -433,6 +444,11 @@ class Swim:
         """Every member we know, ourselves included, in any state."""
         return [m.info() for m in self._members.values()]
 
+    def incarnations(self) -> dict[str, tuple[int, str]]:
+        """name -> (incarnation, state) of every member we know, ourselves included: a
+        cheap snapshot of our view, for observers that follow it step by step."""
+        return {n: (m.incarnation, STATE_NAMES[m.state]) for n, m in self._members.items()}
+
     def member(self, name: str) -> MemberInfo | None:
         m = self._members.get(name)
         return None if m is None else m.info()
@@ -459,6 +475,36 @@ class Swim:
             self._add_member(info.name, info.address, info.incarnation, meta, now)
         self._joined = True
         self._rephase_push_pull(now)
+
+    def restore(self, members: Iterable[MemberInfo], now: float) -> None:
+        """Install the view saved before a restart, before `join`: members that were
+        alive or suspect come back alive (probed like any other; a failed one is
+        suspected and declared dead as usual), dead ones come back dead, left ones
+        and ourselves are skipped. Emits 'join' and 'dead' events.
+
+        Without it a restarted member knows only the members it hears of, and a
+        member that no one it reaches remembers (all restarted together while it
+        was down or cut off) is missing from its ring until that member returns."""
+        for info in members:
+            if info.name == self.name or info.name in self._members or info.state == "left":
+                continue
+            if len(self._members) >= self._cfg.max_members:
+                self.stats.dropped_member_limit += 1
+                continue
+            try:
+                meta = wire.check_meta(dict(info.meta), self._limits)
+                if not 0 < len(info.name.encode()) <= self._cfg.max_name_bytes:
+                    raise Malformed("bad name")
+                if not wire.valid_address(info.address):
+                    raise Malformed("bad address")
+                if not 0 <= info.incarnation <= wire.MAX_UINT63:
+                    raise Malformed("incarnation out of range")
+            except Malformed:
+                # A saved file is input from outside: skip what does not validate.
+                self.stats.malformed_messages += 1
+                continue
+            self._add_member(info.name, info.address, info.incarnation, meta, now,
+                             state=DEAD if info.state == "dead" else ALIVE)
 
     # -- status ------------------------------------------------------------------------
     @property
@@ -603,20 +649,10 @@ class Swim:
             return
         if m.state != ALIVE:
             return
-        cfg = self._cfg
         m.incarnation = msg.incarnation
-        # k independent confirmations are expected; in a tiny cluster nobody else
-        # could confirm, so the timeout is the minimum straight away.
-        k = cfg.suspicion_mult - 2
-        if self._live - 2 < k:
-            k = 0
-        min_s = cfg.suspicion_min_s(self._live)
-        max_s = min_s * cfg.suspicion_max_timeout_mult if cfg.lifeguard_suspicion else min_s
-        self._set_state(m, SUSPECT, now)
-        m.suspicion = Suspicion(msg.accuser, msg.incarnation, k, min_s, max_s, now)
+        self._start_suspicion(m, msg.accuser, msg.incarnation, now)
         if msg.accuser == self.name:
             self.stats.suspicions += 1
-        self._arm_suspicion(m, now)
         self._emit("suspect", m)
         self._queue(m.name, wire.encode_suspect(m.incarnation, m.name, msg.accuser))
 
@@ -634,6 +670,7 @@ class Swim:
         self._set_state(m, DEAD, now)
         self._emit("dead", m)
         self._queue(m.name, wire.encode_dead(m.incarnation, m.name, msg.accuser))
+        self._push_now()
 
     def on_left(self, msg: Left, src: str, now: float) -> None:
         if msg.name == self.name:
@@ -800,6 +837,7 @@ class Swim:
         self._set_state(m, DEAD, now)
         self._emit("dead", m)
         self._queue(m.name, wire.encode_dead(m.incarnation, m.name, self.name))
+        self._push_now()
 
     def on_reap_timeout(self, name: str, changed_at: float, now: float) -> None:
         """Forget a member that has been dead or left for dead_reap_s."""
@@ -807,6 +845,9 @@ class Swim:
         if m is None or m.state < DEAD or m.state_change != changed_at or m is self._self:
             return
         del self._members[name]
+        self._reaped[name] = m.incarnation
+        if len(self._reaped) > self._cfg.max_members:
+            del self._reaped[next(iter(self._reaped))]
         pos = self._other_pos.pop(name)
         last = self._others.pop()
         if last != name:
@@ -845,6 +886,8 @@ class Swim:
         assert len(self._exchanges) <= self._cfg.max_concurrent_push_pull
         self._broadcasts.check_invariants()
         assert self._probe_index <= len(self._probe_order)
+        assert len(self._reaped) <= self._cfg.max_members
+        assert not any(n in self._members for n in self._reaped)
 
     # == internals =====================================================================
 
@@ -880,6 +923,14 @@ class Swim:
     def _broadcast_self_alive(self) -> None:
         me = self._self
         self._queue(self.name, wire.encode_alive(me.incarnation, me.name, me.address, me.meta))
+
+    def _push_now(self) -> None:
+        """Push the queued updates to `gossip_nodes` random live members at once,
+        rather than at the next gossip tick: done when we learn of a death, so
+        that news taking a member out of service spreads at network speed (each
+        member that learns it passes it on straight away), as a leave does."""
+        for m in self._random_members(self._cfg.gossip_nodes, self._is_live):
+            self._send(m.address, [])
 
     def _refute(self, accused: int) -> None:
         me = self._self
@@ -957,10 +1008,31 @@ class Swim:
                 self.on_alive(Alive(e.incarnation, e.name, e.address, e.meta), src, now)
             elif e.state == LEFT:
                 self.on_left(Left(e.incarnation, e.name), src, now)
+            elif e.name not in members and e.name != self.name:
+                self._learn_failed(e, msg.name, now)
             else:
                 # Suspect or dead in the sender's view: suspect it here and let the
                 # member refute, rather than trust a possibly stale death.
                 self.on_suspect(Suspect(e.incarnation, e.name, msg.name), src, now)
+
+    def _learn_failed(self, e: StateEntry, accuser: str, now: float) -> None:
+        """Record a member we never knew that another member's full state holds
+        suspect or dead, in that state, with its address and metadata.
+
+        A member that is down is still a member: the layer above keeps it on the
+        ring (its ranges go to fallbacks until it returns or is reaped). Ignoring it,
+        as for gossip messages about unknown members, would leave a member that
+        restarted or joined while another was down with a ring that lacks it, and so
+        with other primaries for its keys than everyone else. A member we reaped is
+        not taken back at the same incarnation: that would pass a death around for
+        ever between members that reap at different times."""
+        if e.incarnation <= self._reaped.get(e.name, -1):
+            return
+        if len(self._members) >= self._cfg.max_members:
+            self.stats.dropped_member_limit += 1
+            return
+        self._add_member(e.name, e.address, e.incarnation, e.meta, now,
+                         state=DEAD if e.state == DEAD else SUSPECT, accuser=accuser)
 
     def _rephase_push_pull(self, now: float) -> None:
         self._cancel(self._push_pull_timer)
@@ -970,10 +1042,21 @@ class Swim:
         )
 
     def _add_member(
-        self, name: str, address: str, incarnation: int, meta: dict[str, MetaValue], now: float
+        self,
+        name: str,
+        address: str,
+        incarnation: int,
+        meta: dict[str, MetaValue],
+        now: float,
+        *,
+        state: int = ALIVE,
+        accuser: str = "",
     ) -> Member:
+        """Add a member we did not know: alive (event 'join'), or suspect or dead as
+        another member's full state holds it (event 'suspect' / 'dead')."""
         m = Member(name, address, incarnation, ALIVE, meta, now)
         self._members[name] = m
+        self._reaped.pop(name, None)
         self._other_pos[name] = len(self._others)
         self._others.append(name)
         self._live += 1
@@ -983,7 +1066,15 @@ class Swim:
         self._probe_order.insert(i, name)
         if i < self._probe_index:
             self._probe_index += 1
-        self._emit("join", m)
+        if state == ALIVE:
+            self._emit("join", m)
+        elif state == SUSPECT:
+            self._start_suspicion(m, accuser, incarnation, now)
+            self._emit("suspect", m)
+        else:
+            # Dead members are skipped when their turn to be probed comes.
+            self._set_state(m, state, now)
+            self._emit("dead", m)
         return m
 
     def _set_state(self, m: Member, state: int, now: float) -> None:
@@ -999,6 +1090,20 @@ class Swim:
             self._cancel(self._suspicion_timers.pop(m.name, None))
         if state >= DEAD and m is not self._self:
             self._schedule(now + self._cfg.dead_reap_s, self.on_reap_timeout, m.name, now)
+
+    def _start_suspicion(self, m: Member, accuser: str, incarnation: int, now: float) -> None:
+        """Move an alive member to suspect, with a suspicion timer."""
+        cfg = self._cfg
+        # k independent confirmations are expected; in a tiny cluster nobody else
+        # could confirm, so the timeout is the minimum straight away.
+        k = cfg.suspicion_mult - 2
+        if self._live - 2 < k:
+            k = 0
+        min_s = cfg.suspicion_min_s(self._live)
+        max_s = min_s * cfg.suspicion_max_timeout_mult if cfg.lifeguard_suspicion else min_s
+        self._set_state(m, SUSPECT, now)
+        m.suspicion = Suspicion(accuser, incarnation, k, min_s, max_s, now)
+        self._arm_suspicion(m, now)
 
     def _arm_suspicion(self, m: Member, now: float) -> None:
         s = m.suspicion

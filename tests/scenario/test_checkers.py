@@ -14,11 +14,13 @@ from simulations.checkers import (
     DotIndex,
     FinalState,
     IncrementalChecker,
+    ViewRecorder,
     check_acked_writes,
     check_convergence,
     check_dots_unique,
     check_hints_drained,
     check_history_complete,
+    check_incarnations,
     check_membership,
     check_resurrection,
     check_siblings,
@@ -321,3 +323,22 @@ def test_a_run_whose_disks_lose_acknowledged_writes_fails(tamper: str) -> None:
         assert report.ok, report.render()
     else:
         assert "acked-writes" in report.failed_checks()
+
+
+def test_incarnations_never_go_back_in_a_view() -> None:
+    rec = ViewRecorder()
+    rec.observe(1.0, "n1", 1, {"n1": (0, "alive"), "n2": (0, "alive")})
+    rec.observe(2.0, "n1", 1, {"n1": (0, "alive"), "n2": (0, "suspect")})
+    rec.observe(3.0, "n1", 1, {"n1": (0, "alive"), "n2": (1, "alive")})  # refuted
+    rec.observe(4.0, "n1", 1, {"n1": (0, "alive")})  # reaped
+    rec.observe(5.0, "n1", 1, {"n1": (0, "alive"), "n2": (0, "alive")})  # back afresh
+    rec.observe(6.0, "n1", 2, {"n1": (0, "alive"), "n2": (0, "alive")})  # n1 restarted
+    assert check_incarnations(rec).ok
+    # A stale suspicion about incarnation 0 undoes the refutation: the injected
+    # defect wrong_incarnation_precedence.
+    rec.observe(7.0, "n1", 2, {"n1": (0, "alive"), "n2": (1, "alive")})
+    rec.observe(8.0, "n1", 2, {"n1": (0, "alive"), "n2": (0, "suspect")})
+    res = check_incarnations(rec)
+    assert [v.message for v in res.violations] == [
+        "at 8.000s n1 took n2 from alive at incarnation 1 back to suspect at incarnation 0: "
+        "news about an older incarnation overrode newer news"]

@@ -206,6 +206,16 @@ def test_a_node_restarted_while_cut_off_joins_once_it_can() -> None:
     assert report.ok, report.render()
 
 
+@pytest.mark.xfail(strict=True, reason=_issue("lonely-restart"))
+def test_a_cluster_restarted_while_a_member_is_down_still_places_it() -> None:
+    sc = Scenario("restart-while-down", nodes=4, duration_s=15.0, liveness_s=60.0,
+                  workload=WorkloadConfig(clients=2, keys=6, rate_ops_s=20),
+                  events=(FaultEvent(3.0, "crash", nodes=("n4",), duration_s=8.0),
+                          FaultEvent(5.0, "crash", nodes=("n1", "n2", "n3"), duration_s=0.5)))
+    report = Simulation(sc, 1).run()
+    assert report.ok, report.render()
+
+
 def test_every_hint_is_delivered_in_the_end() -> None:
     report = run_seed(52)  # a VOPR seed where two deliveries lose their acknowledgement
     assert report.ok or known_issue(report) is not None, report.render()

@@ -40,10 +40,7 @@ BUGS = [
     BugCase(("skip_read_repair", "skip_anti_entropy"), 5, frozenset({"convergence"})),
     BugCase(("skip_anti_entropy",), 20, frozenset({"convergence"})),
     BugCase(("skip_hinted_handoff",), 5, frozenset({"hints", "acked-writes"})),
-    BugCase(("wrong_incarnation_precedence",), 50, frozenset({"membership"}),
-            pending="needs a check of transient membership (a member that was reachable all "
-                    "along declared dead): the end-state membership check cannot see a false "
-                    "death that is refuted before the liveness phase ends"),
+    BugCase(("wrong_incarnation_precedence",), 5, frozenset({"incarnations"})),
 ]
 
 

@@ -244,13 +244,34 @@ def test_refutation_cancels_the_suspicion() -> None:
 def test_updates_piggyback_on_acks_and_respect_the_retransmit_limit() -> None:
     s = make(9)  # N = 10: limit = 4 * ceil(log10(11)) = 8
     s.receive_packet(wire.build_packet([wire.encode_dead(0, "m7", "x")]), addr(1), 0.0)
-    carried = 0
+    # News of a death is pushed at once to gossip_nodes live members...
+    pushed = packets(s)
+    assert len(pushed) == LAN.gossip_nodes and "10.0.1.7:7000" not in {d for d, _ in pushed}
+    carried = sum(1 for _, msgs in pushed for m in msgs if isinstance(m, wire.Dead))
+    assert carried == LAN.gossip_nodes
+    # ...then rides on whatever we send until the limit.
     for i in range(20):
         s.receive_packet(wire.build_packet([wire.encode_ping(i, "me")]), addr(1), 0.0)
         ((_, msgs),) = packets(s)
         assert msgs[0] == wire.Ack(i)
         carried += sum(1 for m in msgs if isinstance(m, wire.Dead))
     assert carried == LAN.retransmit_limit(10) == 8
+
+
+def test_a_death_we_declare_is_pushed_at_once() -> None:
+    s = make(9)
+    s.receive_packet(wire.build_packet([wire.encode_suspect(0, "m3", "x")]), addr(1), 0.0)
+    t = 0.0
+    while s.state_of("m3") == "suspect":
+        packets(s)
+        d = s.next_deadline()
+        assert d is not None and d < 100.0
+        t = d
+        s.handle_timer(t)
+    # In the very step that declared it, before any gossip tick: gossip_nodes pushes.
+    with_dead = [dest for dest, msgs in packets(s) if any(isinstance(m, wire.Dead) for m in msgs)]
+    assert len(with_dead) >= LAN.gossip_nodes and addr(3) not in with_dead
+    s.check_invariants()
 
 
 def test_no_datagram_exceeds_the_mtu_even_encrypted() -> None:

@@ -60,7 +60,8 @@ from ringfs.config import NodeConfig
 from ringfs.dvv import DVVSet, Value, decode_context, encode_context, from_stored
 from ringfs.errors import ErrorCode
 from ringfs.files import FileStore
-from ringfs.gossip import GossipConfig, Keyring, SendPacket, Swim
+from ringfs.gossip import GossipConfig, Keyring, MemberInfo, SendPacket, Swim
+from ringfs.gossip.member import STATE_NAMES, MemberState
 from ringfs.membership import Member, Membership
 from ringfs.peer import PeerMsg, encode_peer, parse_peer
 from ringfs.quorum import GetCoordinator, PutCoordinator, QuorumFailure
@@ -97,6 +98,13 @@ HANDOFF_INTERVAL_S = 1.0
 HANDOFF_MAX_INFLIGHT = 64
 """Hint deliveries awaiting an owner's acknowledgement at once, per owner."""
 
+LOCAL_PREFIX = b"\x00l"
+"""Keys a node keeps for itself (never replicated, compared or handed off)."""
+VIEW_KEY = LOCAL_PREFIX + b"view"
+"""Local key holding the gossip view, so a restarted node remembers members that are
+down (docs/design.md); written at most every VIEW_SAVE_INTERVAL_S when it changed."""
+VIEW_SAVE_INTERVAL_S = 1.0
+_MEMBER_STATES: dict[str, MemberState] = {s: s for s in STATE_NAMES}
 HINT_PREFIX = b"\x00h"
 """Keys beginning with 0x00 are the node's own; a hint is HINT_PREFIX + owner + 0 + key."""
 
@@ -315,6 +323,7 @@ class Node:
                  "gossip=%s", self.name, self.actor, config.engine, config.durability,
                  config.n_replicas, config.r, config.w, config.gossip)
         self.gossip: Swim | None = None
+        self._view_save_at: float | None = None
         self._next_reconnect: float | None = None
         self._seeds: list[str] = []
         seeds = [s for s in config.seeds if s != config.listen]
@@ -325,6 +334,9 @@ class Node:
             self.gossip = Swim(preset, config.name, config.listen,
                                random.Random(rng.getrandbits(64)), now, meta=meta,
                                keyring=keyring)
+            saved = self._saved_view()
+            if saved:
+                self.gossip.restore(saved, now)
             if seeds:
                 self.gossip.join(seeds, now)
             self._seeds = seeds
@@ -1382,6 +1394,40 @@ class Node:
             g.join(targets, now)
             self._pump_gossip(now)
 
+    def _saved_view(self) -> list[MemberInfo]:
+        """The gossip view saved before the last stop; [] when none or unreadable."""
+        rec = self.engine.get(VIEW_KEY)
+        if rec is None:
+            return []
+        out = []
+        try:
+            for e in msgpack.unpackb(rec.value, raw=False):
+                name, address, incarnation, state, meta = e
+                st = _MEMBER_STATES.get(state) if type(state) is str else None
+                if (type(name) is str and type(address) is str and type(incarnation) is int
+                        and st is not None and type(meta) is dict):
+                    out.append(MemberInfo(name, address, incarnation, st, meta))
+        except (ValueError, TypeError, msgpack.UnpackException):
+            self.counters["view_unreadable"] += 1
+            log.warning("saved membership view is unreadable; starting from the seeds")
+            return []
+        return out
+
+    def on_view_save_timeout(self, now: float) -> None:
+        """Save the gossip view (it changed): a restart then remembers members that are
+        down, which keeps them on the ring (sloppy quorum uses fallbacks for them)."""
+        self._view_save_at = None
+        g = self.gossip
+        if g is None or self.read_only_reason is not None:
+            return
+        view = [[m.name, m.address, m.incarnation, str(m.state), dict(m.meta)]
+                for m in g.members() if m.name != self.name]
+        try:
+            self.engine.put(VIEW_KEY, msgpack.packb(view, use_bin_type=True))
+        except OSError as exc:
+            self.counters["storage_errors"] += 1
+            log.error("saving the membership view failed: %s", exc)
+
     def leave(self, now: float) -> None:
         """Leave the cluster gracefully: members will mark this node left, not dead."""
         if self.gossip is not None:
@@ -1410,6 +1456,8 @@ class Node:
             m = ev.member
             if m.name == self.name:
                 continue
+            if self._view_save_at is None:
+                self._view_save_at = now + VIEW_SAVE_INTERVAL_S
             self.counters[f"member_{ev.kind}"] += 1
             if ev.kind == "reaped":
                 ms.remove(m.name)
@@ -1461,6 +1509,9 @@ class Node:
         rc = self._next_reconnect
         if rc is not None and (t is None or rc < t):
             t = rc
+        vs = self._view_save_at
+        if vs is not None and (t is None or vs < t):
+            t = vs
         return t
 
     def handle_timer(self, now: float) -> None:
@@ -1473,6 +1524,9 @@ class Node:
         rc = self._next_reconnect
         if rc is not None and now >= rc:
             self.on_reconnect_timeout(now)
+        vs = self._view_save_at
+        if vs is not None and now >= vs:
+            self.on_view_save_timeout(now)
         if self.gossip is not None:
             g = self.gossip.next_deadline()
             if g is not None and now >= g:

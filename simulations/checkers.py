@@ -68,7 +68,7 @@ from typing import NamedTuple
 import msgpack
 
 from ringfs.dvv import DVVSet, decode_context, from_stored
-from ringfs.node import parse_hint_key
+from ringfs.node import LOCAL_PREFIX, parse_hint_key
 from simulations.workload import OK, PENDING, OpRecord
 
 
@@ -183,6 +183,8 @@ class DotIndex:
         issued = self.issued
         for i in range(self._pos, len(log)):
             t, node, stored, prev, meta, actor = log[i]
+            if stored[:2] == LOCAL_PREFIX:
+                continue  # node bookkeeping (the saved membership view), not data
             key, owner = main_key(stored)
             if meta is None:
                 self.purges[key].append(t)

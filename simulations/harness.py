@@ -34,7 +34,7 @@ from typing import Any
 import msgpack
 
 from ringfs.dvv import DVVSet, from_stored
-from ringfs.node import HINT_PREFIX
+from ringfs.node import HINT_PREFIX, LOCAL_PREFIX
 from ringfs.storage.memory import MemoryEngine
 from ringfs.wire import Op
 from simulations.checkers import (
@@ -567,6 +567,8 @@ class Simulation:
         keys = set(self.workload.keys)
         for name in self.names:
             for stored, rec in w.nodes[name].engine.iter_range(0, 0):
+                if stored[:2] == LOCAL_PREFIX:
+                    continue  # node bookkeeping (the saved membership view), not data
                 key, owner = main_key(stored)
                 st = from_stored(msgpack.unpackb(rec.meta, raw=False))
                 keys.add(key)

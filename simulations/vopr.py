@@ -127,17 +127,6 @@ class KnownIssue:
 
 KNOWN_ISSUES: tuple[KnownIssue, ...] = (
     KnownIssue(
-        "lonely-restart", "coordinators",
-        "nodes do not keep their view of the cluster across restarts: when every node "
-        "that knows a member restarts while that member is down or cut off (a power "
-        "failure of the rest of the cluster), none of them knows it any more, their rings "
-        "lack it and give some keys other primaries; they coordinate and acknowledge "
-        "writes for keys they do not own until it returns. A node restarted while others "
-        "still remember the member learns it from their state, dead or suspect, and "
-        "places it; what is missing is a saved view handed to Swim.restore at start "
-        "(tests/scenario/test_scenarios.py, "
-        "test_a_cluster_restarted_while_a_member_is_down_still_places_it)"),
-    KnownIssue(
         "reap-reuses-dots", "dots-unique",
         "a node can still reissue one of its old dots for a key whose tombstone was "
         "reaped under flapping partitions (vopr seed 17: dot (n2@1, 2) of k008 issued "

@@ -206,7 +206,6 @@ def test_a_node_restarted_while_cut_off_joins_once_it_can() -> None:
     assert report.ok, report.render()
 
 
-@pytest.mark.xfail(strict=True, reason=_issue("lonely-restart"))
 def test_a_cluster_restarted_while_a_member_is_down_still_places_it() -> None:
     sc = Scenario("restart-while-down", nodes=4, duration_s=15.0, liveness_s=60.0,
                   workload=WorkloadConfig(clients=2, keys=6, rate_ops_s=20),

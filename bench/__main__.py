@@ -24,6 +24,7 @@ BENCHMARKS: tuple[str, ...] = (
     "storage",
     "ring_balance",
     "gossip_report",
+    "convergence",
 )
 """Benchmark modules in the order they run; add new ones here."""
 

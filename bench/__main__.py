@@ -25,6 +25,7 @@ BENCHMARKS: tuple[str, ...] = (
     "ring_balance",
     "gossip_report",
     "files",
+    "convergence",
 )
 """Benchmark modules in the order they run; add new ones here."""
 

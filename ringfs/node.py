@@ -557,7 +557,7 @@ class Node:
             "storage": {
                 "engine": self.config.engine,
                 "durability": str(self.durability),
-                "keys": st.keys,
+                "keys": st.keys - (self.engine.get(VIEW_KEY) is not None),
                 "tombstones": st.tombstones,
                 "last_seq": st.last_seq,
                 "durable_seq": st.durable_seq,
@@ -1284,7 +1284,8 @@ class Node:
         if type(pid) is not int:
             raise ValueError("bad ack")
         self.membership.mark_reachable(sender)
-        if self._handoff_done(pid, ok is True) or self.repair.on_ack(pid, sender, ok is True):
+        ok = ok is True
+        if self._handoff_done(pid, ok) or self.repair.on_ack(pid, sender, ok, now):
             return
         if ok is True:
             self._put_acked(pid, sender)

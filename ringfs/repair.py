@@ -122,6 +122,8 @@ class Repairer:
         # leave
         self._in_pass = False
         self._last_tick = now
+        self._tokens = 0.0
+        self._tokens_at = now
         self.leaving = False
         self.departed = False
         self.node._after(now + TICK_S, self.tick)
@@ -206,6 +208,8 @@ class Repairer:
             # soon as the rate limit allows.
             self._stick_to = ex.peer
             self._next_exchange = now + (moved / self.rate if self.rate > 0 else 0.0)
+            if self._next_exchange <= now:
+                self._start_exchange(now)
         elif outcome == "same":
             self.counters["aae_in_sync"] += 1
         else:
@@ -346,13 +350,29 @@ class Repairer:
 
     # -- ownership handoff -------------------------------------------------------------
     def _handoff_step(self, now: float) -> None:
-        node = self.node
         if self._pass_due is not None and now >= self._pass_due and not self._in_pass:
             self._pass_due = None
             self._in_pass = True
             self._scan_arcs = deque(self.trees.foreign_arcs())
             self._pass_found = self._pass_blocked = 0
-        # Examine stored keys of arcs this node does not replicate.
+        # Expire transfers whose acknowledgements did not all come.
+        for tid, t in list(self._transfers.items()):
+            if now >= t.deadline:
+                del self._transfers[tid]
+                self._queued.discard(t.key)
+                self._pass_blocked += 1
+                self.counters["handoff_unacknowledged"] += 1
+        self._pump(now)
+        if (self._in_pass and not self._scan_arcs and self._scan_iter is None
+                and not self._queue and not self._transfers):
+            self._pass_complete(now)
+
+    def _pump(self, now: float) -> None:
+        """Find more foreign keys and send as many as the in-flight cap and the rate
+        limit (a token bucket holding at most half a second's worth) allow. Runs on
+        every tick and on every completed transfer, so handoff is paced by the owners'
+        acknowledgements and the rate limit, not by the tick."""
+        node = self.node
         budget = TRANSFER_SCAN_PER_TICK
         while budget > 0 and len(self._queue) < 4 * TRANSFER_MAX_INFLIGHT:
             if self._scan_iter is None:
@@ -370,22 +390,13 @@ class Repairer:
             self._queue.append(k)
             self._queued.add(k)
             self._pass_found += 1
-        # Expire transfers whose acknowledgements did not all come.
-        for tid, t in list(self._transfers.items()):
-            if now >= t.deadline:
-                del self._transfers[tid]
-                self._queued.discard(t.key)
-                self._pass_blocked += 1
-                self.counters["handoff_unacknowledged"] += 1
-        sent_bytes = 0
-        limit = self.rate * TICK_S if self.rate > 0 else float("inf")
+        burst = self.rate * 0.5
+        self._tokens = min(burst, self._tokens + (now - self._tokens_at) * self.rate)
+        self._tokens_at = now
         while (self._queue and len(self._transfers) < TRANSFER_MAX_INFLIGHT
-               and sent_bytes < limit and node.read_only_reason is None):
+               and self._tokens > 0 and node.read_only_reason is None):
             key = self._queue.popleft()
-            sent_bytes += self._transfer(key, now)
-        if (self._in_pass and not self._scan_arcs and self._scan_iter is None
-                and not self._queue and not self._transfers):
-            self._pass_complete(now)
+            self._tokens -= self._transfer(key, now)
 
     def _transfer(self, key: bytes, now: float) -> int:
         node = self.node
@@ -411,7 +422,7 @@ class Repairer:
         self.counters["handoff_sent"] += 1
         return size
 
-    def on_ack(self, pid: int, sender: str, ok: bool) -> bool:
+    def on_ack(self, pid: int, sender: str, ok: bool, now: float) -> bool:
         """A REPLICA_PUT_ACK arrived; True if it answered a transfer of ours."""
         t = self._transfers.get(pid)
         if t is None:
@@ -435,6 +446,7 @@ class Repairer:
             self.counters["handoff_moved"] += 1
         else:
             self._pass_blocked += 1  # changed meanwhile: the next pass sends it again
+        self._pump(now)
         return True
 
     def _pass_complete(self, now: float) -> None:

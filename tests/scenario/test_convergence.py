@@ -355,12 +355,6 @@ def test_grow_and_shrink_under_load_with_partitions(seed: int) -> None:
 
 # -- handoff pace ------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "handoff is paced by the repairer's 0.25 s tick: Repairer._handoff_step, run only "
-    "from tick(), both refills the queue (at most 4 * TRANSFER_MAX_INFLIGHT keys) and "
-    "starts transfers (at most TRANSFER_MAX_INFLIGHT in flight), and Repairer.on_ack "
-    "frees a slot without sending the next key; a node hands over about 256 keys/s "
-    "whatever their size and repair_bytes_per_s"))
 def test_handoff_is_limited_by_the_rate_limit_not_by_the_tick() -> None:
     """Small keys, a fast network and disks: nothing but repair_bytes_per_s (32 MiB/s)
     should bound how fast a leaving node hands its keys over; 2,000 keys/s is far

@@ -65,6 +65,7 @@ from typing import Any
 from bench.common import (
     bench_key,
     bench_value,
+    derive_row,
     free_port,
     machine_busy_s,
     print_json,
@@ -594,19 +595,11 @@ def report(best: dict[tuple[str, str, int], dict[str, Any]],
         for op in ops:
             base = best.get(("etcd", op, c))
             for s in systems:
-                r = dict(best[(s, op, c)])
+                r = derive_row(best[(s, op, c)], c, base, "ratio_vs_etcd", runs[(s, op, c)])
                 w = r["window_s"] or 1.0
-                r["connections"] = c
-                r["server_core_pct"] = 100.0 * r["server_cpu_s"] / w
-                r["client_core_pct"] = 100.0 * r["client_cpu_s"] / w
                 r["client_max_proc_core_pct"] = 100.0 * r["client_cpu_max_proc_s"] / w
-                r["other_core_pct"] = 100.0 * r["other_cpu_s"] / w
-                r["server_us_per_op"] = 1e6 * r["server_cpu_s"] / max(1, r["ops"])
-                r["client_us_per_op"] = 1e6 * r["client_cpu_s"] / max(1, r["ops"])
-                r["ratio_vs_etcd"] = r["ops_per_s"] / base["ops_per_s"] if base else None
                 r["generator_bound"] = (r["client_cpu_max_proc_s"]
                                         > BOTTLENECK_CORE_FRACTION * w)
-                r["all_ops_per_s"] = [round(x, 1) for x in runs[(s, op, c)]]
                 rows.append(r)
     print()
     print_table(rows, [

@@ -246,3 +246,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def derive_row(r: dict[str, Any], connections: int, base: dict[str, Any] | None,
+               ratio_key: str, runs: list[float]) -> dict[str, Any]:
+    """A measured run with its per-core and per-op figures and its ratio to `base`."""
+    r = dict(r)
+    w = r["window_s"] or 1.0
+    r["connections"] = connections
+    r["server_core_pct"] = 100.0 * r["server_cpu_s"] / w
+    r["client_core_pct"] = 100.0 * r["client_cpu_s"] / w
+    r["other_core_pct"] = 100.0 * r["other_cpu_s"] / w
+    r["server_us_per_op"] = 1e6 * r["server_cpu_s"] / max(1, r["ops"])
+    r["client_us_per_op"] = 1e6 * r["client_cpu_s"] / max(1, r["ops"])
+    r[ratio_key] = r["ops_per_s"] / base["ops_per_s"] if base else None
+    r["all_ops_per_s"] = [round(x, 1) for x in runs]
+    return r

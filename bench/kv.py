@@ -47,6 +47,7 @@ from bench.common import (
     bench_key,
     bench_value,
     children_cpu_s,
+    derive_row,
     free_port,
     machine_busy_s,
     print_json,
@@ -338,17 +339,8 @@ def _compare(args: argparse.Namespace, systems: list[str], tree: str) -> int:
         for op in ops:
             base = best.get(("redis", op, c))
             for s in systems:
-                r = dict(best[(s, op, c)])
-                w = r["window_s"] or 1.0
-                r["connections"] = c
-                r["server_core_pct"] = 100.0 * r["server_cpu_s"] / w
-                r["client_core_pct"] = 100.0 * r["client_cpu_s"] / w
-                r["other_core_pct"] = 100.0 * r["other_cpu_s"] / w
-                r["server_us_per_op"] = 1e6 * r["server_cpu_s"] / max(1, r["ops"])
-                r["client_us_per_op"] = 1e6 * r["client_cpu_s"] / max(1, r["ops"])
-                r["ratio_vs_redis"] = r["ops_per_s"] / base["ops_per_s"] if base else None
-                r["all_ops_per_s"] = [round(x, 1) for x in runs[(s, op, c)]]
-                rows.append(r)
+                rows.append(derive_row(best[(s, op, c)], c, base, "ratio_vs_redis",
+                                       runs[(s, op, c)]))
     print()
     print_table(rows, [
         ("system", "system", ""), ("op", "op", ""), ("connections", "conns", "d"),

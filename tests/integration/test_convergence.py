@@ -31,7 +31,7 @@ from ringfs.errors import RingfsError
 from ringfs.ring import Ring, RingMember
 from ringfs.storage.logstore import LogStore
 from ringfs.storage.segment import HEADER_BYTES, RECORD_HEADER, SEGMENT_HEADER
-from tests.integration.procs import NodeProcess, free_port, ringfs
+from tests.integration.procs import NodeProcess, ringfs, running_cluster
 
 pytestmark = pytest.mark.integration
 
@@ -53,21 +53,11 @@ def write_config(path: Path, **settings: Any) -> Path:
 
 @contextmanager
 def cluster(root: Path, n: int, config: Path) -> Iterator[list[NodeProcess]]:
-    """n nodes seeded with each other, all with `config`; every one stopped on exit."""
-    ports = [free_port() for _ in range(n)]
-    addrs = [f"127.0.0.1:{p}" for p in ports]
-    nodes: list[NodeProcess] = []
-    try:
-        for i, port in enumerate(ports):
-            seeds = ",".join(a for j, a in enumerate(addrs) if j != i)
-            nodes.append(NodeProcess(root, f"n{i + 1}",
-                                     ("--seeds", seeds, "--config", str(config)), port=port))
+    """n nodes seeded with each other, all with `config`, once all see each other."""
+    with running_cluster(root, n, ("--config", str(config))) as nodes:
         wait_until(lambda: all(alive_seen(x) == n for x in nodes), 20.0,
                    f"{n} nodes to see each other alive")
         yield nodes
-    finally:
-        for node in nodes:
-            node.stop()
 
 
 def status(node: NodeProcess) -> dict[str, Any]:

@@ -173,6 +173,10 @@ class HashTrees:
         out.discard(self.me)
         return sorted(out)
 
+    def arcs(self) -> list[tuple[int, int]]:
+        """(start, end] of every arc this node replicates, in ring order."""
+        return [(t.start, t.end) for t in self._arc_at if t is not None]
+
     def owns_token(self, token: int) -> bool:
         """Whether this node is one of the N replicas of `token` under the current ring."""
         return self._arc_for(token) is not None
@@ -207,6 +211,14 @@ class HashTrees:
             tree.remove(token, item_hash(key, old_meta))
         if new_meta is not None:
             tree.add(token, item_hash(key, new_meta))
+
+    def invalidate(self, key: bytes) -> None:
+        """The store lost `key` without a write (a damaged record found and dropped):
+        rescan its arc, since the old item hash to subtract is unknown."""
+        tree = self._arc_for(key_token(key))
+        if tree is not None and tree.built:
+            tree.built = False
+            self._unbuilt.append(tree)
 
     def build_step(self, scan: Scan, budget: int) -> int:
         """Scan unbuilt arcs, whole arcs at a time, until about `budget` keys were read."""

@@ -65,7 +65,7 @@ from ringfs.gossip.member import STATE_NAMES, MemberState
 from ringfs.membership import Member, Membership
 from ringfs.peer import PeerMsg, encode_peer, parse_peer
 from ringfs.quorum import GetCoordinator, PutCoordinator, QuorumFailure
-from ringfs.repair import Repairer
+from ringfs.repair import LEAVING_KEY, Repairer
 from ringfs.ring import Replica
 from ringfs.storage.engine import StorageEngine
 from ringfs.wire import (
@@ -248,6 +248,8 @@ class Node:
         self._seeds_given = any(sd != config.listen for sd in config.seeds)
         self._actor_generation = 0
         self._reaped: dict[bytes, int] = {}
+        self._lost: set[bytes] = set()
+        """Keys whose local copy was lost to damage under this actor (lost_counters)."""
         """Keys reaped during this actor's life, with its last counter in each."""
         self.engine = engine
         self.rng = rng
@@ -346,6 +348,8 @@ class Node:
             for seed in seeds:
                 self._send_address(seed, PeerMsg.JOIN, self._join_body())
         self.repair = Repairer(self, now)
+        if engine.get(LEAVING_KEY) is not None and self.gossip is not None:
+            self.repair.begin_leave(now, resumed=True)
 
     # -- small helpers -------------------------------------------------------------
     def _next_id(self) -> int:
@@ -557,7 +561,8 @@ class Node:
             "storage": {
                 "engine": self.config.engine,
                 "durability": str(self.durability),
-                "keys": st.keys - (self.engine.get(VIEW_KEY) is not None),
+                "keys": st.keys - sum(self.engine.get(k) is not None
+                                      for k in (VIEW_KEY, LEAVING_KEY)),
                 "tombstones": st.tombstones,
                 "last_seq": st.last_seq,
                 "durable_seq": st.durable_seq,
@@ -942,6 +947,14 @@ class Node:
         self._actor_generation += 1
         self.actor = f"{self.name}@{self._epoch}.{self._actor_generation}"
         self._reaped.clear()
+        self._lost.clear()
+
+    def lost_counters(self, keys: set[bytes] | frozenset[bytes]) -> None:
+        """The store lost these keys' copies (damage): this actor's counters for them
+        are unknown, so the next write of one of them starts a new actor id."""
+        self._lost |= keys
+        if len(self._lost) > MAX_REAPED_REMEMBERED:
+            self._new_actor_generation()
 
     def on_get_timeout(self, gid: int, now: float) -> None:
         g = self._gets.get(gid)
@@ -1042,6 +1055,9 @@ class Node:
         if len(apl) < w:
             raise self._too_few_up(rid, len(apl), w)
         local = self._load(key)
+        self.repair.note_damage()  # a damaged copy just found must not reset a counter
+        if key in self._lost:
+            self._new_actor_generation()
         if ctx is None:
             ctx = local.context() if local is not None else {}
         if value is None and local is None and not ctx:

@@ -62,6 +62,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ringfs.repair")
 
+LEAVING_KEY = b"\x00lleaving"
+"""Local key present while a requested leave is unfinished (it survives restarts)."""
 TICK_S = 0.25
 """Period of the background step (tree building, exchange scheduling, handoff)."""
 BUILD_KEYS_PER_TICK = 20_000
@@ -121,6 +123,10 @@ class Repairer:
         """Completed handoff passes."""
         # leave
         self._in_pass = False
+        self._damaged: frozenset[bytes] = frozenset()
+        self.scrub_s = cfg.scrub_interval_s
+        self._next_scrub = now + self.scrub_s
+        self._scrub_pos = 0
         self._last_tick = now
         self._tokens = 0.0
         self._tokens_at = now
@@ -152,6 +158,11 @@ class Repairer:
         node._after(now + TICK_S, self.tick)
         self._last_tick = now
         self.follow_ring(now)
+        steps = 0
+        while self.scrub_s > 0 and now >= self._next_scrub and steps < 64:
+            self._scrub_step(now)
+            steps += 1
+        self.note_damage()
         if self.trees.unbuilt:
             self.trees.build_step(self._scan_meta, BUILD_KEYS_PER_TICK)
         ex = self._exchange
@@ -161,6 +172,41 @@ class Repairer:
         if self._exchange is None and now >= self._next_exchange:
             self._start_exchange(now)
         self._handoff_step(now)
+
+    def note_damage(self) -> None:
+        """Keys the engine found damaged and dropped: their arcs' trees are rebuilt, so
+        they show as missing and the next exchange fetches them from a replica.
+
+        The lost copies held this node's counters for those keys, and a dot issued from
+        a reset counter could repeat one already given to another write: the node takes
+        a new actor id before it next coordinates a write of one of them (the
+        coordinator calls this right after loading a key, before it issues a dot)."""
+        damaged = self.node.engine.needs_repair()
+        if damaged == self._damaged:
+            return
+        fresh = damaged - self._damaged
+        for key in fresh:
+            self.trees.invalidate(key)
+            self.counters["damaged_keys_found"] += 1
+        if fresh:
+            log.warning("%d damaged record(s) found and dropped; repairing them from other "
+                        "replicas", len(fresh))
+            self.node.lost_counters(fresh)
+        self._damaged = damaged
+
+    def _scrub_step(self, now: float) -> None:
+        """Read every record of the next arc this node replicates: a damaged one is
+        found (its checksum fails) and reported by the engine even if no request reads
+        it, and the next exchange repairs it. One arc per scrub interval."""
+        self._next_scrub = max(self._next_scrub + self.scrub_s, now - TICK_S)
+        arcs = self.trees.arcs()
+        if not arcs:
+            return
+        self._scrub_pos = (self._scrub_pos + 1) % len(arcs)
+        start, end = arcs[self._scrub_pos]
+        for _ in self.node.engine.iter_range(start, end):
+            pass
+        self.counters["scrubbed_arcs"] += 1
 
     def _scan_meta(self, start: int, end: int) -> Iterator[tuple[bytes, bytes]]:
         for key, rec in self.node.engine.iter_range(start, end):
@@ -468,24 +514,36 @@ class Repairer:
                 self._pass_due = now + RETRY_PASS_S  # hints still to deliver
 
     # -- leave ---------------------------------------------------------------------------
-    def begin_leave(self, now: float) -> None:
+    def begin_leave(self, now: float, *, resumed: bool = False) -> None:
+        """Start leaving (LEAVE), or resume a leave a restart interrupted (`resumed`).
+
+        The intent is kept under a local key, so a node that crashes while leaving
+        comes back leaving and finishes the handoff.
+        """
         node = self.node
         if self.leaving:
             return
         others = [m for m in node.membership.members.values()
                   if m.name != node.name and m.state == "alive"
                   and not m.meta.get("leaving")]
-        if not others:
+        if not others and not resumed:
             raise WireError(ErrorCode.UNAVAILABLE,
                             "no other live member could take over this node's data")
         self.leaving = True
-        log.info("leaving the cluster: handing every key to its new owners")
+        if not resumed:
+            try:
+                node._hold_until_durable(node.engine.put(LEAVING_KEY, b"1"), _nothing)
+            except OSError as exc:
+                log.error("could not record the leave: %s", exc)
+        log.info("%s the cluster: handing every key to its new owners",
+                 "still leaving" if resumed else "leaving")
         node._set_leaving_meta(now)
         self.follow_ring(now)
         self._pass_due = now
 
     def _depart(self, now: float) -> None:
         self.departed = True
+        self.node.engine.purge(LEAVING_KEY)  # started again, the node joins afresh
         log.info("handoff complete (%d keys, %d bytes moved); announcing leave",
                  self.moved_keys, self.moved_bytes)
         self.node.leave(now)
@@ -515,6 +573,10 @@ class Repairer:
                 "arcs_to_scan": len(self._scan_arcs), "passes": self.passes,
             },
         }
+
+
+def _nothing() -> None:
+    pass
 
 
 def _int(v: Any) -> int:

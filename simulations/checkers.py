@@ -200,6 +200,11 @@ class DotIndex:
                     continue
                 k = (key, actor, counter)
                 old = issued.get(k)
+                if old is not None and old.value == value:
+                    # The same write learned again after this node lost the key (a
+                    # damaged record dropped, a purge): not a second issuance. Values
+                    # are unique per write, so a reused dot always binds another one.
+                    continue
                 if old is not None:
                     v = Violation("dots-unique",
                                   f"dot ({actor}, {counter}) of key {show(key)} was issued at "

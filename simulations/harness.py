@@ -512,6 +512,10 @@ class Simulation:
             f.apply()
             if ev.duration_s is not None:
                 self._later(ev.duration_s, self._end_fault, f.losses, lid, "loss ends")
+        elif a == "rot":
+            for n in ev.nodes:
+                hit = w.rot(n, ev.probability, self.rng)
+                self.note(f"{hit} records of {n} damaged")
         elif a == "flap":
             assert ev.duration_s is not None
             self._flap(ev, f.new_id(), self.world.now + ev.duration_s, 0)

@@ -72,6 +72,7 @@ ACTIONS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "loss": (frozenset({"probability"}),
              frozenset({"nodes", "duplicate", "jitter_s", "duration_s"})),
     "flap": (frozenset({"groups", "period_s", "duration_s"}), frozenset({"one_way"})),
+    "rot": (frozenset({"nodes", "probability"}), frozenset()),
 }
 """What each timeline action does:
 
@@ -87,6 +88,9 @@ clog       add clog_s of delay to every link to and from the nodes
 loss       drop datagrams with this probability (streams are reliable: they see
            jitter_s of retransmission delay instead), on the nodes' links or everywhere
 flap       toggle the partition between the groups every ~period_s for duration_s
+rot        bit rot: damage each record on the nodes' disks with this probability; the
+           engine finds a damaged record when it next reads it, never serves it and
+           reports the key for repair (as the log store does with its checksums)
 """
 
 _EVENT_FIELDS = {"at", "action", "groups", "nodes", "one_way", "duration_s", "skew_s", "clog_s",
@@ -140,6 +144,8 @@ class FaultEvent:
             extra = f" dup {self.duplicate:g}" if self.duplicate else ""
             extra += f" jitter {self.jitter_s:g}s" if self.jitter_s else ""
             return f"loss {self.probability:g} on {where}{extra}{dur}"
+        if a == "rot":
+            return f"rot {self.probability:g} of the records of {nodes}"
         return f"{a} {nodes}{dur}"
 
 

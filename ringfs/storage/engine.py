@@ -117,6 +117,11 @@ class StorageEngine(Protocol):
         """Counters for status pages and benchmarks."""
         ...
 
+    def needs_repair(self) -> frozenset[bytes]:
+        """Keys whose newest record was found damaged (and dropped, never served): the
+        node fetches them from other replicas. A key leaves the set when written again."""
+        ...
+
     def maybe_merge(self) -> bool:
         """Run a merge step if fragmentation warrants it; True if work was done."""
         ...

@@ -32,9 +32,36 @@ class MemoryEngine:
         self._may_drop = may_drop_tombstone
         self._lock = threading.Lock()
         self._closed = False
+        self._rotten: set[bytes] = set()
+        self._repair: set[bytes] = set()
+        self._corrupt = 0
+
+    # -- bit rot (the simulator's disks) ---------------------------------------------
+    def rot(self, key: bytes) -> bool:
+        """Damage the stored record of `key` as bit rot would: like the log store, the
+        engine finds it on the next read (a checksum that fails), counts it, never
+        serves it and reports the key in needs_repair(). False if `key` is absent."""
+        if key not in self._data:
+            return False
+        self._rotten.add(key)
+        return True
+
+    def _detect(self, key: bytes) -> None:
+        """A read found `key` rotten: drop it, count it, ask for its repair."""
+        self._rotten.discard(key)
+        self._data.pop(key, None)
+        self._tokens.pop(key, None)
+        self._repair.add(key)
+        self._corrupt += 1
+
+    def needs_repair(self) -> frozenset[bytes]:
+        """Keys whose record was found damaged and dropped; a write takes a key out."""
+        return frozenset(self._repair)
 
     # -- reads -----------------------------------------------------------------
     def get(self, key: bytes) -> Record | None:
+        if self._rotten and key in self._rotten:
+            self._detect(key)
         return self._data.get(key)
 
     def __len__(self) -> int:
@@ -56,7 +83,10 @@ class MemoryEngine:
         ]
         # Wrapping ranges list the tail of the ring (after start) first.
         picked.sort(key=lambda tk: (not whole and start >= end and tk[0] <= end, tk[0]))
-        snapshot = [(k, self._data[k]) for _, k in picked]
+        for _, k in picked:
+            if k in self._rotten:
+                self._detect(k)
+        snapshot = [(k, self._data[k]) for _, k in picked if k in self._data]
         return iter(snapshot)
 
     # -- writes ----------------------------------------------------------------
@@ -66,6 +96,8 @@ class MemoryEngine:
             self._last_seq += 1
             seq = self._last_seq
             self._undo.append((seq, key, self._data.get(key)))
+        self._rotten.discard(key)
+        self._repair.discard(key)
         self._data[key] = Record(value, meta, tombstone, seq)
         if key not in self._tokens:
             self._tokens[key] = key_token(key)
@@ -79,6 +111,7 @@ class MemoryEngine:
 
     def purge(self, key: bytes) -> None:
         self._check_open()
+        self._rotten.discard(key)
         old = self._data.pop(key, None)
         if old is not None:
             self._tokens.pop(key, None)
@@ -135,7 +168,7 @@ class MemoryEngine:
             data_bytes=live,
             live_bytes=live,
             segments=1,
-            corrupt_records=0,
+            corrupt_records=self._corrupt,
             merges=self._merges,
         )
 

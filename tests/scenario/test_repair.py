@@ -77,9 +77,70 @@ def test_leave_hands_everything_over_and_stops_the_node() -> None:
     assert states.get("n4", "left") == "left"
 
 
+def test_a_leave_interrupted_by_a_crash_resumes_after_the_restart() -> None:
+    # A tight rate limit keeps the handoff going long enough to crash in the middle.
+    w = cluster(4, anti_entropy_interval_s=1.0, ownership_settle_s=1.0,
+                vnodes_per_capacity=64, repair_bytes_per_s=8192)
+    c = client(w, "n1")
+    keys = [b"r%d" % i for i in range(150)]
+    for k in keys:
+        ok(c.call(Op.PUT, {"key": k, "value": k * 100}))
+    ok(client(w, "n4", "x").call(Op.LEAVE, {}))
+    w.run_for(1.5)
+    n4 = w.nodes["n4"].node
+    assert n4.repair.moved_keys > 0 and not n4.departed, "crash in the middle of the handoff"
+    w.crash("n4")
+    w.run_for(2.0)
+    w.restart("n4")
+    assert w.nodes["n4"].node.repair.leaving  # the intent survived the crash
+    w.run_for(60.0)
+    assert w.nodes["n4"].departed and not w.nodes["n4"].up
+    ring = w.nodes["n1"].node.membership.ring
+    assert "n4" not in ring
+    for k in keys:
+        holders = sorted(n for n in ("n1", "n2", "n3") if stored_values(w, n, k) == [k * 100])
+        assert holders == sorted(ring.preference_list(k, 3))
+
+
 def test_the_last_member_cannot_leave() -> None:
     w = cluster(1)
     c = client(w, "n1")
     outcome, err = c.call(Op.LEAVE, {})
     assert outcome == "error" and err["name"] == "UNAVAILABLE"
     assert w.nodes["n1"].up
+
+
+def test_bit_rot_is_never_served_and_anti_entropy_restores_the_damaged_records() -> None:
+    # A fast scrub finds the damage no request reads (64 vnodes: 192 arcs).
+    w = cluster(3, anti_entropy_interval_s=1.0, read_repair=False, scrub_interval_s=0.05,
+                vnodes_per_capacity=64)
+    c = client(w, "n1")
+    keys = [b"b%d" % i for i in range(60)]
+    for k in keys:
+        ok(c.call(Op.PUT, {"key": k, "value": k}))
+    w.run_for(1.0)
+    disk = w.nodes["n2"].engine
+    rotten = [k for k in keys[::3] if disk.rot(k)]
+    assert len(rotten) == 20
+    # A damaged record is found on its next read and never served.
+    assert disk.get(rotten[0]) is None and rotten[0] in disk.needs_repair()
+    w.run_for(20.0)
+    missing = [k for k in keys if stored_values(w, "n2", k) != [k]]
+    assert not missing
+    assert disk.needs_repair() == frozenset()
+    assert disk.stats().corrupt_records == len(rotten)
+    # Its lost copies held its counters: its next write of one of them uses a new actor.
+    n2 = w.nodes["n2"].node
+    assert "." not in n2.actor
+    ok(client(w, "n2", "d").call(Op.PUT, {"key": rotten[1], "value": b"new", "w": 3}))
+    assert n2.actor.endswith(".1")  # n2, a primary of every key here, coordinated it
+
+
+def test_without_anti_entropy_damaged_records_stay_missing() -> None:
+    w = cluster(3, anti_entropy_interval_s=0, read_repair=False)
+    c = client(w, "n1")
+    ok(c.call(Op.PUT, {"key": b"k", "value": b"v"}))
+    w.run_for(1.0)
+    assert w.nodes["n2"].engine.rot(b"k")
+    w.run_for(10.0)
+    assert stored_values(w, "n2", b"k") is None

@@ -277,6 +277,9 @@ class Swim:
             name, address, incarnation, ALIVE, _check_meta_local(meta, self._limits), now
         )
         self._members: dict[str, Member] = {name: self._self}
+        self.view_version = 0
+        """Bumped whenever a member is added or removed or its incarnation or state
+        changes: observers re-read `incarnations()` only when it moved."""
         # Members reaped, with the incarnation they died at, oldest first (at most
         # max_members): a full state that still holds one dead does not bring it back.
         self._reaped: dict[str, int] = {}
@@ -614,6 +617,7 @@ class Swim:
         old = m.state
         changed = msg.address != m.address or msg.meta != m.meta
         m.incarnation = msg.incarnation
+        self.view_version += 1
         m.address = msg.address
         m.meta = msg.meta
         self._set_state(m, ALIVE, now)
@@ -641,6 +645,7 @@ class Swim:
             s = m.suspicion
             assert s is not None
             m.incarnation = msg.incarnation
+            self.view_version += 1
             if s.confirm(msg.accuser):
                 # Pass the confirmation on, so that others count it too, and move
                 # our own deadline closer.
@@ -650,6 +655,7 @@ class Swim:
         if m.state != ALIVE:
             return
         m.incarnation = msg.incarnation
+        self.view_version += 1
         self._start_suspicion(m, msg.accuser, msg.incarnation, now)
         if msg.accuser == self.name:
             self.stats.suspicions += 1
@@ -667,6 +673,7 @@ class Swim:
                 and not self._cfg.fault_wrong_incarnation_precedence):
             return
         m.incarnation = msg.incarnation
+        self.view_version += 1
         self._set_state(m, DEAD, now)
         self._emit("dead", m)
         self._queue(m.name, wire.encode_dead(m.incarnation, m.name, msg.accuser))
@@ -681,6 +688,7 @@ class Swim:
         if m is None or msg.incarnation < m.incarnation or m.state == LEFT:
             return
         m.incarnation = msg.incarnation
+        self.view_version += 1
         self._set_state(m, LEFT, now)
         self._emit("left", m)
         self._queue(m.name, wire.encode_left(m.incarnation, m.name))
@@ -845,6 +853,7 @@ class Swim:
         if m is None or m.state < DEAD or m.state_change != changed_at or m is self._self:
             return
         del self._members[name]
+        self.view_version += 1
         self._reaped[name] = m.incarnation
         if len(self._reaped) > self._cfg.max_members:
             del self._reaped[next(iter(self._reaped))]
@@ -935,6 +944,7 @@ class Swim:
     def _refute(self, accused: int) -> None:
         me = self._self
         me.incarnation = max(me.incarnation, accused) + 1
+        self.view_version += 1
         self.stats.refutations += 1
         if self._cfg.lifeguard_awareness:
             # Being suspected hints that we answer too slowly.
@@ -1056,6 +1066,7 @@ class Swim:
         another member's full state holds it (event 'suspect' / 'dead')."""
         m = Member(name, address, incarnation, ALIVE, meta, now)
         self._members[name] = m
+        self.view_version += 1
         self._reaped.pop(name, None)
         self._other_pos[name] = len(self._others)
         self._others.append(name)
@@ -1084,6 +1095,7 @@ class Swim:
         if (old <= SUSPECT) != (state <= SUSPECT):
             self._live += 1 if state <= SUSPECT else -1
         m.state = state
+        self.view_version += 1
         m.state_change = now
         if old == SUSPECT:
             m.suspicion = None

@@ -95,6 +95,9 @@ MAX_REAPED_REMEMBERED = 1_000_000
 """Reaped keys whose counters a node remembers; past it, it takes a new actor id."""
 HANDOFF_INTERVAL_S = 1.0
 """How often a node checks whether owners of its hints are back."""
+MAX_FORWARD_HOPS = 2
+"""A write is forwarded at most this many times: while a ring change spreads, the
+node a write was forwarded to may see another primary; a third view is refused."""
 HANDOFF_MAX_INFLIGHT = 64
 """Hint deliveries awaiting an owner's acknowledgement at once, per owner."""
 
@@ -173,6 +176,8 @@ class _Conn:
     inflight: set[int] | None = None
     forwarded_from: tuple[str, int] | None = None
     """For the pseudo-connection of a forwarded write: (sender node, its forward id)."""
+    hops: int = 0
+    """How many nodes forwarded the write this pseudo-connection carries."""
     closing: bool = False
     """A fatal error was answered: later frames on this connection are ignored."""
 
@@ -1007,8 +1012,9 @@ class Node:
         mine = next((rep for rep in apl if rep.node == self.name and rep.role == "primary"),
                     None)
         if mine is None:
-            if self._conns[conn].forwarded_from is not None:
-                # Views of the ring differ; a second hop could loop, so refuse instead.
+            if self._conns[conn].hops >= MAX_FORWARD_HOPS:
+                # Views of the ring differ for longer than a change takes to spread;
+                # forwarding on could loop, so refuse (nothing was written).
                 raise WireError(ErrorCode.UNAVAILABLE, "forwarded to a node that is not a "
                                 "primary replica of the key", req_id=rid)
             return self._forward(conn, rid, op, apl, args, now)
@@ -1173,7 +1179,8 @@ class Node:
         self._forwards[fid] = _Forwarded(conn, rid, target)
         self._track(conn, rid)
         self.counters["forwarded"] += 1
-        self._send(target, PeerMsg.FORWARD, {"id": fid, "op": int(op), "args": args})
+        self._send(target, PeerMsg.FORWARD, {"id": fid, "op": int(op), "args": args,
+                                             "hops": self._conns[conn].hops + 1})
         self._after(now + self.config.request_timeout_s + 0.5,
                     partial(self.on_forward_timeout, fid))
         return None
@@ -1351,7 +1358,9 @@ class Node:
         # Run it as a request on a pseudo-connection whose reply goes back to the sender.
         self._pseudo_conn -= 1
         conn = self._pseudo_conn
-        self._conns[conn] = _Conn(handshaken=True, forwarded_from=(sender, fid))
+        hops = body.get("hops", 1)
+        self._conns[conn] = _Conn(handshaken=True, forwarded_from=(sender, fid),
+                                  hops=hops if type(hops) is int and hops > 0 else 1)
         out = self.client_request(conn, [0, fid, op, args], now)
         if out is not None:
             self._finish(conn, fid, out)

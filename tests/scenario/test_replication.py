@@ -278,3 +278,17 @@ def test_hints_go_home_when_the_owner_returns(faults: frozenset[str]) -> None:
     else:
         assert delivered, "every hint reached its owner"
         assert left == 0, "delivered hints are deleted"
+
+
+def test_a_forwarded_write_is_forwarded_once_more_then_refused() -> None:
+    w = cluster(4, vnodes_per_capacity=64)
+    key = next(b"f%d" % i for i in range(100) if "n4" not in prefs(w, b"f%d" % i))
+    n4 = w.nodes["n4"].node
+    args = {"key": key, "value": b"v"}
+    # As if n1 believed n4 a primary (views differ while a ring change spreads).
+    n4.on_forward("n1", {"id": 7, "op": int(Op.PUT), "args": args, "hops": 1}, w.now)
+    assert n4.counters["forwarded"] == 1  # passed on to a primary of its own view
+    w.run_for(1.0)
+    assert stored_values(w, prefs(w, key)[0], key) == [b"v"]
+    n4.on_forward("n1", {"id": 8, "op": int(Op.PUT), "args": args, "hops": 2}, w.now)
+    assert n4.counters["forwarded"] == 1 and n4.counters["error_unavailable"] == 1

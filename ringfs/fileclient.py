@@ -165,16 +165,21 @@ class _Reader:
             self.f.close()
 
 
+def _check_name(name: str) -> None:
+    """A file name the nodes will take, or LocalProtocolError saying why not."""
+    try:
+        check_name(name)
+    except ValueError as exc:
+        raise LocalProtocolError(str(exc)) from None
+
+
 async def put_file(client: AsyncClient, name: str, src: Source, *,
                    chunk_size: int = DEFAULT_CHUNK_BYTES, meta: dict[str, str] | None = None,
                    context: bytes | None = None, w: int | None = None,
                    size: int | None = None, sha256: str | None = None,
                    progress: Progress | None = None,
                    parallel: int = DEFAULT_PARALLEL) -> PutFileResult:
-    try:
-        check_name(name)
-    except ValueError as exc:
-        raise LocalProtocolError(str(exc)) from None
+    _check_name(name)
     if type(chunk_size) is not int or not 1 <= chunk_size <= 64 * 1024 * 1024:
         raise LocalProtocolError("chunk_size must be an integer number of bytes")
     if parallel < 1:
@@ -295,10 +300,7 @@ async def _upload(client: AsyncClient, name: str, reader: _Reader, chunk_size: i
 
 
 async def stat_file(client: AsyncClient, name: str, *, r: int | None = None) -> FileInfo | None:
-    try:
-        check_name(name)
-    except ValueError as exc:
-        raise LocalProtocolError(str(exc)) from None
+    _check_name(name)
     args: dict[str, Any] = {"name": name}
     if r is not None:
         args["r"] = r
@@ -423,10 +425,7 @@ async def list_files(client: AsyncClient, prefix: str = "") -> list[str]:
 
 async def delete_file(client: AsyncClient, name: str, context: bytes | None = None, *,
                       w: int | None = None) -> bytes:
-    try:
-        check_name(name)
-    except ValueError as exc:
-        raise LocalProtocolError(str(exc)) from None
+    _check_name(name)
     args: dict[str, Any] = {"name": name}
     if context is not None:
         args["context"] = bytes(context)

@@ -20,6 +20,7 @@ from ringfs.dvv import DVVSet, from_stored
 from ringfs.storage.memory import MemoryEngine
 from ringfs.wire import Op
 from simulations.world import SimClient, SimWorld
+from tests.scenario.test_replication import client, cluster
 
 KEYS = 1000
 CONVERGE_S = 30.0
@@ -27,19 +28,9 @@ VNODES = 64
 
 
 def world(n: int, seed: int = 1, **defaults: Any) -> SimWorld:
-    w = SimWorld(seed, node_defaults={"vnodes_per_capacity": VNODES, **defaults})
-    for i in range(n):
-        w.add_node(f"n{i + 1}")
-    w.run_for(2.0)
-    for sn in w.nodes.values():
-        assert len(sn.node.membership.members) == n, "membership did not converge"
+    w = cluster(n, seed, **{"vnodes_per_capacity": VNODES, **defaults})
+    w.run_for(1.0)
     return w
-
-
-def client(w: SimWorld, node: str) -> SimClient:
-    c = w.add_client(f"c{len(w.clients)}")
-    c.open(w.nodes[node].address)
-    return c
 
 
 def put_all(w: SimWorld, c: SimClient, items: dict[bytes, bytes], w_: int = 2,

@@ -201,7 +201,7 @@ class HashTrees:
     # -- keeping current -------------------------------------------------------------
     def note_write(self, key: bytes, old_meta: bytes | None, new_meta: bytes | None) -> None:
         """A stored key changed from `old_meta` to `new_meta` (None: absent)."""
-        if is_local_key(key):
+        if key[:2] in LOCAL_PREFIXES:
             return
         token = key_token(key)
         tree = self._arc_for(token)

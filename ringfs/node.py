@@ -55,7 +55,7 @@ from typing import Any
 import msgpack
 
 from ringfs import __version__
-from ringfs.antientropy import is_local_key
+from ringfs.antientropy import LOCAL_PREFIXES, is_local_key
 from ringfs.config import NodeConfig
 from ringfs.dvv import DVVSet, Value, decode_context, encode_context, from_stored
 from ringfs.errors import ErrorCode
@@ -602,14 +602,17 @@ class Node:
         anti-entropy hash trees current.
         """
         packed: bytes = msgpack.packb(state.to_wire(), use_bin_type=True)
-        old = None if is_local_key(stored_key) else self.engine.get(stored_key)
+        replicated = stored_key[:2] not in LOCAL_PREFIXES
+        old = self.engine.get(stored_key) if replicated else None
         if (state.is_tombstone() if live is None else live == 0):
             seq = self.engine.delete(stored_key, packed)
         else:
             seq = self.engine.put(stored_key, b"", packed)
-        if not is_local_key(stored_key):
-            self.repair.follow_ring()
-            self.repair.trees.note_write(stored_key, None if old is None else old.meta, packed)
+        if replicated:
+            repair = self.repair
+            if repair.trees.ring is not self.membership.ring:
+                repair.follow_ring()
+            repair.trees.note_write(stored_key, None if old is None else old.meta, packed)
         return seq
 
     def _drop_local(self, stored_key: bytes) -> None:

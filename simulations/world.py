@@ -302,7 +302,7 @@ class SimWorld:
                 self._start_sync(sn)
             elif type(eff) is CloseConnection:
                 self._drop_conn(sn, eff.conn)
-        if node.departed and not sn.departed:
+        if node.repair.departed and not sn.departed:
             sn.departed = True  # like the runtime: let the leave spread, then stop
             self.loop.call_at(self.loop.now + LEAVE_SPREAD_S, self._stop_departed, sn)
         dl = node.next_deadline()

@@ -353,11 +353,19 @@ class Repairer:
             reply["items"] = [[k, h] for k, h in sorted(items.items())[:self.max_keys * 4]]
         elif step == "sync":
             self.counters["aae_keys_repaired"] += self._merge_records(body["records"])[0]
-            want = [k for k in body["want"] if type(k) is bytes][:self.max_keys]
+            # Only keys both replicate: never hints or other local keys, never a key
+            # of a range the asker has no business reading.
+            want = [k for k in body["want"][:self.max_keys]
+                    if type(k) is bytes and k and not is_local_key(k)
+                    and sender in self._owners(k)]
             reply["records"] = self._records(want)[0]
         else:
             reply = {"id": rid, "ok": False, "reason": f"unknown step {step[:32]!r}"}
         node._send(sender, PeerMsg.AAE_REPLY, reply)
+
+    def _owners(self, key: bytes) -> tuple[str, ...]:
+        ring = self.trees.ring
+        return () if ring is None else ring.preference_list(key, self.trees.n)
 
     def _records(self, keys: list[bytes]) -> tuple[list[list[Any]], int]:
         """[[key, state or nil], ...] for `keys`, within MAX_SYNC_BYTES; and their size."""

@@ -144,3 +144,20 @@ def test_without_anti_entropy_damaged_records_stay_missing() -> None:
     assert w.nodes["n2"].engine.rot(b"k")
     w.run_for(10.0)
     assert stored_values(w, "n2", b"k") is None
+
+
+def test_an_exchange_never_hands_out_hints_or_keys_the_asker_does_not_replicate() -> None:
+    w = cluster(4, vnodes_per_capacity=64)
+    n1 = w.nodes["n1"].node
+    ring = n1.membership.ring
+    other = next(b"o%d" % i for i in range(200)
+                 if "n1" in ring.preference_list(b"o%d" % i, 3)
+                 and "n2" not in ring.preference_list(b"o%d" % i, 3))
+    c = client(w, "n1")
+    ok(c.call(Op.PUT, {"key": other, "value": b"secret"}))
+    w.run_for(0.5)
+    hint = b"\x00hn9\x00" + other
+    n1.on_aae_request("n2", {"id": 1, "step": "sync", "ring": ring.digest, "n": 3,
+                             "records": [], "want": [other, hint]}, w.now)
+    sent = [e for e in n1.drain_outbox() if type(e).__name__ == "PeerSend"]
+    assert sent and all(b"secret" not in e.frame for e in sent)

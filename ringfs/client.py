@@ -403,7 +403,8 @@ class AsyncClient:
                 conn = await self._connection(address, deadline)
                 return await conn.request(op, args, deadline)
             except RingfsError as exc:
-                retry = exc.code in NOT_EXECUTED or (safe and exc.code == ErrorCode.TIMEOUT)
+                retry = (exc.code in NOT_EXECUTED or exc.details.get("executed") is False
+                         or (safe and exc.code == ErrorCode.TIMEOUT))
                 last: Exception = exc
             except _NotSent as exc:
                 retry, last = True, exc

@@ -1019,7 +1019,8 @@ class Node:
                 # Views of the ring differ for longer than a change takes to spread;
                 # forwarding on could loop, so refuse (nothing was written).
                 raise WireError(ErrorCode.UNAVAILABLE, "forwarded to a node that is not a "
-                                "primary replica of the key", req_id=rid)
+                                "primary replica of the key", req_id=rid,
+                                details={"executed": False})
             return self._forward(conn, rid, op, apl, args, now)
         if len(apl) < w:
             raise self._too_few_up(rid, len(apl), w)
@@ -1177,7 +1178,7 @@ class Node:
         if target is None:
             raise WireError(ErrorCode.UNAVAILABLE,
                             "no primary replica of this key is up to coordinate the write",
-                            req_id=rid)
+                            req_id=rid, details={"executed": False})
         fid = self._next_id()
         self._forwards[fid] = _Forwarded(conn, rid, target)
         self._track(conn, rid)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import AsyncIterator, Callable
 from functools import partial
+from typing import Any
 
 import pytest
 import trio
@@ -190,3 +191,45 @@ async def test_client_validates_arguments(autojump_clock: MockClock) -> None:
             await c.put(5, b"v")  # type: ignore[arg-type]
         with pytest.raises(LocalProtocolError):
             await c.put("k", "text")  # type: ignore[arg-type]
+
+
+async def test_a_write_refused_as_not_executed_is_retried(
+    autojump_clock: MockClock, nursery: trio.Nursery
+) -> None:
+    """UNAVAILABLE with details executed=false (no primary up, ring views differing)
+    left nothing written: the client tries again; without the flag it does not."""
+    answers: list[int] = []
+
+    def node(flag: bool) -> Any:
+        async def connect(address: str) -> trio.abc.Stream:
+            a, b = trio.testing.memory_stream_pair()
+
+            async def serve() -> None:
+                from ringfs.wire import encode_error, encode_response
+
+                dec = FrameDecoder(1 << 20)
+                while True:
+                    for body in dec.feed(await b.receive_some()):
+                        if body[2] == Op.HELLO:
+                            await b.send_all(encode_response(body[1], {"node": "x"}))
+                        elif len(answers) < 2:
+                            answers.append(body[1])
+                            details = {"executed": False} if flag else {}
+                            await b.send_all(encode_error(body[1], ErrorCode.UNAVAILABLE,
+                                                          "not a primary", **details))
+                        else:
+                            await b.send_all(encode_response(body[1], {"context": b"",
+                                                                       "siblings": 1}))
+
+            nursery.start_soon(serve)
+            return a
+        return connect
+
+    async with AsyncClient("n1:7001", connect=node(True), retries=4) as c:
+        await c.put("k", b"v")
+    assert len(answers) == 2
+    answers.clear()
+    async with AsyncClient("n1:7001", connect=node(False), retries=4) as c:
+        with pytest.raises(ServerError):
+            await c.put("k", b"v")
+    assert len(answers) == 1

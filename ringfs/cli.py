@@ -374,9 +374,10 @@ def cmd_cluster_up(args: argparse.Namespace) -> int:
                 if proc.poll() is not None and name not in reported:
                     # The others keep running: losing a node is what a cluster is for.
                     reported.add(name)
-                    print(f"ringfs: node {name} exited with status {proc.returncode}; "
-                          f"restart it with: {shlex.join(commands[name])}",
-                          file=sys.stderr, flush=True)
+                    why = ("stopped cleanly (it left the cluster, or was stopped)"
+                           if proc.returncode == 0 else f"exited with status {proc.returncode}")
+                    print(f"ringfs: node {name} {why}; start it again with: "
+                          f"{shlex.join(commands[name])}", file=sys.stderr, flush=True)
             if len(reported) == len(procs):
                 print("ringfs: every node has exited", file=sys.stderr, flush=True)
                 return EXIT_FAILED

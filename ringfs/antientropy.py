@@ -199,18 +199,24 @@ class HashTrees:
         return self._arc_at[0 if i == len(ends) else i]
 
     # -- keeping current -------------------------------------------------------------
-    def note_write(self, key: bytes, old_meta: bytes | None, new_meta: bytes | None) -> None:
-        """A stored key changed from `old_meta` to `new_meta` (None: absent)."""
+    def note_write(self, key: bytes, old_meta: bytes | None, new_meta: bytes | None) -> bool:
+        """A stored key changed from `old_meta` to `new_meta` (None: absent).
+
+        Returns False when the key is a replicated key this node does not replicate
+        under its ring (a copy to hand on), True otherwise."""
         if key[:2] in LOCAL_PREFIXES:
-            return
+            return True
         token = key_token(key)
         tree = self._arc_for(token)
-        if tree is None or not tree.built:
-            return  # not ours, or the arc's scan (still to come) will see the new state
+        if tree is None:
+            return not self._ends  # no ring yet: nothing is foreign
+        if not tree.built:
+            return True  # the arc's scan (still to come) will see the new state
         if old_meta is not None:
             tree.remove(token, item_hash(key, old_meta))
         if new_meta is not None:
             tree.add(token, item_hash(key, new_meta))
+        return True
 
     def invalidate(self, key: bytes) -> None:
         """The store lost `key` without a write (a damaged record found and dropped):
@@ -267,19 +273,29 @@ class HashTrees:
     def leaf_items(self, peer: str, leaves: Sequence[tuple[int, int]],
                    scan: Scan) -> dict[bytes, int]:
         """{key: item hash} of every key in the given (arc, leaf) positions."""
+        out: dict[bytes, int] = {}
+        for items in self.items_by_leaf(peer, leaves, scan).values():
+            out.update(items)
+        return out
+
+    def items_by_leaf(self, peer: str, leaves: Sequence[tuple[int, int]],
+                      scan: Scan) -> dict[tuple[int, int], dict[bytes, int]]:
+        """Per (arc, leaf) position asked for, {key: item hash} of its keys."""
         arcs = self.shared(peer)
         want: dict[int, set[int]] = {}
         for a, b in leaves:
             if 0 <= a < len(arcs) and 0 <= b < BUCKETS:
                 want.setdefault(a, set()).add(b)
-        out: dict[bytes, int] = {}
+        out: dict[tuple[int, int], dict[bytes, int]] = {
+            (a, b): {} for a in want for b in want[a]}
         for a in sorted(want):
             tree, bs = arcs[a], want[a]
             for key, meta in scan(tree.start, tree.end):
                 if is_local_key(key):
                     continue
-                if key_token(key) % BUCKETS in bs:
-                    out[key] = item_hash(key, meta)
+                b = key_token(key) % BUCKETS
+                if b in bs:
+                    out[(a, b)][key] = item_hash(key, meta)
         return out
 
 
@@ -308,6 +324,9 @@ class Exchange:
     deadline: float = 0.0
     keys: list[bytes] = field(default_factory=list)
     leaves: list[tuple[int, int]] = field(default_factory=list)
+    asked: set[int] = field(default_factory=set)
+    """Group or arc positions the current step asked for (replies about others are
+    ignored)."""
     bytes_sent: int = 0
     bytes_received: int = 0
     keys_repaired: int = 0

@@ -604,6 +604,11 @@ class Node:
         packed: bytes = msgpack.packb(state.to_wire(), use_bin_type=True)
         replicated = stored_key[:2] not in LOCAL_PREFIXES
         old = self.engine.get(stored_key) if replicated else None
+        if old is None and replicated:
+            # Absent, or just found damaged: in that case the tree must be rebuilt and
+            # the counters held in the lost copy must not be reused (before the write
+            # below takes the key out of the engine's list of damaged keys).
+            self.repair.note_damage()
         if (state.is_tombstone() if live is None else live == 0):
             seq = self.engine.delete(stored_key, packed)
         else:
@@ -612,7 +617,9 @@ class Node:
             repair = self.repair
             if repair.trees.ring is not self.membership.ring:
                 repair.follow_ring()
-            repair.trees.note_write(stored_key, None if old is None else old.meta, packed)
+            if not repair.trees.note_write(stored_key, None if old is None else old.meta,
+                                           packed):
+                repair.foreign_write()  # a key this node does not own: hand it on
         return seq
 
     def _drop_local(self, stored_key: bytes) -> None:
@@ -1287,6 +1294,12 @@ class Node:
                 hint_for is not None and type(hint_for) is not str):
             raise ValueError("bad REPLICA_PUT")
         self.membership.mark_reachable(sender)
+        if self.repair.departed:
+            # This node left (its data moved away): a copy taken now would leave with it.
+            if pid:
+                self._send(sender, PeerMsg.REPLICA_PUT_ACK,
+                           {"id": pid, "ok": False, "reason": "this node left the cluster"})
+            return
         try:
             state = DVVSet.from_wire(body["state"], max_siblings=self.config.max_siblings * 2)
             seq = self._merge_local(key, state, hint_for)

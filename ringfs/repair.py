@@ -279,19 +279,25 @@ class Repairer:
                 self._end_exchange(now, "same")
                 return
             groups = differing(trees.group_hashes(peer), _ints(body["groups"]))
+            ex.asked = set(groups[:MAX_ARCS_PER_STEP])
             self._request(ex, now, "arcs", {"groups": groups[:MAX_ARCS_PER_STEP]})
         elif ex.step == "arcs":
             arcs: list[int] = []
             for g, hashes in _pairs(body["arcs"]):
+                if g not in ex.asked:
+                    continue
                 arcs += [g * GROUP_ARCS + i
                          for i in differing(trees.arc_hashes(peer, g), _ints(hashes))]
             if not arcs:
                 self._end_exchange(now, "same")
                 return
+            ex.asked = set(arcs[:MAX_ARCS_PER_STEP])
             self._request(ex, now, "leaves", {"arcs": arcs[:MAX_ARCS_PER_STEP]})
         elif ex.step == "leaves":
             leaves: list[list[int]] = []
             for a, hashes in _pairs(body["leaves"]):
+                if a not in ex.asked:
+                    continue
                 leaves += [[a, b] for b in differing(trees.leaf_hashes(peer, a), _ints(hashes))
                            if b < BUCKETS]
             if not leaves:
@@ -300,11 +306,15 @@ class Repairer:
             ex.leaves = [(a, b) for a, b in leaves[:MAX_LEAVES_PER_STEP]]
             self._request(ex, now, "keys", {"leaves": [list(x) for x in ex.leaves]})
         elif ex.step == "keys":
+            asked = set(ex.leaves)
+            complete = [(a, b) for a, b in _pairs(body.get("leaves", []))
+                        if (a, b) in asked and type(b) is int]
+            owners_ok = self._shared_key_check(peer)
             theirs: dict[bytes, int] = {}
             for k, h in body["items"]:
-                if type(k) is bytes and type(h) is int:
+                if type(k) is bytes and type(h) is int and owners_ok(k):
                     theirs[k] = h
-            mine = trees.leaf_items(peer, ex.leaves, self._scan_meta)
+            mine = trees.leaf_items(peer, complete, self._scan_meta)
             keys = differing_keys(mine, theirs)[:self.max_keys]
             if not keys:
                 self._end_exchange(now, "same")
@@ -349,8 +359,25 @@ class Repairer:
                                for a in _ints(body["arcs"])[:MAX_ARCS_PER_STEP]]
         elif step == "keys":
             leaves = [(a, b) for a, b in _pairs(body["leaves"])][:MAX_LEAVES_PER_STEP]
-            items = self.trees.leaf_items(sender, leaves, self._scan_meta)
-            reply["items"] = [[k, h] for k, h in sorted(items.items())[:self.max_keys * 4]]
+            per_leaf = self.trees.items_by_leaf(sender, leaves, self._scan_meta)
+            # Whole leaves only, as many as fit: a leaf cut in the middle would make
+            # every key past the cut look missing here.
+            items: list[list[Any]] = []
+            done: list[list[int]] = []
+            size = 0
+            for leaf in leaves:
+                got = per_leaf.get(leaf)
+                if got is None:
+                    continue
+                cost = sum(len(k) + 10 for k in got)
+                if done and (len(items) + len(got) > self.max_keys * 4
+                             or size + cost > MAX_SYNC_BYTES):
+                    break
+                items += [[k, h] for k, h in got.items()]
+                done.append(list(leaf))
+                size += cost
+            reply["items"] = items
+            reply["leaves"] = done
         elif step == "sync":
             self.counters["aae_keys_repaired"] += self._merge_records(body["records"])[0]
             # Only keys both replicate: never hints or other local keys, never a key
@@ -362,6 +389,15 @@ class Repairer:
         else:
             reply = {"id": rid, "ok": False, "reason": f"unknown step {step[:32]!r}"}
         node._send(sender, PeerMsg.AAE_REPLY, reply)
+
+    def _shared_key_check(self, peer: str) -> Any:
+        """A predicate: is this a replicated key that both this node and `peer` hold?"""
+        def ok(k: bytes) -> bool:
+            if not k or is_local_key(k):
+                return False
+            owners = self._owners(k)
+            return self.node.name in owners and peer in owners
+        return ok
 
     def _owners(self, key: bytes) -> tuple[str, ...]:
         ring = self.trees.ring
@@ -520,6 +556,15 @@ class Repairer:
                 self._depart(now)
             elif self._pass_due is None:
                 self._pass_due = now + RETRY_PASS_S  # hints still to deliver
+
+    def foreign_write(self) -> None:
+        """A key this node does not own was stored (a coordinator, read repair or
+        handoff working from another view of the ring): make sure a handoff pass runs
+        to send it on, instead of leaving it stranded until the next ring change."""
+        due = self._last_tick + (0.0 if self.leaving else self.node.config.ownership_settle_s)
+        if self._pass_due is None or due < self._pass_due:
+            self._pass_due = due
+        self.counters["foreign_writes"] += 1
 
     # -- leave ---------------------------------------------------------------------------
     def begin_leave(self, now: float, *, resumed: bool = False) -> None:

@@ -7,6 +7,7 @@ test_convergence.py.)
 from __future__ import annotations
 
 from ringfs.antientropy import is_local_key
+from ringfs.peer import PeerMsg
 from ringfs.wire import Op
 from tests.scenario.test_replication import client, cluster, ok, stored_values
 
@@ -161,3 +162,54 @@ def test_an_exchange_never_hands_out_hints_or_keys_the_asker_does_not_replicate(
                              "records": [], "want": [other, hint]}, w.now)
     sent = [e for e in n1.drain_outbox() if type(e).__name__ == "PeerSend"]
     assert sent and all(b"secret" not in e.frame for e in sent)
+
+
+def test_a_large_repair_is_not_stalled_by_cut_key_lists() -> None:
+    # Ten keys per exchange against 600 missing: the key lists of the leaves asked
+    # for are longer than one reply carries, and the repair must still finish.
+    w = cluster(3, anti_entropy_interval_s=1.0, read_repair=False, hinted_handoff=False,
+                anti_entropy_max_keys=10, vnodes_per_capacity=16, scrub_interval_s=0)
+    c = client(w, "n1")
+    w.crash("n3")
+    keys = [b"key%05d" % i for i in range(600)]
+    for k in keys:
+        ok(c.call(Op.PUT, {"key": k, "value": k, "context": b""}))
+    w.restart("n3")
+    w.run_for(60.0)
+    assert all(stored_values(w, "n3", k) == [k] for k in keys)
+
+
+def test_a_copy_stored_on_a_node_that_does_not_own_it_is_handed_on() -> None:
+    w = cluster(4, anti_entropy_interval_s=1.0, ownership_settle_s=1.0,
+                vnodes_per_capacity=16)
+    ring = w.nodes["n1"].node.membership.ring
+    key = next(b"s%d" % i for i in range(1000)
+               if "n4" not in ring.preference_list(b"s%d" % i, 3))
+    ok(client(w, "n1").call(Op.PUT, {"key": key, "value": b"v"}))
+    w.run_for(10.0)  # every handoff pass has long finished
+    # A coordinator working from a stale ring replicates to n4, which does not own it.
+    n1 = w.nodes["n1"].node
+    state = n1._load(key)
+    assert state is not None
+    n1._send("n4", PeerMsg.REPLICA_PUT, {"id": 0, "key": key, "state": state.to_wire()})
+    w.run_for(0.5)
+    assert stored_values(w, "n4", key) == [b"v"]
+    w.run_for(10.0)
+    assert stored_values(w, "n4", key) is None  # handed to its owners and dropped
+    assert w.nodes["n4"].node.counters["foreign_writes"] >= 1
+
+
+def test_damage_found_by_a_replica_write_still_protects_the_counters() -> None:
+    w = cluster(3, anti_entropy_interval_s=0, read_repair=False, hinted_handoff=False)
+    b = client(w, "n2", "b")
+    w.crash("n1")
+    ok(b.call(Op.PUT, {"key": b"k", "value": b"X", "context": b""}))  # dot (n2@1, 1)
+    w.restart("n1")
+    w.run_for(3.0)
+    a = client(w, "n1", "a")
+    assert w.nodes["n2"].engine.rot(b"k")
+    ok(a.call(Op.PUT, {"key": b"k", "value": b"Y", "context": b""}))  # merged over the rot
+    ok(b.call(Op.PUT, {"key": b"k", "value": b"Z", "context": b""}))
+    # X was acknowledged and nothing that saw it overwrote it: it must survive.
+    got = ok(b.call(Op.GET, {"key": b"k", "r": 3}))["values"]
+    assert b"X" in got and b"Z" in got

@@ -19,6 +19,7 @@ from ringfs.client import AsyncClient
 from ringfs.config import Durability, NodeConfig
 from ringfs.errors import ChecksumMismatch, FileNotFound, LocalProtocolError
 from ringfs.runtime.server import NodeServer
+from tests.scenario.test_file_world import payload as blob
 
 CS = 4096
 
@@ -35,15 +36,6 @@ async def client(nursery: trio.Nursery) -> AsyncIterator[AsyncClient]:
 
     async with AsyncClient("n1:7001", connect=connect) as c:  # type: ignore[arg-type]
         yield c
-
-
-def blob(size: int, seed: int = 0) -> bytes:
-    out = bytearray()
-    i = 0
-    while len(out) < size:
-        out += hashlib.sha256(b"%d/%d" % (seed, i)).digest()
-        i += 1
-    return bytes(out[:size])
 
 
 async def test_paths_round_trip_with_progress(autojump_clock: MockClock, client: AsyncClient,

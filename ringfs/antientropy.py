@@ -319,7 +319,6 @@ class Exchange:
     id: int
     peer: str
     ring: bytes
-    started: float
     step: str = "root"
     deadline: float = 0.0
     keys: list[bytes] = field(default_factory=list)
@@ -329,7 +328,6 @@ class Exchange:
     ignored)."""
     bytes_sent: int = 0
     bytes_received: int = 0
-    keys_repaired: int = 0
 
 
 __all__ = ["BUCKETS", "GROUP_ARCS", "LOCAL_PREFIXES", "ArcTree", "Exchange", "HashTrees",

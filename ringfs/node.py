@@ -55,7 +55,7 @@ from typing import Any
 import msgpack
 
 from ringfs import __version__
-from ringfs.antientropy import LOCAL_PREFIXES, is_local_key
+from ringfs.antientropy import is_local_key
 from ringfs.config import NodeConfig
 from ringfs.dvv import DVVSet, Value, decode_context, encode_context, from_stored
 from ringfs.errors import ErrorCode
@@ -67,7 +67,7 @@ from ringfs.peer import PeerMsg, encode_peer, parse_peer
 from ringfs.quorum import GetCoordinator, PutCoordinator, QuorumFailure
 from ringfs.repair import LEAVING_KEY, Repairer
 from ringfs.ring import Replica
-from ringfs.storage.engine import StorageEngine
+from ringfs.storage.engine import Record, StorageEngine
 from ringfs.wire import (
     ERROR,
     RESPONSE,
@@ -589,34 +589,40 @@ class Node:
     def _stored_key(self, key: bytes, hint_for: str | None) -> bytes:
         return key if hint_for is None else hint_key(hint_for, key)
 
-    def _load(self, stored_key: bytes) -> DVVSet | None:
+    def _read(self, stored_key: bytes) -> tuple[Record | None, DVVSet | None]:
+        """The stored record of a key and its decoded state (None, None when absent).
+
+        A replicated key found missing may have been found damaged by this very read:
+        the repairer hears of it at once, before any write could take the key out of
+        the engine's list of damaged keys (its tree must be rebuilt, and the counters
+        the lost copy held must not be reused).
+        """
         rec = self.engine.get(stored_key)
         if rec is None:
-            return None
-        return from_stored(msgpack.unpackb(rec.meta, raw=False))
+            if not is_local_key(stored_key):
+                self.repair.note_damage()
+            return None, None
+        return rec, from_stored(msgpack.unpackb(rec.meta, raw=False))
 
-    def _store(self, stored_key: bytes, state: DVVSet, live: int | None = None) -> int:
-        """Write a replica state; raises OSError from the engine.
+    def _load(self, stored_key: bytes) -> DVVSet | None:
+        return self._read(stored_key)[1]
+
+    def _store(self, stored_key: bytes, state: DVVSet, live: int | None = None, *,
+               old: Record | None) -> int:
+        """Write a replica state over `old`, the record `_read` returned; raises OSError
+        from the engine.
 
         Every local write goes through here (or `_drop_local`), which keeps the
         anti-entropy hash trees current.
         """
         packed: bytes = msgpack.packb(state.to_wire(), use_bin_type=True)
-        replicated = stored_key[:2] not in LOCAL_PREFIXES
-        old = self.engine.get(stored_key) if replicated else None
-        if old is None and replicated:
-            # Absent, or just found damaged: in that case the tree must be rebuilt and
-            # the counters held in the lost copy must not be reused (before the write
-            # below takes the key out of the engine's list of damaged keys).
-            self.repair.note_damage()
         if (state.is_tombstone() if live is None else live == 0):
             seq = self.engine.delete(stored_key, packed)
         else:
             seq = self.engine.put(stored_key, b"", packed)
-        if replicated:
+        if not is_local_key(stored_key):
             repair = self.repair
-            if repair.trees.ring is not self.membership.ring:
-                repair.follow_ring()
+            repair.follow_ring()
             if not repair.trees.note_write(stored_key, None if old is None else old.meta,
                                            packed):
                 repair.foreign_write()  # a key this node does not own: hand it on
@@ -644,7 +650,7 @@ class Node:
             raise WireError(ErrorCode.STORAGE_ERROR, f"node is read-only: {self.read_only_reason}")
         self.files.check_incoming(key, incoming)
         sk = self._stored_key(key, hint_for)
-        local = self._load(sk)
+        rec, local = self._read(sk)
         merged = incoming if local is None else local.sync(incoming)
         if local is not None and merged == local:
             return None
@@ -658,7 +664,7 @@ class Node:
                 raise WireError(ErrorCode.OVERLOADED, "hint store is full")
             self._note_hint(hint_for, key, None)
         try:
-            return self._store(sk, merged)
+            return self._store(sk, merged, old=rec)
         except OSError as exc:
             self.counters["storage_errors"] += 1
             log.error("write failed: %s", exc)
@@ -1071,8 +1077,7 @@ class Node:
         apl = self._apl(key, now)
         if len(apl) < w:
             raise self._too_few_up(rid, len(apl), w)
-        local = self._load(key)
-        self.repair.note_damage()  # a damaged copy just found must not reset a counter
+        rec, local = self._read(key)  # tells the repairer of damage it finds
         if key in self._lost:
             self._new_actor_generation()
         if ctx is None:
@@ -1089,7 +1094,7 @@ class Node:
         summary = new.summary()
         self._check_siblings(new, rid, summary)
         try:
-            seq = self._store(key, new, summary[1])
+            seq = self._store(key, new, summary[1], old=rec)
         except OSError as exc:
             self.counters["storage_errors"] += 1
             log.error("write failed: %s", exc)

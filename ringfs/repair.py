@@ -231,7 +231,7 @@ class Repairer:
         self._stick_to = None
         ring = self.trees.ring
         assert ring is not None
-        ex = Exchange(node._next_id(), peer, ring.digest, now)
+        ex = Exchange(node._next_id(), peer, ring.digest)
         self._exchange = ex
         self.counters["aae_exchanges"] += 1
         self._request(ex, now, "root", {"root": self.trees.root(peer)})
@@ -309,10 +309,9 @@ class Repairer:
             asked = set(ex.leaves)
             complete = [(a, b) for a, b in _pairs(body.get("leaves", []))
                         if (a, b) in asked and type(b) is int]
-            owners_ok = self._shared_key_check(peer)
             theirs: dict[bytes, int] = {}
             for k, h in body["items"]:
-                if type(k) is bytes and type(h) is int and owners_ok(k):
+                if type(k) is bytes and type(h) is int and self._both_own(peer, k):
                     theirs[k] = h
             mine = trees.leaf_items(peer, complete, self._scan_meta)
             keys = differing_keys(mine, theirs)[:self.max_keys]
@@ -326,7 +325,6 @@ class Repairer:
         elif ex.step == "sync":
             merged = self._merge_records(body["records"])
             ex.bytes_received += merged[1]
-            ex.keys_repaired += merged[0]
             self.counters["aae_keys_repaired"] += merged[0]
             self.counters["aae_keys_differing"] += len(ex.keys)
             self._end_exchange(now, "differ")
@@ -383,21 +381,18 @@ class Repairer:
             # Only keys both replicate: never hints or other local keys, never a key
             # of a range the asker has no business reading.
             want = [k for k in body["want"][:self.max_keys]
-                    if type(k) is bytes and k and not is_local_key(k)
-                    and sender in self._owners(k)]
+                    if type(k) is bytes and self._both_own(sender, k)]
             reply["records"] = self._records(want)[0]
         else:
             reply = {"id": rid, "ok": False, "reason": f"unknown step {step[:32]!r}"}
         node._send(sender, PeerMsg.AAE_REPLY, reply)
 
-    def _shared_key_check(self, peer: str) -> Any:
-        """A predicate: is this a replicated key that both this node and `peer` hold?"""
-        def ok(k: bytes) -> bool:
-            if not k or is_local_key(k):
-                return False
-            owners = self._owners(k)
-            return self.node.name in owners and peer in owners
-        return ok
+    def _both_own(self, peer: str, key: bytes) -> bool:
+        """Whether `key` is a replicated key that both this node and `peer` replicate."""
+        if not key or is_local_key(key):
+            return False
+        owners = self._owners(key)
+        return self.node.name in owners and peer in owners
 
     def _owners(self, key: bytes) -> tuple[str, ...]:
         ring = self.trees.ring
@@ -408,10 +403,9 @@ class Repairer:
         out: list[list[Any]] = []
         size = 0
         for k in keys:
-            rec = self.node.engine.get(k)
+            rec, state = self.node._read(k)
             if rec is not None and size + len(rec.meta) > MAX_SYNC_BYTES and out:
                 break
-            state = None if rec is None else self.node._load(k)
             size += len(k) + (0 if rec is None else len(rec.meta))
             out.append([k, None if state is None else state.to_wire()])
         return out, size
@@ -491,8 +485,7 @@ class Repairer:
     def _transfer(self, key: bytes, now: float) -> int:
         node = self.node
         ring = node.membership.ring
-        rec = node.engine.get(key)
-        state = node._load(key) if rec is not None else None
+        rec, state = node._read(key)
         owners = ring.preference_list(key, node.config.n_replicas)
         if state is None or node.name in owners or not owners:
             self._queued.discard(key)

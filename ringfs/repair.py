@@ -108,7 +108,6 @@ class Repairer:
         self._stick_to: str | None = None
         self.counters = node.counters
         # ownership handoff
-        self._ring_changed_at = now
         self._pass_due: float | None = now + cfg.ownership_settle_s
         self._scan_arcs: deque[tuple[int, int]] = deque()
         self._scan_iter: Iterator[bytes] | None = None
@@ -121,15 +120,16 @@ class Repairer:
         self.moved_bytes = 0
         self.passes = 0
         """Completed handoff passes."""
-        # leave
         self._in_pass = False
+        self._tokens = 0.0
+        self._tokens_at = now
+        # damage and the scrub
         self._damaged: frozenset[bytes] = frozenset()
         self.scrub_s = cfg.scrub_interval_s
         self._next_scrub = now + self.scrub_s
         self._scrub_pos = 0
         self._last_tick = now
-        self._tokens = 0.0
-        self._tokens_at = now
+        # leave
         self.leaving = False
         self.departed = False
         self.node._after(now + TICK_S, self.tick)
@@ -145,7 +145,6 @@ class Repairer:
         old = self.trees.ring
         self.trees.set_ring(ring)
         if old is not None and old.digest != ring.digest:
-            self._ring_changed_at = now
             delay = 0.0 if self.leaving else self.node.config.ownership_settle_s
             self._pass_due = now + delay
             self._scan_arcs.clear()
@@ -179,8 +178,9 @@ class Repairer:
 
         The lost copies held this node's counters for those keys, and a dot issued from
         a reset counter could repeat one already given to another write: the node takes
-        a new actor id before it next coordinates a write of one of them (the
-        coordinator calls this right after loading a key, before it issues a dot)."""
+        a new actor id before it next coordinates a write of one of them. Node._read
+        calls this whenever a read finds a key missing, so no write can clear the
+        engine's damage list first; the tick catches what scans found."""
         damaged = self.node.engine.needs_repair()
         if damaged == self._damaged:
             return
@@ -253,7 +253,7 @@ class Repairer:
             # More may differ than one exchange repairs: go on with the same peer as
             # soon as the rate limit allows.
             self._stick_to = ex.peer
-            self._next_exchange = now + (moved / self.rate if self.rate > 0 else 0.0)
+            self._next_exchange = now + moved / self.rate
             if self._next_exchange <= now:
                 self._start_exchange(now)
         elif outcome == "same":

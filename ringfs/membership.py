@@ -13,6 +13,7 @@ reached is treated as down for `unreachable_s`, then tried again.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -62,6 +63,11 @@ class Membership:
         self.ring = Ring.build([ring_member(me)], vnodes_per_capacity=vnodes_per_capacity)
         self._placed: tuple[Any, ...] = ()
         self.version = 0
+        # up() is asked on every request: its answer is kept while nothing it depends
+        # on changes, that is until a member changes or an unreachable mark expires.
+        self._up: frozenset[str] | None = None
+        self._up_from = 0.0
+        self._up_until = 0.0
 
     # -- queries -------------------------------------------------------------------
     def address_of(self, name: str) -> str | None:
@@ -79,7 +85,13 @@ class Membership:
         return until is None or now >= until
 
     def up(self, now: float) -> frozenset[str]:
-        return frozenset(n for n in self.members if self.is_up(n, now))
+        up = self._up
+        if up is not None and self._up_from <= now < self._up_until:
+            return up
+        up = frozenset(n for n in self.members if self.is_up(n, now))
+        later = [t for t in self._unreachable_until.values() if t > now]
+        self._up, self._up_from, self._up_until = up, now, min(later, default=math.inf)
+        return up
 
     # -- changes -------------------------------------------------------------------
     def upsert(self, m: Member) -> bool:
@@ -89,6 +101,7 @@ class Membership:
             self._by_address.pop(old.address, None)
         self.members[m.name] = m
         self._by_address[m.address] = m.name
+        self._up = None
         return self._rebuild()
 
     def set_state(self, name: str, state: str, incarnation: int | None = None) -> bool:
@@ -100,6 +113,7 @@ class Membership:
                                      else incarnation)
         if state == "alive":
             self._unreachable_until.pop(name, None)
+        self._up = None
         return self._rebuild()
 
     def remove(self, name: str) -> bool:
@@ -108,14 +122,17 @@ class Membership:
             return False
         self._by_address.pop(m.address, None)
         self._unreachable_until.pop(name, None)
+        self._up = None
         return self._rebuild()
 
     def mark_unreachable(self, name: str, now: float) -> None:
         if name != self.me.name and name in self.members:
             self._unreachable_until[name] = now + self.unreachable_s
+            self._up = None
 
     def mark_reachable(self, name: str) -> None:
-        self._unreachable_until.pop(name, None)
+        if self._unreachable_until.pop(name, None) is not None:
+            self._up = None
 
     def merge_wire(self, entries: Iterable[Any]) -> bool:
         """Learn members from a MEMBERS list; malformed entries are skipped."""

@@ -50,7 +50,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -126,40 +126,37 @@ _FRAME_SLACK = 64 * 1024
 
 
 # -- effects the drivers carry out ------------------------------------------------
+# Named tuples: the node makes one or more of these per message, and a tuple is the
+# cheapest immutable record to build.
 
-@dataclass(frozen=True, slots=True)
-class ClientReply:
+class ClientReply(NamedTuple):
     """Send `frame` (a complete encoded frame) on connection `conn`."""
 
     conn: int
     frame: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class CloseConnection:
+class CloseConnection(NamedTuple):
     """Close connection `conn` once the frames queued before this are sent."""
 
     conn: int
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class RequestSync:
+class RequestSync(NamedTuple):
     """Make the engine durable up to at least `seq`, then call on_sync_complete."""
 
     seq: int
 
 
-@dataclass(frozen=True, slots=True)
-class PeerSend:
+class PeerSend(NamedTuple):
     """Deliver `frame` to the node at `address` over this node's connection to it."""
 
     address: str
     frame: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class Datagram:
+class Datagram(NamedTuple):
     """Send a gossip datagram to the UDP endpoint at `address`."""
 
     address: str

@@ -295,7 +295,7 @@ class Simulation:
         defaults: dict[str, Any] = {"n_replicas": s.n, "r": s.r, "w": s.w,
                                     "vnodes_per_capacity": vnodes, **s.node_settings}
         self.world = SimWorld(seed, link=s.network, disk=s.disk, node_defaults=defaults,
-                              faults=self.bugs, engine_factory=self._engine)
+                              faults=self.bugs, engine_factory=self._engine, trace=False)
         self.names = s.node_names
         self.views = ViewRecorder()
         self.world.pump_observers.append(self._observe_views)

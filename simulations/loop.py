@@ -7,8 +7,8 @@ function of its inputs and seed.
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Callable
+from heapq import heappop, heappush
 from typing import Any
 
 
@@ -32,17 +32,31 @@ class EventLoop:
 
     def __init__(self, start: float = 0.0) -> None:
         self.now = start
-        self._heap: list[tuple[float, int, Handle]] = []
+        self._heap: list[tuple[Any, ...]] = []
+        """(when, seq, Handle) for call_at, (when, seq, fn, args) for post_at."""
         self._seq = 0
         self.steps = 0
 
     def call_at(self, when: float, fn: Callable[..., Any], *args: Any) -> Handle:
         """Run `fn(*args)` at virtual time `when` (never earlier than now)."""
-        when = max(when, self.now)
+        if when < self.now:
+            when = self.now
         h = Handle(when, fn, args)
-        self._seq += 1
-        heapq.heappush(self._heap, (when, self._seq, h))
+        seq = self._seq = self._seq + 1
+        heappush(self._heap, (when, seq, h))
         return h
+
+    def post_at(self, when: float, fn: Callable[..., Any], *args: Any) -> None:
+        """Like `call_at` for an event that is never cancelled: no Handle is made (most
+        events, such as message deliveries, are of this kind)."""
+        if when < self.now:
+            when = self.now
+        seq = self._seq = self._seq + 1
+        heappush(self._heap, (when, seq, fn, args))
+
+    def post_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> None:
+        """`post_at` after `delay` virtual seconds."""
+        self.post_at(self.now + delay, fn, *args)
 
     def call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> Handle:
         """Run `fn(*args)` after `delay` virtual seconds."""
@@ -51,18 +65,24 @@ class EventLoop:
     def next_time(self) -> float | None:
         """When the next live event is due, or None if nothing is scheduled."""
         heap = self._heap
-        while heap and heap[0][2].cancelled:
-            heapq.heappop(heap)
+        while heap and len(heap[0]) == 3 and heap[0][2].cancelled:
+            heappop(heap)
         return heap[0][0] if heap else None
 
     def step(self) -> bool:
         """Run the next live event; False when there is none."""
         heap = self._heap
         while heap:
-            when, _, h = heapq.heappop(heap)
+            e = heappop(heap)
+            if len(e) == 4:
+                self.now = e[0]
+                self.steps += 1
+                e[2](*e[3])
+                return True
+            h = e[2]
             if h.cancelled:
                 continue
-            self.now = when
+            self.now = e[0]
             self.steps += 1
             h.fn(*h.args)
             return True
@@ -71,14 +91,25 @@ class EventLoop:
     def run_until(self, t: float) -> None:
         """Run every event due at or before `t`, then set the clock to `t`."""
         heap = self._heap
-        while heap and heap[0][0] <= t:
-            when, _, h = heapq.heappop(heap)
-            if h.cancelled:
-                continue
-            self.now = when
-            self.steps += 1
-            h.fn(*h.args)
-        self.now = max(self.now, t)
+        steps = 0
+        try:
+            while heap and heap[0][0] <= t:
+                e = heappop(heap)
+                if len(e) == 4:
+                    self.now = e[0]
+                    steps += 1
+                    e[2](*e[3])
+                    continue
+                h = e[2]
+                if h.cancelled:
+                    continue
+                self.now = e[0]
+                steps += 1
+                h.fn(*h.args)
+        finally:
+            self.steps += steps
+        if self.now < t:
+            self.now = t
 
     def run_while(self, cond: Callable[[], bool], limit: float) -> bool:
         """Run events while `cond()` holds and time stays <= limit; returns cond() at the end."""

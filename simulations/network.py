@@ -146,7 +146,7 @@ class SimNetwork:
             delay = cfg.latency_s + cfg.clog_s
             if cfg.jitter_s:
                 delay += rng.random() * cfg.jitter_s
-            self.loop.call_at(self.loop.now + delay, self._deliver_packet, src, dest, data)
+            self.loop.post_at(self.loop.now + delay, self._deliver_packet, src, dest, data)
 
     def _deliver_packet(self, src: str, dest: str, data: bytes) -> None:
         ep = self._endpoints.get(dest)
@@ -161,20 +161,28 @@ class SimNetwork:
         """Send a reliable, ordered message; failure is reported to the sender."""
         self.streams_sent += 1
         self.bytes_sent += len(data)
-        cfg = self._links.get((src, dest), self.default)
+        pair = (src, dest)
+        links = self._links
+        cfg = links.get(pair, self.default) if links else self.default
         ep = self._endpoints.get(dest)
-        if (src, dest) in self._blocked or (dest, src) in self._blocked or ep is None or not ep.up:
+        blocked = self._blocked
+        if ep is None or not ep.up or (blocked and (pair in blocked or (dest, src) in blocked)):
             self.streams_failed += 1
-            self.loop.call_later(cfg.stream_fail_s, self._fail_stream, src, dest)
+            self.loop.post_later(cfg.stream_fail_s, self._fail_stream, src, dest)
             return
-        delay = cfg.latency_s + cfg.clog_s + self.rng.random() * cfg.jitter_s
-        at = max(self.loop.now + delay, self._stream_tail.get((src, dest), 0.0))
-        self._stream_tail[(src, dest)] = at
-        self.loop.call_at(at, self._deliver_stream, src, dest, data)
+        loop = self.loop
+        at = loop.now + cfg.latency_s + cfg.clog_s + self.rng.random() * cfg.jitter_s
+        tails = self._stream_tail
+        tail = tails.get(pair)
+        if tail is not None and tail > at:
+            at = tail
+        tails[pair] = at
+        loop.post_at(at, self._deliver_stream, src, dest, data)
 
     def _deliver_stream(self, src: str, dest: str, data: bytes) -> None:
         ep = self._endpoints.get(dest)
-        if ep is None or not ep.up or (src, dest) in self._blocked:
+        blocked = self._blocked
+        if ep is None or not ep.up or (blocked and (src, dest) in blocked):
             self.streams_failed += 1
             self._fail_stream(src, dest)
             return

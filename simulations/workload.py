@@ -241,7 +241,7 @@ class Workload:
         if not (self.running and self.auto):
             return
         delay = self.rng.expovariate(1.0 / self.config.think_s)
-        self.world.loop.call_later(delay, self._issue_random, c)
+        self.world.loop.post_later(delay, self._issue_random, c)
 
     def _issue_random(self, c: _Client) -> None:
         if not self.running or c.busy or not c.ready:

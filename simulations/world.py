@@ -96,6 +96,7 @@ class SimWorld:
         faults: frozenset[str] = frozenset(),
         engine_factory: Callable[[str], MemoryEngine] | None = None,
         gossip_key: bytes | None = None,
+        trace: bool = True,
     ) -> None:
         self.seed = seed
         self.faults = faults
@@ -112,6 +113,9 @@ class SimWorld:
         self.nodes: dict[str, SimNode] = {}
         self.clients: dict[str, SimClient] = {}
         self.trace: list[str] = []
+        self.tracing = trace
+        """Whether `log` records lines in `trace` (a debugging aid; a long run that does
+        not read the trace saves the cost of formatting every request)."""
         self.pump_observers: list[Callable[[SimNode], None]] = []
         """Called with the node after every step of an up node (its effects carried
         out): the harness records the gossip views through it."""
@@ -125,7 +129,8 @@ class SimWorld:
         return self.loop.now
 
     def log(self, text: str) -> None:
-        self.trace.append(f"{self.loop.now:12.6f} {text}")
+        if self.tracing:
+            self.trace.append(f"{self.loop.now:12.6f} {text}")
 
     def trace_digest(self) -> str:
         """A short hash of the whole trace, for comparing runs."""
@@ -238,7 +243,7 @@ class SimWorld:
         if not sn.up:
             return
         if sn.paused_until > self.loop.now:
-            self.loop.call_at(sn.paused_until, self._node_packet, sn, data, src)
+            self.loop.post_at(sn.paused_until, self._node_packet, sn, data, src)
             return
         sn.node.receive_datagram(data, src, self._now(sn))
         self._pump(sn)
@@ -248,7 +253,7 @@ class SimWorld:
         if not sn.up:
             return
         if sn.paused_until > self.loop.now:
-            self.loop.call_at(sn.paused_until, self._node_stream, sn, data, src)
+            self.loop.post_at(sn.paused_until, self._node_stream, sn, data, src)
             return
         node = sn.node
         conn = sn.conn_ids.get(src)
@@ -289,20 +294,25 @@ class SimWorld:
         if not sn.up:
             return
         node = sn.node
-        for eff in node.drain_outbox():
-            if type(eff) is ClientReply:
-                dest = sn.conn_addrs.get(eff.conn)
-                if dest is not None:
-                    self.net.send_stream(sn.address, dest, eff.frame)
-            elif type(eff) is Datagram:
-                self.net.send_packet(sn.address, eff.address, eff.data)
-            elif type(eff) is PeerSend:
-                self.net.send_stream(sn.address, eff.address, eff.frame)
-            elif type(eff) is RequestSync:
-                self._start_sync(sn)
-            elif type(eff) is CloseConnection:
-                self._drop_conn(sn, eff.conn)
-        if node.repair.departed and not sn.departed:
+        out = node.drain_outbox()
+        if out:
+            send_stream = self.net.send_stream
+            address = sn.address
+            for eff in out:
+                kind = type(eff)
+                if kind is PeerSend:
+                    send_stream(address, eff.address, eff.frame)
+                elif kind is ClientReply:
+                    dest = sn.conn_addrs.get(eff.conn)
+                    if dest is not None:
+                        send_stream(address, dest, eff.frame)
+                elif kind is Datagram:
+                    self.net.send_packet(address, eff.address, eff.data)
+                elif kind is RequestSync:
+                    self._start_sync(sn)
+                elif kind is CloseConnection:
+                    self._drop_conn(sn, eff.conn)
+        if not sn.departed and node.repair.departed:
             sn.departed = True  # like the runtime: let the leave spread, then stop
             self.loop.call_at(self.loop.now + LEAVE_SPREAD_S, self._stop_departed, sn)
         dl = node.next_deadline()
@@ -350,7 +360,7 @@ class SimWorld:
         node = sn.node
         durable = sn.engine.sync()  # the write-back happens now; its completion later
         delay = self.disk.fsync_latency_s + self._disk_rng.random() * self.disk.fsync_jitter_s
-        self.loop.call_later(delay, self._finish_sync, sn, node, durable)
+        self.loop.post_later(delay, self._finish_sync, sn, node, durable)
 
     def _finish_sync(self, sn: SimNode, node: Node, durable: int) -> None:
         if not sn.up or sn.node is not node:
@@ -429,7 +439,8 @@ class SimClient:
         world = self.world
         h = world.loop.call_later(timeout_s, self._timeout, rid)
         self._waiting[rid] = (op.name, callback, h)
-        world.log(f"client {self.name} -> {self.node} #{rid} {op.name} {_brief(args)}")
+        if world.tracing:
+            world.log(f"client {self.name} -> {self.node} #{rid} {op.name} {_brief(args)}")
         world.net.send_stream(self.address, self.node, encode_request(rid, op, args))
 
     def call(self, op: Op, args: dict[str, Any], timeout_s: float = 5.0) -> tuple[str, Any]:
@@ -464,11 +475,14 @@ class SimClient:
                 continue
             w[2].cancel()
             self.completed += 1
+            tracing = self.world.tracing
             if kind == RESPONSE:
-                self.world.log(f"client {self.name} <- #{rid} ok {_brief(payload)}")
+                if tracing:
+                    self.world.log(f"client {self.name} <- #{rid} ok {_brief(payload)}")
                 w[1]("ok", payload)
             elif kind == ERROR:
-                self.world.log(f"client {self.name} <- #{rid} error {payload.get('name')}")
+                if tracing:
+                    self.world.log(f"client {self.name} <- #{rid} error {payload.get('name')}")
                 w[1]("error", payload)
 
     def _on_stream_failed(self, dest: str) -> None:

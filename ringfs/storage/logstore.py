@@ -58,6 +58,7 @@ from ringfs.storage.segment import (
     MAX_KEY_BYTES,
     RECORD_FIELDS,
     RECORD_HEADER,
+    RECORD_OVERHEAD,
     RECORD_READ,
     CorruptRegion,
     FormatError,
@@ -125,7 +126,10 @@ _crc32 = zlib.crc32
 _unpack_read = RECORD_READ.unpack_from
 # get() spells these out as literals; keep them in step.
 assert (_SLOT_SHIFT, _OFF_SHIFT, _OFF_MASK, _SIZE_MASK) == (46, 14, 0xFFFFFFFF, 0x3FFF)
-assert (CRC_RESIDUE, HEADER_BYTES, FLAG_TOMBSTONE) == (0x2144DF1C, 24, 1)
+assert (CRC_RESIDUE, HEADER_BYTES) == (0x2144DF1C, 24)
+
+_NO_MAP = b""
+"""What _maps holds for a segment without a map: any slice of it is empty."""
 
 _PACK_FIELDS = RECORD_FIELDS.pack
 _PACK_U32 = struct.Struct("<I").pack
@@ -437,8 +441,10 @@ class LogStore:
 
         self._segs: list[_Segment | None] = []
         self._fds: list[int] = []
-        self._maps: list[mmap.mmap | None] = []
-        """Read-only maps of immutable segments: a get from one costs no system call."""
+        self._maps: list[mmap.mmap | bytes] = []
+        """Read-only maps of immutable segments: a get from one costs no system call.
+        A slot without a map holds _NO_MAP, which slices like a map too short for any
+        record, so get() needs no test for it."""
         self._active_mapped = 0
         """Bytes of the active segment its map in _maps covers (it keeps growing)."""
         self._free_slots: list[int] = []
@@ -501,34 +507,36 @@ class LogStore:
                 raise RuntimeError("engine is closed")
             return None
         # The location layout (see _SLOT_SHIFT) spelled out as literals: this is the
-        # hottest path, and literal constants save global lookups on every call.
-        size = loc & 0x3FFF
-        slot = loc >> 46
+        # hottest path, and literal constants save global lookups on every call. A
+        # record without a map (_NO_MAP), of 16 KiB or more (size 0) or past the end
+        # of the active segment's map comes out short and fails the checksum.
         off = (loc >> 14) & 0xFFFFFFFF
-        view = self._maps[slot]
-        if view is not None and size:
-            buf = view[off : off + size]
-        else:
-            buf = self._read_unmapped(slot, off, size)
-        if _crc32(buf, self._salt) != 0x2144DF1C or not buf.startswith(key, 24):
-            # Damage, or a record of the active segment past the end of its map.
+        buf = self._maps[loc >> 46][off : off + (loc & 0x3FFF)]
+        if _crc32(buf, self._salt) != 0x2144DF1C:
             return self._get_slow(key, loc)
-        seq, flags, klen, mlen, _ = _unpack_read(buf, 4)
-        if klen != len(key):
+        try:
+            seq, tombstone, klen, mlen = _unpack_read(buf, 4)
+        except struct.error:  # fewer than 20 bytes whose checksum happened to hold
             return self._get_slow(key, loc)
         a = 24 + klen
+        # This also checks klen: a record is longer than 24 + klen bytes, so the slice
+        # is klen bytes long, and equals `key` only if klen is its length.
+        if buf[24:a] != key:
+            return self._get_slow(key, loc)
         b = a + mlen
-        return _new_record(Record, (buf[b:-4], buf[a:b], flags == 1, seq))
+        return _new_record(Record, (buf[b:-4], buf[a:b], tombstone, seq))
 
     def _get_slow(self, key: bytes, loc: int) -> Record | None:
         """get() when the mapped read failed its checks: read again past the map."""
-        buf = self._read_unmapped(loc >> 46, (loc >> 14) & 0xFFFFFFFF, loc & 0x3FFF)
-        if _crc32(buf, self._salt) == CRC_RESIDUE and buf.startswith(key, HEADER_BYTES):
-            seq, flags, klen, mlen, _ = _unpack_read(buf, 4)
-            if klen == len(key):
-                a = HEADER_BYTES + klen
+        buf = self._read_unmapped(
+            loc >> _SLOT_SHIFT, (loc >> _OFF_SHIFT) & _OFF_MASK, loc & _SIZE_MASK
+        )
+        if len(buf) >= RECORD_OVERHEAD and _crc32(buf, self._salt) == CRC_RESIDUE:
+            seq, tombstone, klen, mlen = _unpack_read(buf, 4)
+            a = HEADER_BYTES + klen
+            if buf[HEADER_BYTES:a] == key:
                 b = a + mlen
-                return _new_record(Record, (buf[b:-4], buf[a:b], flags == FLAG_TOMBSTONE, seq))
+                return _new_record(Record, (buf[b:-4], buf[a:b], tombstone, seq))
         self._unreadable(key, loc)
         return None
 
@@ -672,9 +680,9 @@ class LogStore:
             self._dir_epoch += 1
         if old is not None:
             partial = self._maps[old.slot]
-            if partial is not None:  # it covered part of the segment; map it whole
+            if isinstance(partial, mmap.mmap):  # it covered part of the segment; map it whole
                 partial.close()
-                self._maps[old.slot] = None
+                self._maps[old.slot] = _NO_MAP
             self._active_mapped = 0
             self._map(old)
             self._hint_jobs.append(_HintJob(old))
@@ -712,7 +720,7 @@ class LogStore:
             slot = self._free_slots.pop()
             self._segs[slot] = seg
             self._fds[slot] = seg.fd
-            self._maps[slot] = None
+            self._maps[slot] = _NO_MAP
         else:
             slot = len(self._segs)
             if slot >= _MAX_SLOTS:
@@ -720,7 +728,7 @@ class LogStore:
                 raise StorageError(f"more than {_MAX_SLOTS} segments; raise segment_bytes")
             self._segs.append(seg)
             self._fds.append(seg.fd)
-            self._maps.append(None)
+            self._maps.append(_NO_MAP)
         seg.slot = slot
 
     def _map(self, seg: _Segment) -> None:
@@ -729,7 +737,7 @@ class LogStore:
         Only immutable segments are mapped: the active one grows, and nothing
         truncates a segment once recovery is over, so a mapped read never faults.
         """
-        if seg.size == 0 or self._maps[seg.slot] is not None:
+        if seg.size == 0 or isinstance(self._maps[seg.slot], mmap.mmap):
             return
         view = mmap.mmap(seg.fd, seg.size, access=mmap.ACCESS_READ)
         if hasattr(view, "madvise") and hasattr(mmap, "MADV_RANDOM"):
@@ -738,9 +746,9 @@ class LogStore:
 
     def _detach(self, seg: _Segment) -> None:
         view = self._maps[seg.slot]
-        if view is not None:
+        if isinstance(view, mmap.mmap):
             view.close()
-            self._maps[seg.slot] = None
+            self._maps[seg.slot] = _NO_MAP
         os.close(seg.fd)
         self._segs[seg.slot] = None
         self._fds[seg.slot] = -1
@@ -779,7 +787,7 @@ class LogStore:
             if end > self._active_mapped and seg.size - self._active_mapped >= _REMAP_BYTES:
                 self._remap_active(seg)
             view = self._maps[slot]
-            if view is not None and end <= self._active_mapped:
+            if isinstance(view, mmap.mmap) and end <= self._active_mapped:
                 return view[off:end]
         return os.pread(self._fds[slot], size, off)
 
@@ -790,7 +798,7 @@ class LogStore:
             view.madvise(mmap.MADV_RANDOM)
         self._maps[seg.slot] = view
         self._active_mapped = seg.size
-        if old is not None:
+        if isinstance(old, mmap.mmap):
             old.close()
 
     def _read_large(self, slot: int, off: int) -> bytes:
@@ -1630,9 +1638,9 @@ class LogStore:
             self._map(out)
             for src in job.inputs:
                 view = self._maps[src.slot]
-                if view is not None:  # nothing points into the inputs any more
+                if isinstance(view, mmap.mmap):  # nothing points into the inputs any more
                     view.close()
-                    self._maps[src.slot] = None
+                    self._maps[src.slot] = _NO_MAP
             return True
         if job.stage == 2:
             job.waits += 1
@@ -1775,7 +1783,7 @@ class LogStore:
 
     def _close_segments(self) -> None:
         for view in self._maps:
-            if view is not None:
+            if isinstance(view, mmap.mmap):
                 view.close()
         for seg in self._segs:
             if seg is not None:

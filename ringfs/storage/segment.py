@@ -44,8 +44,11 @@ RECORD_HEADER = struct.Struct("<IQBBHII")
 """hcrc, seq, flags, reserved, klen, mlen, vlen."""
 RECORD_FIELDS = struct.Struct("<QBBHII")
 """The header without hcrc: what hcrc covers, before the key."""
-RECORD_READ = struct.Struct("<QBxHII")
-"""seq, flags, klen, mlen, vlen, unpacked at offset 4 on the read path."""
+RECORD_READ = struct.Struct("<Q?xHI")
+"""seq, tombstone, klen, mlen, unpacked at offset 4 on the read path.
+
+The flags byte reads as a bool: a record a key maps to has flags 0 or FLAG_TOMBSTONE
+(purge markers are never served), so that is its tombstone bit."""
 HEADER_BYTES = RECORD_HEADER.size  # 24
 RECORD_OVERHEAD = HEADER_BYTES + 4  # 28
 MAX_KEY_BYTES = 0xFFFF

@@ -18,6 +18,7 @@ from ringfs.storage.logstore import (
     StoreFailedError,
     StoreLockedError,
 )
+from ringfs.storage.segment import CRC_RESIDUE
 
 
 @pytest.fixture
@@ -636,6 +637,38 @@ def test_merge_and_hint_writes_resume_after_a_failed_write(
         assert again.recovery.segments_scanned == 0
         assert {k: again.get(k).value for k in model} == model  # type: ignore[union-attr]
         again.check_invariants()
+
+
+def test_a_record_of_another_key_is_never_served(store_dir: Path) -> None:
+    """A get checks the record's own key, its length included: a prefix is not the key."""
+    with LogStore(store_dir) as s:
+        for k in (b"ab", b"abc", b"xy"):
+            s.put(k, b"value of " + k)
+    s = LogStore(store_dir)  # reopened: the segment is read through its map
+    try:
+        kd = s._kd
+        # ab -> the record of abc (ab is its prefix), abc -> xy's (shorter), xy -> ab's.
+        kd[b"ab"], kd[b"abc"], kd[b"xy"] = kd[b"abc"], kd[b"xy"], kd[b"ab"]
+        assert [s.get(k) for k in (b"ab", b"abc", b"xy")] == [None, None, None]
+        assert s.needs_repair() == {b"ab", b"abc", b"xy"}
+    finally:
+        s.abandon()
+
+
+def test_reads_when_the_checksum_of_nothing_is_the_residue(store_dir: Path) -> None:
+    """A record the maps do not cover reads as an empty slice, whose CRC is the salt; a
+    salt equal to CRC_RESIDUE passes the checksum, and the read must still go to pread."""
+    s = LogStore(store_dir)
+    try:
+        s._salt = CRC_RESIDUE
+        big = os.urandom(20_000)  # too big to keep its size in the keydir
+        s.put(b"k", b"v")  # the active segment, not mapped yet
+        s.put(b"big", big)
+        assert s.get(b"k") == Record(b"v", b"", False, 1)
+        assert s.get(b"big") == Record(big, b"", False, 2)
+        assert not s.needs_repair()
+    finally:
+        s.abandon()
 
 
 def test_reads_of_a_growing_active_segment(store_dir: Path) -> None:

@@ -7,7 +7,8 @@ the client is a separate process (`python -m bench.files client ...`) so that it
 peak RSS is its own. The reference is the least work three durable copies need,
 done plainly in the same run on the same disk: `cp` of the file into three
 directories then `sync` (upload), and `cat` of one copy to /dev/null (download).
-Prints MiB/s, the ratios, and the peak RSS (VmHWM) of the client and every node.
+Prints MiB/s, the ratios, the peak RSS (VmHWM) of the client and every node, and
+the CPU seconds (user + system) each process spent on each transfer.
 """
 
 from __future__ import annotations
@@ -33,6 +34,13 @@ def _peak_rss_mib(pid: int) -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _make_file(path: str, size: int) -> None:
@@ -65,6 +73,8 @@ def _client_run(argv: Sequence[str]) -> int:
     from ringfs import Client
 
     with Client(a.node, timeout_s=30.0) as c:
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        cpu_before = before.ru_utime + before.ru_stime
         t = time.perf_counter()
         if a.op == "put":
             res = c.put_file(a.name, a.path, w=2)
@@ -74,8 +84,11 @@ def _client_run(argv: Sequence[str]) -> int:
             info = c.get_file(a.name, a.path)
             extra = {"sha256": info.sha256}
         seconds = time.perf_counter() - t
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"seconds": seconds, "peak_rss_mib": rss, **extra}), flush=True)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    rss = usage.ru_maxrss / 1024
+    cpu = usage.ru_utime + usage.ru_stime - cpu_before
+    print(json.dumps({"seconds": seconds, "peak_rss_mib": rss, "cpu_s": cpu, **extra}),
+          flush=True)
     return 0
 
 
@@ -127,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "--log-level", "warning"], stdout=log, stderr=subprocess.STDOUT))
             for proc, port in zip(procs, ports, strict=True):
                 wait_listening("127.0.0.1", port, proc)
-            _wait_members(addrs[0], 3)
+            _wait_members(addrs)
 
             def client(op: str, path: str) -> dict[str, Any]:
                 out = subprocess.run(
@@ -135,9 +148,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "--name", "bench/big.bin"], check=True, capture_output=True)
                 return json.loads(out.stdout.decode().strip().splitlines()[-1])  # type: ignore[no-any-return]
 
+            cpu0 = [_cpu_seconds(proc.pid) for proc in procs]
             up = client("put", src)
+            cpu1 = [_cpu_seconds(proc.pid) for proc in procs]
             back = os.path.join(root, "back.bin")
             down = client("get", back)
+            cpu2 = [_cpu_seconds(proc.pid) for proc in procs]
             ok = os.path.getsize(back) == size and up["sha256"] == down["sha256"]
             node_rss = [_peak_rss_mib(proc.pid) for proc in procs]
         finally:
@@ -166,22 +182,40 @@ def main(argv: Sequence[str] | None = None) -> int:
            {"process": "client (download)", "peak_rss_mib": down["peak_rss_mib"]}]
     rss += [{"process": f"node n{i + 1}", "peak_rss_mib": r} for i, r in enumerate(node_rss)]
     print_table(rss, [("process", "process", "s"), ("peak_rss_mib", "peak RSS MiB", ".1f")])
+    # CPU seconds per transfer: steadier than the rates on a shared box. Node figures
+    # span the client process's whole run (connecting included, a few milliseconds).
+    cpu = [{"what": what, "client": res["cpu_s"],
+            **{f"n{i + 1}": b - a for i, (a, b) in enumerate(zip(c0, c1, strict=True))},
+            "total": res["cpu_s"] + sum(c1) - sum(c0)}
+           for what, res, c0, c1 in (("upload", up, cpu0, cpu1), ("download", down, cpu1, cpu2))]
+    print_table(cpu, [("what", "CPU seconds", "s"), ("client", "client", ".2f"),
+                      ("n1", "n1", ".2f"), ("n2", "n2", ".2f"), ("n3", "n3", ".2f"),
+                      ("total", "total", ".2f")])
     print(f"verified: {ok}; upload sent {up['sent']} chunks, skipped {up['skipped']}")
     if a.json:
-        print_json({"bench": "files", "size_mib": mib, "rates": rows, "rss": rss, "ok": ok})
+        print_json({"bench": "files", "size_mib": mib, "rates": rows, "rss": rss, "cpu": cpu,
+                    "ok": ok})
     return 0 if ok else 1
 
 
-def _wait_members(address: str, n: int, timeout_s: float = 30.0) -> None:
+def _wait_members(addresses: Sequence[str], timeout_s: float = 30.0) -> None:
+    """Wait until every node sees all of them alive and all share one ring: a ring
+    change during the run would have every node rescan its store into new hash trees."""
     from ringfs import Client
 
     deadline = time.monotonic() + timeout_s
-    with Client(address) as c:
-        while time.monotonic() < deadline:
-            st = c.status()
-            if sum(1 for m in st["members"] if m["state"] == "alive") >= n:
-                return
-            time.sleep(0.2)
+    while time.monotonic() < deadline:
+        digests = set()
+        settled = True
+        for address in addresses:
+            with Client(address) as c:
+                st = c.status()
+            alive = sum(1 for m in st["members"] if m["state"] == "alive")
+            settled &= alive >= len(addresses)
+            digests.add(st["ring"]["digest"])
+        if settled and len(digests) == 1:
+            return
+        time.sleep(0.2)
     raise RuntimeError("the cluster did not form")
 
 

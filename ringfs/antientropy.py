@@ -7,7 +7,8 @@ one virtual node's token range, (start, end], from `Ring.ranges`). An arc's tree
 has BUCKETS leaves; a key falls in leaf `token % BUCKETS` of the arc holding its
 token. A leaf's hash is the sum, modulo 2**64, of the *item hashes* of its keys,
 where an item hash covers the key and the exact stored replica state (its encoded
-causal version set, values included). A sum can be updated in O(1) when one key
+causal version set, values included; for a content-addressed key, the key and the
+state's length: see CONTENT_ADDRESSED_PREFIX). A sum can be updated in O(1) when one key
 changes, which is what lets every write update the tree incrementally: the old
 item hash is subtracted, the new one added. Nothing is ever rebuilt periodically;
 an arc is scanned from the store only when it first appears (node start, or a
@@ -60,9 +61,20 @@ def is_local_key(key: bytes) -> bool:
     return key[:2] in LOCAL_PREFIXES
 
 
+CONTENT_ADDRESSED_PREFIX = b"\x00c"
+"""Keys that name their own content (file chunks: this prefix + the SHA-256 of the
+bytes). Every replica verifies such a state against its key before storing it and
+all copies are the same one-dot version set, so the key and the encoded state's
+length identify the state: their item hash does not read the (megabyte) state."""
+
+
 def item_hash(key: bytes, meta: bytes) -> int:
     """The 64-bit hash of one stored replica state (key plus its encoded versions)."""
-    h: int = mmh3.hash128(struct.pack(">H", len(key)) + key + meta, _HASH_SEED, signed=False)
+    if key[:2] == CONTENT_ADDRESSED_PREFIX:
+        data = struct.pack(">HQ", len(key), len(meta)) + key
+    else:
+        data = struct.pack(">H", len(key)) + key + meta
+    h: int = mmh3.hash128(data, _HASH_SEED, signed=False)
     return h & MASK64
 
 

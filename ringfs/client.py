@@ -172,7 +172,7 @@ class _Connection:
         rid = next(self.ids)
         p = _Pending()
         self.pending[rid] = p
-        frame = encode_request(rid, op, args)
+        frame = encode_request(rid, op, args, bulk=op == Op.CHUNK_PUT)
         try:
             with trio.move_on_at(deadline) as scope:
                 async with self.send_lock:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -120,6 +121,8 @@ class _Reader:
             self.fd = None
         self.whole = hashlib.sha256()
         self.pos = 0
+        self.lock = threading.Lock()
+        """Serialises reading on with re-reading by seeking (a source without a descriptor)."""
 
     def total(self) -> int:
         if not self.seekable:
@@ -138,12 +141,13 @@ class _Reader:
         """(data, digest) of the next chunk; data is empty at the end."""
         parts = []
         want = size
-        while want:
-            b = self.f.read(want)
-            if not b:
-                break
-            parts.append(b)
-            want -= len(b)
+        with self.lock:
+            while want:
+                b = self.f.read(want)
+                if not b:
+                    break
+                parts.append(b)
+                want -= len(b)
         data = parts[0] if len(parts) == 1 else b"".join(parts)
         self.whole.update(data)
         self.pos += len(data)
@@ -154,10 +158,11 @@ class _Reader:
         if self.fd is not None:
             out = os.pread(self.fd, size, at)
         else:
-            here = self.f.tell()
-            self.f.seek(at)
-            out = self.f.read(size)
-            self.f.seek(here)
+            with self.lock:
+                here = self.f.tell()
+                self.f.seek(at)
+                out = self.f.read(size)
+                self.f.seek(here)
         return out
 
     def close(self) -> None:
@@ -213,45 +218,60 @@ async def _upload(client: AsyncClient, name: str, reader: _Reader, chunk_size: i
 
     async def send(digest: bytes, data: bytes) -> None:
         try:
-            await client.chunk_put(digest, data, w=w)
+            await _put_chunk(client, digest, data, w)
         finally:
             sem.release()
         report(len(data))
 
-    try:
-        async with trio.open_nursery() as nursery:
+    async def scan(out: trio.MemorySendChannel[tuple[int, int, bytes, bytes | None]]) -> None:
+        """Read and hash the source a batch at a time, ask the cluster which chunks it
+        holds, and queue the others: it runs a batch ahead of the sends."""
+        nonlocal skipped
+        async with out:
             eof = False
             while not eof:
-                batch: list[tuple[int, bytes, bytes | None]] = []  # (offset, digest, data)
+                batch: list[tuple[int, int, bytes, bytes | None]] = []  # offset, n, digest, data
                 while len(batch) < batch_len:
                     offset = reader.pos
                     data, digest = await trio.to_thread.run_sync(reader.next_chunk, chunk_size)
                     if not data:
                         eof = True
                         break
-                    digests += digest
-                    batch.append((offset, digest, None if reader.seekable else data))
+                    digests.extend(digest)
+                    batch.append((offset, len(data), digest, None if reader.seekable else data))
                     if len(data) < chunk_size:
                         eof = True
                         break
-                ask = sorted({d for _, d, _ in batch if d not in present})
+                ask = sorted({d for _, _, d, _ in batch if d not in present})
                 held: set[bytes] = set()
                 for i in range(0, len(ask), MAX_HAVE_BATCH):
                     part = ask[i:i + MAX_HAVE_BATCH]
                     flags = await client.chunk_have(part, w=w)
                     held.update(d for d, h in zip(part, flags, strict=True) if h)
-                for offset, digest, kept in batch:
-                    n = min(chunk_size, reader.pos - offset)
+                for item in batch:
+                    digest = item[2]
                     if digest in present or digest in held:
                         skipped += 1
                         present.add(digest)
-                        report(n)
+                        report(item[1])
                         continue
                     present.add(digest)
+                    await out.send(item)
+
+    # A seekable source queues offsets only; a stream's queue holds its chunks' bytes.
+    to_send, queued = trio.open_memory_channel[tuple[int, int, bytes, bytes | None]](
+        batch_len if reader.seekable else 0)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(scan, to_send)
+            async with queued:
+                async for offset, n, digest, kept in queued:
                     sent += 1
                     if kept is None:
+                        # Not hashed again here: the node checks the bytes against
+                        # `digest` before storing them (see _put_chunk).
                         data = await trio.to_thread.run_sync(reader.reread, offset, n)
-                        if hashlib.sha256(data).digest() != digest:
+                        if len(data) != n:
                             raise ChecksumMismatch("the source changed while it was uploaded")
                     else:
                         data = kept
@@ -288,15 +308,31 @@ async def _upload(client: AsyncClient, name: str, reader: _Reader, chunk_size: i
             n = min(chunk_size, file_size - i * chunk_size)
             data = await trio.to_thread.run_sync(reader.reread, i * chunk_size, n)
             d = bytes(digests[i * DIGEST_BYTES:(i + 1) * DIGEST_BYTES])
-            if hashlib.sha256(data).digest() != d:
+            if len(data) != n:
                 raise ChecksumMismatch("the source changed while it was uploaded") from None
-            await client.chunk_put(d, data, w=w)
+            await _put_chunk(client, d, data, w)
             sent += 1
             skipped = max(0, skipped - 1)
         res = await client._call(Op.FILE_COMMIT, args, safe=False, timeout_s=None)
     ctx = res.get("context", b"")
     return PutFileResult(name, file_size, file_hash.hex(), len(digests) // DIGEST_BYTES, sent,
                          skipped, bytes(ctx) if isinstance(ctx, bytes) else b"")
+
+
+async def _put_chunk(client: AsyncClient, digest: bytes, data: bytes, w: int | None) -> None:
+    """CHUNK_PUT of one chunk of the source.
+
+    The digest was computed on the first read (it goes into the manifest, and the
+    whole-file hash covers those bytes); a seekable source's chunk is read again to
+    be sent and not hashed again, because the coordinator refuses bytes that do not
+    match the digest, which then means that the source changed since.
+    """
+    try:
+        await client.chunk_put(digest, data, w=w)
+    except ChecksumMismatch:
+        raise ChecksumMismatch("a chunk's bytes did not match its SHA-256 at the node: the "
+                               "source changed while it was uploaded; nothing was "
+                               "committed") from None
 
 
 async def stat_file(client: AsyncClient, name: str, *, r: int | None = None) -> FileInfo | None:

@@ -49,9 +49,10 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
+from ringfs.antientropy import CONTENT_ADDRESSED_PREFIX
 from ringfs.dvv import DVVSet, from_stored
 from ringfs.errors import ErrorCode
-from ringfs.peer import PeerMsg
+from ringfs.peer import PeerMsg, encode_peer
 from ringfs.quorum import PutCoordinator, QuorumFailure
 from ringfs.ring import Replica
 from ringfs.wire import Op, WireError, encode_error, encode_response, field_opt_bytes
@@ -61,7 +62,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ringfs.files")
 
-CHUNK_PREFIX = b"\x00c"
+CHUNK_PREFIX = CONTENT_ADDRESSED_PREFIX
 """A chunk is stored under CHUNK_PREFIX + its 32-byte SHA-256 digest."""
 MANIFEST_PREFIX = b"\x00f"
 """A manifest is stored under MANIFEST_PREFIX + the file name (UTF-8)."""
@@ -478,7 +479,8 @@ class FileStore:
         self._inflight_bytes += len(data)
         node._track(conn, rid)
         node._after(coord.deadline, partial(self._chunk_write_timeout, wid))
-        frame_body: dict[str, Any] | None = None
+        frames: dict[str | None, bytes] = {}
+        """The CHUNK_STORE frame per hint_for: encoded (the chunk copied) once, not per peer."""
         for rep in apl:
             if rep.node == node.name:
                 try:
@@ -489,10 +491,14 @@ class FileStore:
                 node._hold_until_durable(seq if seq is not None else node.engine.last_seq,
                                          partial(self._write_acked, wid, node.name))
                 continue
-            frame_body = {"id": wid, "hash": digest, "data": data}
-            if rep.hint_for is not None:
-                frame_body["hint_for"] = rep.hint_for
-            if not node._send(rep.node, PeerMsg.CHUNK_STORE, frame_body):
+            frame = frames.get(rep.hint_for)
+            if frame is None:
+                frame_body: dict[str, Any] = {"id": wid, "hash": digest, "data": data}
+                if rep.hint_for is not None:
+                    frame_body["hint_for"] = rep.hint_for
+                frame = frames[rep.hint_for] = encode_peer(node.name, PeerMsg.CHUNK_STORE,
+                                                           frame_body, bulk=True)
+            if not node._send_encoded(rep.node, frame):
                 self._write_refused(wid, rep.node, "unknown address")
         return None
 
@@ -886,8 +892,8 @@ class FileStore:
         self._reads.pop(gid, None)
         end = len(data) if op.length is None else min(len(data), op.offset + op.length)
         out = data if op.offset == 0 and end == len(data) else data[op.offset:end]
-        node._finish(op.conn, op.rid, encode_response(op.rid, {"data": out,
-                                                               "size": len(data)}))
+        node._finish(op.conn, op.rid, encode_response(op.rid, {"data": out, "size": len(data)},
+                                                      bulk=True))
         for rep in op.failed:
             if rep.role != "primary" and rep.hint_for is None:
                 continue
@@ -921,7 +927,9 @@ class FileStore:
         node.membership.mark_reachable(sender)
         state = node._load(node._stored_key(chunk_key(digest), hint_for))
         node.counters["chunk_fetch"] += 1
-        node._send(sender, PeerMsg.CHUNK_FETCH_REPLY, {"id": fid, "data": chunk_data(state)})
+        node._send_encoded(sender, encode_peer(node.name, PeerMsg.CHUNK_FETCH_REPLY,
+                                               {"id": fid, "data": chunk_data(state)},
+                                               bulk=True))
 
     def on_chunk_fetch_reply(self, sender: str, body: dict[str, Any], now: float) -> None:
         fid, data = body["id"], body.get("data")

@@ -81,6 +81,7 @@ from ringfs.wire import (
     field_opt_bytes,
     field_opt_uint,
     field_value,
+    pack,
     parse_request,
     unpack,
 )
@@ -370,6 +371,15 @@ class Node:
         self._outbox.append(PeerSend(addr, encode_peer(self.name, msg, body)))
         return True
 
+    def _send_encoded(self, node: str, frame: bytes) -> bool:
+        """Like _send, for a frame from encode_peer: one frame may go to several peers."""
+        addr = self.membership.address_of(node)
+        if addr is None:
+            self.counters["peer_unknown_destination"] += 1
+            return False
+        self._outbox.append(PeerSend(addr, frame))
+        return True
+
     def _send_address(self, address: str, msg: PeerMsg, body: dict[str, Any]) -> None:
         self._outbox.append(PeerSend(address, encode_peer(self.name, msg, body)))
 
@@ -612,7 +622,7 @@ class Node:
         Every local write goes through here (or `_drop_local`), which keeps the
         anti-entropy hash trees current.
         """
-        packed: bytes = msgpack.packb(state.to_wire(), use_bin_type=True)
+        packed = pack(state.to_wire())  # the shared packer: its buffer is reused
         if (state.is_tombstone() if live is None else live == 0):
             seq = self.engine.delete(stored_key, packed)
         else:

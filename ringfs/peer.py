@@ -70,9 +70,9 @@ class PeerMsg(IntEnum):
     """{id, names: [[name, skeleton], ...], more}: names with their version skeletons."""
 
 
-def encode_peer(sender: str, msg: PeerMsg, body: dict[str, Any]) -> bytes:
-    """One complete peer frame."""
-    return encode_frame([PEER, sender, int(msg), body])
+def encode_peer(sender: str, msg: PeerMsg, body: dict[str, Any], *, bulk: bool = False) -> bytes:
+    """One complete peer frame (`bulk`: see encode_frame)."""
+    return encode_frame([PEER, sender, int(msg), body], bulk=bulk)
 
 
 def parse_peer(obj: Any) -> tuple[str, int, dict[str, Any]] | None:

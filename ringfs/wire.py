@@ -20,6 +20,7 @@ reference. Enums here are append-only.
 from __future__ import annotations
 
 import struct
+import threading
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -115,18 +116,37 @@ def pack(obj: Any) -> bytes:
     return _pack(obj)  # type: ignore[no-any-return]
 
 
-def encode_frame(obj: Any) -> bytes:
-    """One complete frame: length prefix and msgpack body."""
-    body: bytes = _pack(obj)
-    return _LEN.pack(len(body)) + body
+_local = threading.local()
 
 
-def encode_request(req_id: int, op: int, args: dict[str, Any]) -> bytes:
-    return encode_frame([REQUEST, req_id, op, args])
+def encode_frame(obj: Any, *, bulk: bool = False) -> bytes:
+    """One complete frame: length prefix and msgpack body.
+
+    `bulk` is for frames carrying large bin values (file chunks): the body is
+    packed into a buffer kept from one call to the next and joined to its prefix
+    from there, one allocation and one copy of the chunk fewer. For small frames
+    that path is slower (about 0.7 us a frame), so it is asked for explicitly.
+    """
+    if not bulk:
+        body: bytes = _pack(obj)
+        return _LEN.pack(len(body)) + body
+    packer = getattr(_local, "packer", None)
+    if packer is None:  # one per thread: packing, viewing and resetting are separate steps
+        packer = _local.packer = msgpack.Packer(use_bin_type=True, autoreset=False)
+    try:
+        packer.pack(obj)
+        with packer.getbuffer() as view:
+            return b"".join((_LEN.pack(len(view)), view))
+    finally:
+        packer.reset()
 
 
-def encode_response(req_id: int, result: dict[str, Any]) -> bytes:
-    return encode_frame([RESPONSE, req_id, result])
+def encode_request(req_id: int, op: int, args: dict[str, Any], *, bulk: bool = False) -> bytes:
+    return encode_frame([REQUEST, req_id, op, args], bulk=bulk)
+
+
+def encode_response(req_id: int, result: dict[str, Any], *, bulk: bool = False) -> bytes:
+    return encode_frame([RESPONSE, req_id, result], bulk=bulk)
 
 
 def error_body(code: ErrorCode, message: str, **details: Any) -> dict[str, Any]:
@@ -153,6 +173,10 @@ def unpack(body: bytes | bytearray | memoryview, max_len: int) -> Any:
     )
 
 
+_GATHER_FRAME_BYTES = 64 * 1024
+"""A frame at least this long is collected as a list of received pieces."""
+
+
 class FrameDecoder:
     """Incremental splitter of a byte stream into decoded frame bodies (sans-IO).
 
@@ -163,25 +187,40 @@ class FrameDecoder:
     returns nothing. Callers answer the error and close the connection.
     """
 
-    __slots__ = ("_buf", "error", "max_frame_bytes")
+    __slots__ = ("_buf", "_held", "_parts", "_want", "error", "max_frame_bytes")
 
     def __init__(self, max_frame_bytes: int) -> None:
         self.max_frame_bytes = max_frame_bytes
         self._buf = bytearray()
+        self._parts: list[bytes | memoryview] = []
+        """The pieces received of a large frame (_want bytes from its prefix on)."""
+        self._held = 0
+        self._want = 0
         self.error: WireError | None = None
 
     @property
     def buffered(self) -> int:
         """Bytes held waiting for the rest of a frame."""
-        return len(self._buf)
+        return len(self._buf) + self._held
 
     def feed(self, data: bytes | bytearray) -> list[Any]:
         if self.error is not None:
             return []
         buf = self._buf
-        if buf:
+        src: bytes | bytearray
+        if self._want:
+            # A large frame arrives in pieces: keep them and join once when it is
+            # whole, rather than growing a buffer (and copying) piece by piece.
+            self._parts.append(data if type(data) is bytes else bytes(data))
+            self._held += len(data)
+            if self._held < self._want:
+                return []
+            src = data = b"".join(self._parts)
+            self._parts = []
+            self._held = self._want = 0
+        elif buf:
             buf += data
-            src: bytes | bytearray = buf
+            src = buf
         else:
             src = data
         out: list[Any] = []
@@ -189,24 +228,39 @@ class FrameDecoder:
         end = len(src)
         limit = self.max_frame_bytes
         unpack_len = _LEN.unpack_from
-        while end - pos >= 4:
-            (n,) = unpack_len(src, pos)
-            if n > limit or n == 0:
-                self._fail(WireError(
-                    ErrorCode.FRAME_TOO_LARGE if n else ErrorCode.BAD_FRAME,
-                    f"frame length {n} outside 1..{limit}", fatal=True))
-                return out
-            stop = pos + 4 + n
-            if stop > end:
-                break
-            try:
-                out.append(unpack(src[pos + 4 : stop], n))
-            except Exception as exc:  # msgpack raises several unrelated types
-                self._fail(WireError(ErrorCode.BAD_FRAME, f"invalid msgpack body: {exc}",
-                                     fatal=True))
-                return out
-            pos = stop
-        if src is buf:
+        pending = 0
+        # Bodies are decoded from a view, not a slice: a slice would copy every body
+        # once more (a 1 MiB chunk costs about half a millisecond a copy). The view is
+        # released before the buffer is resized.
+        with memoryview(src) as view:
+            while end - pos >= 4:
+                (n,) = unpack_len(src, pos)
+                if n > limit or n == 0:
+                    self._fail(WireError(
+                        ErrorCode.FRAME_TOO_LARGE if n else ErrorCode.BAD_FRAME,
+                        f"frame length {n} outside 1..{limit}", fatal=True))
+                    return out
+                stop = pos + 4 + n
+                if stop > end:
+                    pending = stop - pos
+                    break
+                try:
+                    out.append(unpack(view[pos + 4 : stop], n))
+                except Exception as exc:  # msgpack raises several unrelated types
+                    self._fail(WireError(ErrorCode.BAD_FRAME, f"invalid msgpack body: {exc}",
+                                         fatal=True))
+                    return out
+                pos = stop
+        if pending >= _GATHER_FRAME_BYTES:
+            if src is buf:
+                self._parts = [bytes(buf[pos:])]
+                buf.clear()
+            else:
+                self._parts = [memoryview(data)[pos:] if type(data) is bytes
+                               else bytes(data[pos:])]
+            self._held = end - pos
+            self._want = pending
+        elif src is buf:
             del buf[:pos]
         elif pos < end:
             self._buf = bytearray(data[pos:])
@@ -215,6 +269,8 @@ class FrameDecoder:
     def _fail(self, error: WireError) -> None:
         self.error = error
         self._buf = bytearray()
+        self._parts = []
+        self._held = self._want = 0
 
     def feed_or_raise(self, data: bytes | bytearray) -> list[Any]:
         """Like feed, but raise the stream's error (after nothing is left to return)."""

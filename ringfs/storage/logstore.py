@@ -41,12 +41,12 @@ import os
 import re
 import struct
 import threading
-import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import cast
 
 from ringfs.hashing import TOKEN_SPACE, key_token
+from ringfs.storage.checksum import crc32
 from ringfs.storage.engine import EngineStats, Record, TombstonePolicy
 from ringfs.storage.segment import (
     CRC_RESIDUE,
@@ -122,7 +122,7 @@ _NO_SEQ = 1 << 62
 _TOKEN_BUCKET_BITS = 12
 _TOKEN_SHIFT = 128 - _TOKEN_BUCKET_BITS
 
-_crc32 = zlib.crc32
+_crc32 = crc32
 _unpack_read = RECORD_READ.unpack_from
 # get() spells these out as literals; keep them in step.
 assert (_SLOT_SHIFT, _OFF_SHIFT, _OFF_MASK, _SIZE_MASK) == (46, 14, 0xFFFFFFFF, 0x3FFF)
@@ -131,6 +131,8 @@ assert (CRC_RESIDUE, HEADER_BYTES) == (0x2144DF1C, 24)
 _NO_MAP = b""
 """What _maps holds for a segment without a map: any slice of it is empty."""
 
+_GATHER_BYTES = 64 * KiB
+"""Records with at least this much value and meta are written from their parts."""
 _PACK_FIELDS = RECORD_FIELDS.pack
 _PACK_U32 = struct.Struct("<I").pack
 
@@ -275,7 +277,7 @@ class _HintWriter:
         self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         head = hint_file_header()
         _pwrite_all(self.fd, head, 0)
-        self.crc = zlib.crc32(head, salt)
+        self.crc = crc32(head, salt)
         self.count = 0
         self.sealed = False
         self.flush = _Flush(self.fd, len(head))
@@ -286,7 +288,7 @@ class _HintWriter:
             return
         _pwrite_all(self.fd, entries, self.flush.size)
         self.flush.size += len(entries)
-        self.crc = zlib.crc32(entries, self.crc)
+        self.crc = crc32(entries, self.crc)
         self.count += count
 
     def seal(self, seg_len: int) -> None:
@@ -612,13 +614,20 @@ class LogStore:
         # encode_record(), inlined: this is the hottest write path.
         salt = self._salt
         fields = _PACK_FIELDS(seq, flags, 0, klen, mlen, vlen)
-        body = b"".join((_PACK_U32(_crc32(key, _crc32(fields, salt))), fields, key, meta, value))
-        rec = body + _PACK_U32(_crc32(body, salt))
+        head = _PACK_U32(_crc32(key, _crc32(fields, salt)))
+        if vlen + mlen < _GATHER_BYTES:
+            body = b"".join((head, fields, key, meta, value))
+            rec: bytes | tuple[bytes, ...] = body + _PACK_U32(_crc32(body, salt))
+        else:
+            # A big record is written from its parts (writev), its checksum chained
+            # over them: joining would copy the value twice more.
+            crc = _crc32(value, _crc32(meta, _crc32(key, _crc32(fields, _crc32(head, salt)))))
+            rec = (head, fields, key, meta, value, _PACK_U32(crc))
         seg, loc = self._emit(rec, seq)
         kd = self._kd
         old = kd.get(key)
         kd[key] = loc
-        seg.live += len(rec)
+        seg.live += RECORD_OVERHEAD + klen + mlen + vlen
         if old is not None:
             self._kill(old)
         else:
@@ -635,17 +644,19 @@ class LogStore:
             self._repair.discard(key)
         return seq
 
-    def _emit(self, rec: bytes, seq: int) -> tuple[_Segment, int]:
-        """Write one encoded record to the active segment; returns it and the record's location."""
-        size = len(rec)
+    def _emit(self, rec: bytes | tuple[bytes, ...], seq: int) -> tuple[_Segment, int]:
+        """Write one encoded record (bytes, or its parts in order) to the active segment;
+        returns it and the record's location."""
+        size = len(rec) if isinstance(rec, bytes) else sum(map(len, rec))
         seg = self._active
         if seg is None or (seg.size + size > self._segment_bytes and seg.size > seg.data_start):
             seg = self._roll()
         off = seg.size
         try:
-            if os.write(seg.fd, rec) != size:  # a regular file rarely takes less
+            written = os.write(seg.fd, rec) if isinstance(rec, bytes) else os.writev(seg.fd, rec)
+            if written != size:  # a regular file rarely takes less
                 os.ftruncate(seg.fd, off)
-                _write_all(seg.fd, rec)
+                _write_all(seg.fd, rec if isinstance(rec, bytes) else b"".join(rec))
         except OSError as exc:
             self._undo_partial_write(seg, off, exc)
             raise
@@ -1849,7 +1860,7 @@ class LogStore:
                 size = self._loc_size(loc)
                 assert seg.data_start <= off and off + size <= seg.size, f"{key!r} out of bounds"
                 raw = os.pread(seg.fd, size, off)
-                assert zlib.crc32(raw, self._salt) == CRC_RESIDUE, f"{key!r} record damaged"
+                assert crc32(raw, self._salt) == CRC_RESIDUE, f"{key!r} record damaged"
                 seq, flags, _, klen, _, _ = RECORD_FIELDS.unpack_from(raw, 4)
                 assert raw[HEADER_BYTES : HEADER_BYTES + klen] == key, f"{key!r} wrong record"
                 assert bool(flags & FLAG_PURGE) == want_purge, f"{key!r} wrong kind"

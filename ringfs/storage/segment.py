@@ -29,9 +29,10 @@ from __future__ import annotations
 import os
 import re
 import struct
-import zlib
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
+
+from ringfs.storage.checksum import crc32
 
 CRC_RESIDUE = 0x2144DF1C
 """CRC32 of any byte string followed by its own little-endian CRC32, whatever the seed."""
@@ -86,9 +87,9 @@ class FormatError(Exception):
 def encode_record(salt: int, seq: int, flags: int, key: bytes, meta: bytes, value: bytes) -> bytes:
     """The bytes of one record, both checksums included."""
     fields = RECORD_FIELDS.pack(seq, flags, 0, len(key), len(meta), len(value))
-    hcrc = zlib.crc32(key, zlib.crc32(fields, salt))
+    hcrc = crc32(key, crc32(fields, salt))
     body = b"".join((_U32.pack(hcrc), fields, key, meta, value))
-    return body + _U32.pack(zlib.crc32(body, salt))
+    return body + _U32.pack(crc32(body, salt))
 
 
 def record_size(klen: int, mlen: int, vlen: int) -> int:
@@ -124,7 +125,7 @@ def encode_segment_header(
     ) + b"".join(_SUPERSEDED_ID.pack(i) for i in ids)
     if len(head) + 4 > data_start:
         raise ValueError("data_start leaves no room for the header")
-    return head + _U32.pack(zlib.crc32(head, salt))
+    return head + _U32.pack(crc32(head, salt))
 
 
 class SegmentHeader(NamedTuple):
@@ -153,7 +154,7 @@ def read_segment_header(fd: int, salt: int, file_size: int) -> SegmentHeader:
     if kind not in (KIND_LOG, KIND_MERGED) or reserved or length > file_size:
         raise FormatError("segment header is damaged or truncated")
     raw = os.pread(fd, length, 0)
-    if len(raw) != length or zlib.crc32(raw, salt) != CRC_RESIDUE:
+    if len(raw) != length or crc32(raw, salt) != CRC_RESIDUE:
         raise FormatError("segment header checksum mismatch")
     if not length <= data_start <= file_size:
         raise FormatError("segment data start out of range")
@@ -189,7 +190,7 @@ def hint_file_header() -> bytes:
 def hint_file_footer(crc_so_far: int, segment_id: int, seg_len: int, count: int) -> bytes:
     """The footer closing a hint file whose earlier bytes have (salted) CRC `crc_so_far`."""
     footer = HINT_FOOTER.pack(segment_id, seg_len, count)
-    return footer + _U32.pack(zlib.crc32(footer, crc_so_far))
+    return footer + _U32.pack(crc32(footer, crc_so_far))
 
 
 def parse_hint_file(
@@ -206,7 +207,7 @@ def parse_hint_file(
     minimum = HINT_HEADER.size + HINT_FOOTER.size + 4
     if len(data) < minimum:
         raise FormatError("hint file is truncated")
-    if zlib.crc32(data, salt) != CRC_RESIDUE:
+    if crc32(data, salt) != CRC_RESIDUE:
         raise FormatError("hint file checksum mismatch")
     magic, version, _, _ = HINT_HEADER.unpack_from(data, 0)
     if magic != HINT_MAGIC or version != FORMAT_VERSION:
@@ -316,7 +317,7 @@ class SegmentScanner:
         salt = self._salt
         end = self._end
         unpack_from = RECORD_HEADER.unpack_from
-        crc32 = zlib.crc32
+        check = crc32
         stop = self.pos + budget_bytes
         while not self.done and (not out or self.pos < stop):
             pos = self.pos
@@ -330,7 +331,7 @@ class SegmentScanner:
             if size <= avail and not reserved and not flags & ~KNOWN_FLAGS:
                 buf, i = self._window(size)
                 view = memoryview(buf)[i : i + size]
-                if crc32(view, salt) == CRC_RESIDUE:
+                if check(view, salt) == CRC_RESIDUE:
                     key = buf[i + HEADER_BYTES : i + HEADER_BYTES + klen]
                     data = bytes(view) if self._keep else None
                     out.append(ScannedRecord(pos, size, seq, flags, key, data))
@@ -348,7 +349,7 @@ class SegmentScanner:
         if reserved or flags & ~KNOWN_FLAGS or HEADER_BYTES + klen > avail:
             return None
         buf, i = self._window(HEADER_BYTES + klen)
-        if zlib.crc32(memoryview(buf)[i + 4 : i + HEADER_BYTES + klen], self._salt) != hcrc:
+        if crc32(memoryview(buf)[i + 4 : i + HEADER_BYTES + klen], self._salt) != hcrc:
             return None
         key = buf[i + HEADER_BYTES : i + HEADER_BYTES + klen]
         return RECORD_OVERHEAD + klen + mlen + vlen, seq, key
@@ -406,8 +407,8 @@ def find_next_record(fd: int, salt: int, start: int, end: int) -> int | None:
         size = RECORD_OVERHEAD + klen + mlen + vlen
         if (
             q + size <= len(data)
-            and zlib.crc32(view[q + 4 : q + HEADER_BYTES + klen], salt) == hcrc
-            and zlib.crc32(view[q : q + size], salt) == CRC_RESIDUE
+            and crc32(view[q + 4 : q + HEADER_BYTES + klen], salt) == hcrc
+            and crc32(view[q : q + size], salt) == CRC_RESIDUE
         ):
             return start + q
         q += 1

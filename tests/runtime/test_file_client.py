@@ -126,6 +126,29 @@ async def test_lies_and_bad_names_commit_nothing(autojump_clock: MockClock,
     assert not dest.exists() and not os.listdir(tmp_path)
 
 
+async def test_a_source_changed_while_uploading_commits_nothing(
+        autojump_clock: MockClock, client: AsyncClient) -> None:
+    class Changing(io.BytesIO):
+        """Seekable; its bytes change once a chunk is read a second time."""
+
+        def __init__(self, b: bytes) -> None:
+            super().__init__(b)
+            self.furthest = 0
+
+        def read(self, n: int | None = -1) -> bytes:
+            at = self.tell()
+            if at < self.furthest:  # a re-read: the file was modified meanwhile
+                with self.getbuffer() as view:
+                    view[at] ^= 0xFF
+            out = super().read(n)
+            self.furthest = max(self.furthest, self.tell())
+            return out
+
+    with pytest.raises(ChecksumMismatch, match="source changed"):
+        await client.put_file("moving", Changing(blob(3 * CS, seed=4)), chunk_size=CS)
+    assert await client.stat_file("moving") is None
+
+
 async def test_siblings_are_reported(autojump_clock: MockClock, client: AsyncClient) -> None:
     await client.put_file("sib", io.BytesIO(b"one"), context=b"")
     await client.put_file("sib", io.BytesIO(b"two"), context=b"")

@@ -121,6 +121,7 @@ def test_large_values_round_trip(store_dir: Path) -> None:
         s.put(b"big", big)
         s.put(b"small", b"x")
         s.put(b"big2", big[::-1], b"meta" * 5000)
+        s.put(b"bigmeta", b"", big[:70_000])  # written from its parts, the meta alone big
         assert s.get(b"big") == Record(big, b"", False, 1)
         s.put(b"big", b"now small")  # overwriting accounts the big record's real size
         s.check_invariants()
@@ -128,7 +129,8 @@ def test_large_values_round_trip(store_dir: Path) -> None:
         s.check_invariants()
     with LogStore(store_dir, segment_bytes=64 * 1024) as s:
         assert s.get(b"big2") == Record(big[::-1], b"meta" * 5000, False, 3)
-        assert s.get(b"big") == Record(b"now small", b"", False, 4)
+        assert s.get(b"big") == Record(b"now small", b"", False, 5)
+        assert s.get(b"bigmeta") == Record(b"", big[:70_000], False, 4)
         s.check_invariants()
 
 

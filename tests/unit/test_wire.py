@@ -45,6 +45,40 @@ def test_frames_survive_any_split(objs: list[object], data: st.DataObject) -> No
     assert dec.buffered == 0
 
 
+@given(st.lists(st.sampled_from([0, 5, 70_000, 300_000]), min_size=1, max_size=5),
+       st.data())
+def test_large_frames_survive_any_split(sizes: list[int], data: st.DataObject) -> None:
+    objs = [[i, bytes([i]) * n, "tail"] for i, n in enumerate(sizes)]
+    stream = b"".join(encode_frame(o, bulk=True) for o in objs)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=12)))
+    dec = FrameDecoder(1 << 20)
+    out: list[object] = []
+    prev = 0
+    for c in [*cuts, len(stream)]:
+        piece = stream[prev:c]
+        out.extend(dec.feed(bytearray(piece) if c % 2 else piece))
+        assert dec.buffered == c - sum(len(encode_frame(o)) for o in out)
+        prev = c
+    assert out == objs
+    assert dec.buffered == 0
+
+
+def test_a_large_garbage_frame_is_fatal_once_whole() -> None:
+    stream = struct.pack(">I", 80_000) + b"\xc1" * 80_000 + encode_frame([1])
+    dec = FrameDecoder(100_000)
+    assert dec.feed(stream[:30_000]) == [] and dec.buffered == 30_000
+    assert dec.feed(stream[30_000:60_000]) == [] and dec.buffered == 60_000
+    assert dec.feed(stream[60_000:]) == []
+    assert dec.error is not None and dec.error.fatal and dec.buffered == 0
+    assert dec.feed(encode_frame([2])) == []
+
+
+@given(st.lists(msg, min_size=1, max_size=4))
+def test_bulk_frames_are_the_same_bytes(objs: list[object]) -> None:
+    for o in objs:
+        assert encode_frame(o, bulk=True) == encode_frame(o)
+
+
 def test_oversized_length_rejected_before_body_arrives() -> None:
     dec = FrameDecoder(1024)
     assert dec.feed(struct.pack(">I", 1025)) == []

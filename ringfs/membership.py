@@ -62,6 +62,8 @@ class Membership:
         self.ring = Ring.build([ring_member(me)], vnodes_per_capacity=vnodes_per_capacity)
         self._placed: tuple[Any, ...] = ()
         self.version = 0
+        self._up: frozenset[str] | None = None
+        """`up()` while no member is marked unreachable; reset by every change."""
 
     # -- queries -------------------------------------------------------------------
     def address_of(self, name: str) -> str | None:
@@ -79,6 +81,13 @@ class Membership:
         return until is None or now >= until
 
     def up(self, now: float) -> frozenset[str]:
+        if not self._unreachable_until:
+            # Nothing time-dependent: the answer changes only with the members.
+            up = self._up
+            if up is None:
+                up = self._up = frozenset(n for n, m in self.members.items()
+                                          if m.state in ("alive", "suspect"))
+            return up
         return frozenset(n for n in self.members if self.is_up(n, now))
 
     # -- changes -------------------------------------------------------------------
@@ -87,6 +96,7 @@ class Membership:
         old = self.members.get(m.name)
         if old is not None and old.address != m.address:
             self._by_address.pop(old.address, None)
+        self._up = None
         self.members[m.name] = m
         self._by_address[m.address] = m.name
         return self._rebuild()
@@ -95,6 +105,7 @@ class Membership:
         m = self.members.get(name)
         if m is None or name == self.me.name:
             return False
+        self._up = None
         self.members[name] = replace(m, state=state,
                                      incarnation=m.incarnation if incarnation is None
                                      else incarnation)
@@ -103,6 +114,7 @@ class Membership:
         return self._rebuild()
 
     def remove(self, name: str) -> bool:
+        self._up = None
         m = self.members.pop(name, None)
         if m is None:
             return False

@@ -21,6 +21,7 @@ from typing import Any
 BENCHMARKS: tuple[str, ...] = (
     "kv",
     "cluster",
+    "put_path",
     "storage",
     "ring_balance",
     "gossip_report",

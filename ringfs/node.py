@@ -63,7 +63,7 @@ from ringfs.files import FileStore
 from ringfs.gossip import GossipConfig, Keyring, MemberInfo, SendPacket, Swim
 from ringfs.gossip.member import STATE_NAMES, MemberState
 from ringfs.membership import Member, Membership
-from ringfs.peer import PeerMsg, encode_peer, parse_peer
+from ringfs.peer import PeerMsg, frame_prefix, pack_message, parse_peer, peer_frame
 from ringfs.quorum import GetCoordinator, PutCoordinator, QuorumFailure
 from ringfs.repair import LEAVING_KEY, Repairer
 from ringfs.ring import Replica
@@ -124,6 +124,11 @@ KNOWN_FAULTS = frozenset({
 
 # Room left in a frame for the envelope and contexts when bounding sibling sets.
 _FRAME_SLACK = 64 * 1024
+PEER_BATCH_BYTES = 1024 * 1024
+"""Messages queued for one peer are sent in frames of about this size at most."""
+STATE_CACHE_ENTRIES = 4096
+"""Decoded causal states remembered by their stored bytes (see `Node._read`); the cache
+is emptied when it reaches this size, which it only needs to outlast a request."""
 
 
 # -- effects the drivers carry out ------------------------------------------------
@@ -270,6 +275,12 @@ class Node:
             unreachable_s=config.unreachable_s,
         )
         self._outbox: list[Effect] = []
+        self._peer_out: dict[str, list[bytes]] = {}
+        """address -> encoded messages for that peer, sent as frames by drain_outbox."""
+        self._peer_out_bytes: dict[str, int] = {}
+        self._frame_prefix = frame_prefix(config.name)
+        # A batch never outgrows a frame the peer accepts (256: the envelope's room).
+        self._peer_batch_bytes = min(PEER_BATCH_BYTES, config.limits.max_frame_bytes - 256)
         self._conns: dict[int, _Conn] = {}
         self._pending: deque[_Pending] = deque()
         self._sync_requested = 0
@@ -297,6 +308,9 @@ class Node:
         self._next_handoff: float | None = now + HANDOFF_INTERVAL_S if self._hint_index else None
         self._hints_full_logged = False
         self._solo_apl = (Replica(config.name, "primary", None),)
+        self._states: dict[bytes, tuple[bytes, DVVSet]] = {}
+        """stored key -> (its stored meta bytes, their decoded DVVSet): a write reads
+        its key up to twice (the read quorum, then the write) and a replica once more."""
         self._handlers: dict[int, Callable[[int, int, dict[str, Any], float], bytes | None]] = {
             Op.PING: self._on_ping,
             Op.GET: self._on_get,
@@ -368,7 +382,7 @@ class Node:
         if addr is None:
             self.counters["peer_unknown_destination"] += 1
             return False
-        self._outbox.append(PeerSend(addr, encode_peer(self.name, msg, body)))
+        self._send_address(addr, msg, body)
         return True
 
     def _send_encoded(self, node: str, frame: bytes) -> bool:
@@ -381,7 +395,29 @@ class Node:
         return True
 
     def _send_address(self, address: str, msg: PeerMsg, body: dict[str, Any]) -> None:
-        self._outbox.append(PeerSend(address, encode_peer(self.name, msg, body)))
+        """Queue a message for the peer at `address`; `drain_outbox` frames the queue."""
+        packed = pack_message(msg, body)
+        queue = self._peer_out.get(address)
+        if queue is None:
+            self._peer_out[address] = [packed]
+            self._peer_out_bytes[address] = len(packed)
+            return
+        size = self._peer_out_bytes[address] + len(packed)
+        if size > self._peer_batch_bytes:
+            self._outbox.append(PeerSend(address, peer_frame(self._frame_prefix, queue)))
+            queue.clear()
+            size = len(packed)
+        queue.append(packed)
+        self._peer_out_bytes[address] = size
+
+    def _flush_peers(self) -> None:
+        prefix = self._frame_prefix
+        outbox = self._outbox
+        for address, queue in self._peer_out.items():
+            if queue:
+                outbox.append(PeerSend(address, peer_frame(prefix, queue)))
+        self._peer_out = {}
+        self._peer_out_bytes = {}
 
     def _hold_until_durable(self, seq: int, release: Callable[[], None]) -> None:
         """Run `release` once `seq` is durable (at once under policies that ack early)."""
@@ -410,6 +446,11 @@ class Node:
         """Requests on `conn` whose replies are still to come (for read back-pressure)."""
         c = self._conns.get(conn)
         return len(c.inflight) if c is not None and c.inflight else 0
+
+    def is_peer(self, conn: int) -> bool:
+        """Whether `conn` carries another node's peer frames (its HELLO named a peer)."""
+        c = self._conns.get(conn)
+        return c is not None and c.peer is not None
 
     def _track(self, conn: int, rid: int) -> None:
         c = self._conns[conn]
@@ -609,7 +650,20 @@ class Node:
             if not is_local_key(stored_key):
                 self.repair.note_damage()
             return None, None
-        return rec, from_stored(msgpack.unpackb(rec.meta, raw=False))
+        meta = rec.meta
+        hit = self._states.get(stored_key)
+        if hit is not None and hit[0] == meta:
+            # The decoded form depends on nothing but these bytes: reuse it.
+            return rec, hit[1]
+        state = from_stored(msgpack.unpackb(meta, raw=False))
+        self._remember_state(stored_key, meta, state)
+        return rec, state
+
+    def _remember_state(self, stored_key: bytes, meta: bytes, state: DVVSet) -> None:
+        states = self._states
+        if len(states) >= STATE_CACHE_ENTRIES:
+            states.clear()
+        states[stored_key] = (meta, state)
 
     def _load(self, stored_key: bytes) -> DVVSet | None:
         return self._read(stored_key)[1]
@@ -627,6 +681,7 @@ class Node:
             seq = self.engine.delete(stored_key, packed)
         else:
             seq = self.engine.put(stored_key, b"", packed)
+        self._remember_state(stored_key, packed, state)
         if not is_local_key(stored_key):
             repair = self.repair
             repair.follow_ring()
@@ -827,8 +882,11 @@ class Node:
     def _start_get(self, conn: int, rid: int, key: bytes, r: int, now: float,
                    whereis: bool,
                    then: Callable[[GetCoordinator | None, QuorumFailure | None, float], None]
-                   | None = None) -> bytes | None:
-        apl = self._apl(key, now)
+                   | None = None, apl: tuple[Replica, ...] | None = None) -> bytes | None:
+        """Read `key` from its replicas; `apl`: its preference list at `now`, when the
+        caller already has it."""
+        if apl is None:
+            apl = self._apl(key, now)
         if whereis:
             r = len(apl) or 1
         if len(apl) < r:
@@ -1074,7 +1132,7 @@ class Node:
                 if frame is not None:
                     self._finish(conn, rid, frame)
 
-            self._start_get(conn, rid, key, r, now, whereis=False, then=then)
+            self._start_get(conn, rid, key, r, now, whereis=False, then=then, apl=apl)
             return None
         return self._coordinate(conn, rid, key, value, ctx, w, now)
 
@@ -1222,6 +1280,22 @@ class Node:
             self.counters["peer_malformed"] += 1
             return
         sender, mtype, msg = parsed
+        if mtype == PeerMsg.BATCH:
+            msgs = msg.get("msgs")
+            if type(msgs) is not list:
+                self.counters["peer_malformed"] += 1
+                return
+            for m in msgs:
+                if (type(m) is not list or len(m) != 2 or type(m[0]) is not int
+                        or type(m[1]) is not dict or m[0] == PeerMsg.BATCH):
+                    self.counters["peer_malformed"] += 1
+                    continue
+                self._on_peer_message(sender, m[0], m[1], now)
+            return
+        self._on_peer_message(sender, mtype, msg, now)
+
+    def _on_peer_message(self, sender: str, mtype: int, msg: dict[str, Any],
+                         now: float) -> None:
         handler = self._peer_handlers.get(mtype)
         if handler is None:
             self.counters["peer_unknown_type"] += 1
@@ -1504,8 +1578,7 @@ class Node:
             if type(out) is SendPacket:
                 self._outbox.append(Datagram(out.dest, out.data))
             else:
-                self._outbox.append(PeerSend(out.dest, encode_peer(
-                    self.name, PeerMsg.GOSSIP, {"data": out.data, "from": me})))
+                self._send_address(out.dest, PeerMsg.GOSSIP, {"data": out.data, "from": me})
         ms = self.membership
         while (ev := g.next_event()) is not None:
             m = ev.member
@@ -1606,6 +1679,8 @@ class Node:
 
     # -- plumbing ------------------------------------------------------------------------
     def drain_outbox(self) -> list[Effect]:
+        if self._peer_out:
+            self._flush_peers()
         out = self._outbox
         self._outbox = []
         return out

@@ -9,16 +9,27 @@ Connections are one-way: a node sends on the connection it opened and receives
 on the ones others opened, so a reply travels on the replier's own connection.
 Messages from unknown senders or of unknown types are dropped and counted; a
 peer can never crash a node. PeerMsg is append-only.
+
+A node sends everything one step of its work produced for one peer as one frame:
+a single message as above, several as a BATCH frame
+
+    [3, sender, 3, {"msgs": [[type, body], ...]}]
+
+whose messages are handled in order as if they had come one frame each. Each
+message is msgpack-encoded once when it is queued (`pack_message`); a frame is
+then put together from those bytes (`peer_frame`) without encoding them again.
 """
 
 from __future__ import annotations
 
+import struct
 from enum import IntEnum
 from typing import Any
 
-from ringfs.wire import encode_frame
+from ringfs.wire import encode_frame, pack
 
 PEER = 3
+_LEN = struct.Struct(">I")
 
 
 class PeerMsg(IntEnum):
@@ -28,6 +39,8 @@ class PeerMsg(IntEnum):
     """{name, address, meta}: a node announces itself to a seed."""
     MEMBERS = 2
     """{members: [[name, address, meta], ...]}: what the sender knows of the cluster."""
+    BATCH = 3
+    """{msgs: [[type, body], ...]}: several messages in one frame, handled in order."""
     REPLICA_PUT = 10
     """{id, key, state, hint_for?}: merge `state` into the replica; ack when durable (id > 0)."""
     REPLICA_PUT_ACK = 11
@@ -73,6 +86,40 @@ class PeerMsg(IntEnum):
 def encode_peer(sender: str, msg: PeerMsg, body: dict[str, Any], *, bulk: bool = False) -> bytes:
     """One complete peer frame (`bulk`: see encode_frame)."""
     return encode_frame([PEER, sender, int(msg), body], bulk=bulk)
+
+
+def pack_message(msg: int, body: dict[str, Any]) -> bytes:
+    """One message, msgpack-encoded as [type, body], ready for `peer_frame`."""
+    return pack([msg, body])
+
+
+def frame_prefix(sender: str) -> bytes:
+    """The start of every peer frame body `sender` sends: a 4-array, PEER, sender."""
+    return b"\x94" + pack(PEER) + pack(sender)
+
+
+_BATCH_KEY = pack(int(PeerMsg.BATCH)) + b"\x81" + pack("msgs")
+
+
+def peer_frame(prefix: bytes, packed: list[bytes]) -> bytes:
+    """One complete frame carrying the `pack_message` outputs in `packed` (at least one).
+
+    msgpack arrays are their header followed by their elements, so the frame is
+    spliced from the encoded messages: one message [type, body] becomes
+    [3, sender, type, body], several become a BATCH.
+    """
+    if len(packed) == 1:
+        body = prefix + packed[0][1:]  # drop the message's own 2-array header
+    else:
+        n = len(packed)
+        if n < 16:
+            head = bytes((0x90 | n,))
+        elif n < 1 << 16:
+            head = b"\xdc" + n.to_bytes(2, "big")
+        else:
+            head = b"\xdd" + n.to_bytes(4, "big")
+        body = b"".join((prefix, _BATCH_KEY, head, *packed))
+    return _LEN.pack(len(body)) + body
 
 
 def parse_peer(obj: Any) -> tuple[str, int, dict[str, Any]] | None:

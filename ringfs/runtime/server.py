@@ -2,7 +2,8 @@
 
 It owns no protocol logic. Each connection has a reader task that splits frames
 and hands them to the node, and a writer task that sends whatever replies have
-queued, many per send when requests are pipelined. Syncs run in a worker thread;
+queued, many per send when requests are pipelined (a reply for an idle connection
+is sent at once, without waking the writer). Syncs run in a worker thread;
 while one runs, writes keep arriving and the next sync covers all of them (group
 commit). Every node call is followed by `_dispatch()`, which carries out the
 node's effects and re-arms the timer if the node's next deadline moved earlier.
@@ -113,6 +114,8 @@ class _Connection:
 
     unsent: int = 0
     sending: bool = False
+    raw: socket.socket | None = None
+    """A dup of the connection's socket, driven directly (None: use `stream`)."""
 
     def push(self, frame: bytes) -> None:
         if self.closing:
@@ -232,7 +235,10 @@ class NodeServer:
             if type(eff) is ClientReply:
                 c = self._conns.get(eff.conn)
                 if c is not None:
-                    c.push(eff.frame)
+                    if c.raw is not None and not c.out and not c.sending and not c.closing:
+                        self._send_now(c, c.raw, eff.frame)
+                    else:
+                        c.push(eff.frame)
             elif type(eff) is RequestSync:
                 self._sync_queue.append(eff.seq)
                 self._sync_wanted.set()
@@ -251,6 +257,21 @@ class NodeServer:
         if node.departed and not self._departing and self._nursery is not None:
             self._departing = True
             self._nursery.start_soon(self._depart)
+
+    @staticmethod
+    def _send_now(c: _Connection, raw: socket.socket, frame: bytes) -> None:
+        """Send a reply on an idle connection at once, without waking its writer task;
+        what the socket does not take is left to the writer."""
+        try:
+            n = raw.send(frame)
+        except BlockingIOError:
+            n = 0
+        except OSError:
+            n = 0  # the writer meets the error again and closes the connection
+        if n < len(frame):
+            c.push(frame[n:])
+        else:
+            c.drained.set()
 
     async def _depart(self) -> None:
         """A requested leave finished: let the announcement spread, then stop serving."""
@@ -383,15 +404,32 @@ class NodeServer:
         async with stream, trio.open_nursery() as inner:
             inner.start_soon(self._drain_peer_replies, stream, link.address)
             await stream.send_all(hello)
-            while True:
-                if link.queue:
-                    data = b"".join(link.queue)
-                    link.queue.clear()
-                    link.queued_bytes = 0
-                    await stream.send_all(data)
-                else:
-                    await link.wake.wait()
-                    link.wake = trio.Event()
+            # Send on a dup of the socket directly, as the client connections do: trio's
+            # send_all yields to the scheduler after every send even when it completed.
+            raw = socket.socket(fileno=os.dup(stream.socket.fileno()))
+            try:
+                raw.setblocking(False)
+                send = raw.send
+                wait_writable = trio.lowlevel.wait_writable
+                queue = link.queue
+                while True:
+                    if queue:
+                        data = memoryview(b"".join(queue) if len(queue) > 1 else queue[0])
+                        queue.clear()
+                        link.queued_bytes = 0
+                        while data:
+                            try:
+                                n = send(data)
+                            except BlockingIOError:
+                                n = 0
+                            data = data[n:]
+                            if data:
+                                await wait_writable(raw)
+                    else:
+                        await link.wake.wait()
+                        link.wake = trio.Event()
+            finally:
+                raw.close()
 
     async def _drain_peer_replies(self, stream: trio.SocketStream, address: str) -> None:
         """Read what a peer sends back on our connection (HELLO reply, errors) and log it."""
@@ -483,6 +521,7 @@ class NodeServer:
                 # Fast path: drive a dup of the socket directly; trio only waits.
                 raw = socket.socket(fileno=os.dup(stream.socket.fileno()))
                 raw.setblocking(False)
+                c.raw = raw
             async with trio.open_nursery() as nursery:
                 if raw is not None:
                     nursery.start_soon(self._raw_writer, c, raw)
@@ -502,6 +541,7 @@ class NodeServer:
             node.counters["connection_bugs"] += 1
             log.exception("connection %d failed", conn_id)
         finally:
+            c.raw = None
             if raw is not None:
                 raw.close()
             self._conns.pop(conn_id, None)
@@ -584,7 +624,11 @@ class NodeServer:
         # Optimistic reads: after a reply, yield once and try recv before asking epoll.
         # Under load the next request has usually arrived by the time this task runs
         # again, which saves the epoll_ctl re-arm; when it had not, go back to waiting.
+        # A client whose requests were not answered at once (replicated writes and
+        # reads) has nothing more to send yet, so its reader waits for epoll; a peer's
+        # stream keeps flowing.
         optimistic = False
+        peer = False
         with trio.CancelScope() as scope:
             c.reader_scope = scope
             while not c.closing:
@@ -600,11 +644,13 @@ class NodeServer:
                 except OSError:
                     c.closing = True
                     break
-                optimistic = len(self._conns) > 1
                 if not data:
                     break
                 self._handle_input(c, decoder, data)
+                if not peer:
+                    peer = node.is_peer(c.conn_id)
                 out = c.out
+                optimistic = (peer or bool(out)) and len(self._conns) > 1
                 if out and not c.sending:
                     data = b"".join(out) if len(out) > 1 else out[0]
                     out.clear()

@@ -177,6 +177,10 @@ _GATHER_FRAME_BYTES = 64 * 1024
 """A frame at least this long is collected as a list of received pieces."""
 
 
+_VIEW_FRAME_BYTES = 64 * 1024
+"""Frame bodies at least this long are decoded from a view of the buffer."""
+
+
 class FrameDecoder:
     """Incremental splitter of a byte stream into decoded frame bodies (sans-IO).
 
@@ -229,10 +233,12 @@ class FrameDecoder:
         limit = self.max_frame_bytes
         unpack_len = _LEN.unpack_from
         pending = 0
-        # Bodies are decoded from a view, not a slice: a slice would copy every body
-        # once more (a 1 MiB chunk costs about half a millisecond a copy). The view is
-        # released before the buffer is resized.
-        with memoryview(src) as view:
+        # Large bodies are decoded from a view, not a slice: a slice would copy every
+        # body once more (a 1 MiB chunk costs about half a millisecond a copy). Small
+        # ones are sliced, which is cheaper than making a view. The view is released
+        # before the buffer is resized.
+        view: memoryview | None = None
+        try:
             while end - pos >= 4:
                 (n,) = unpack_len(src, pos)
                 if n > limit or n == 0:
@@ -244,13 +250,22 @@ class FrameDecoder:
                 if stop > end:
                     pending = stop - pos
                     break
+                if n < _VIEW_FRAME_BYTES:
+                    body: bytes | bytearray | memoryview = src[pos + 4 : stop]
+                else:
+                    if view is None:
+                        view = memoryview(src)
+                    body = view[pos + 4 : stop]
                 try:
-                    out.append(unpack(view[pos + 4 : stop], n))
+                    out.append(unpack(body, n))
                 except Exception as exc:  # msgpack raises several unrelated types
                     self._fail(WireError(ErrorCode.BAD_FRAME, f"invalid msgpack body: {exc}",
                                          fatal=True))
                     return out
                 pos = stop
+        finally:
+            if view is not None:
+                view.release()
         if pending >= _GATHER_FRAME_BYTES:
             if src is buf:
                 self._parts = [bytes(buf[pos:])]

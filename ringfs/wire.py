@@ -235,7 +235,7 @@ class FrameDecoder:
         pending = 0
         # Large bodies are decoded from a view, not a slice: a slice would copy every
         # body once more (a 1 MiB chunk costs about half a millisecond a copy). Small
-        # ones are sliced, which is cheaper than making a view. The view is released
+        # ones are sliced, which is cheaper than making a view. Every view is released
         # before the buffer is resized.
         view: memoryview | None = None
         try:
@@ -250,14 +250,15 @@ class FrameDecoder:
                 if stop > end:
                     pending = stop - pos
                     break
-                if n < _VIEW_FRAME_BYTES:
-                    body: bytes | bytearray | memoryview = src[pos + 4 : stop]
-                else:
-                    if view is None:
-                        view = memoryview(src)
-                    body = view[pos + 4 : stop]
                 try:
-                    out.append(unpack(body, n))
+                    if n < _VIEW_FRAME_BYTES:
+                        out.append(unpack(src[pos + 4 : stop], n))
+                    else:
+                        if view is None:
+                            view = memoryview(src)
+                        # A slice of a view is an export of its own: release it too.
+                        with view[pos + 4 : stop] as body:
+                            out.append(unpack(body, n))
                 except Exception as exc:  # msgpack raises several unrelated types
                     self._fail(WireError(ErrorCode.BAD_FRAME, f"invalid msgpack body: {exc}",
                                          fatal=True))

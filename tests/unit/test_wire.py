@@ -63,6 +63,19 @@ def test_large_frames_survive_any_split(sizes: list[int], data: st.DataObject) -
     assert dec.buffered == 0
 
 
+def test_a_large_frame_decoded_from_the_buffer_leaves_it_resizable() -> None:
+    # A large body held back in the decoder's own buffer is decoded from a view; the
+    # buffer must still shrink afterwards, with a partial frame behind the big one.
+    big = encode_frame([0, b"\x00" * 70_000, "tail"], bulk=True)
+    small = encode_frame([1])
+    dec = FrameDecoder(1 << 20)
+    assert dec.feed(big[:1]) == []
+    assert dec.feed(big[1:] + small[:2]) == [[0, b"\x00" * 70_000, "tail"]]
+    assert dec.buffered == 2
+    assert dec.feed(small[2:]) == [[1]]
+    assert dec.buffered == 0
+
+
 def test_a_large_garbage_frame_is_fatal_once_whole() -> None:
     stream = struct.pack(">I", 80_000) + b"\xc1" * 80_000 + encode_frame([1])
     dec = FrameDecoder(100_000)

@@ -44,9 +44,12 @@ PEER_CONNECT_TIMEOUT_S = 2.0
 PEER_QUEUE_BYTES = 64 * 1024 * 1024
 """Frames queued for one peer beyond this are dropped and the peer reported unreachable."""
 MERGE_IDLE_S = 0.5
+"""How often an idle node asks its engine whether a merge is due."""
+MAINTENANCE_SYNC_BYTES = 1024 * 1024
+"""Unsynced merge and hint output after which the maintenance task fsyncs it on a worker
+thread (the engine would otherwise fsync it on the event loop at 2 MiB)."""
 LEAVE_SPREAD_S = 5.0
 """After a requested leave, how long the node keeps running while the announcement spreads."""
-"""How often an idle node asks its engine whether a merge is due."""
 MAX_UNSENT_REPLY_BYTES = 8 * 1024 * 1024
 """A connection whose client does not read its replies stops being read past this."""
 
@@ -482,6 +485,16 @@ class NodeServer:
                 node.counters["merge_failures"] += 1
                 log.exception("merge step failed; will retry")
                 busy = False
+            # Merge and hint output is fsynced here, off the event loop, once enough has
+            # piled up or a finished hint or merge waits for it.
+            if engine.maintenance_sync_wanted(MAINTENANCE_SYNC_BYTES):
+                try:
+                    await trio.to_thread.run_sync(engine.sync_maintenance)
+                    busy = True  # a finished merge may now go on at once
+                except Exception:
+                    node.counters["merge_failures"] += 1
+                    log.exception("fsync of merge output failed")
+                    busy = False
             # A step is a few milliseconds of work; yield to requests between steps.
             await trio.sleep(0.001 if busy else MERGE_IDLE_S)
 

@@ -126,6 +126,16 @@ class StorageEngine(Protocol):
         """Run a merge step if fragmentation warrants it; True if work was done."""
         ...
 
+    def maintenance_sync_wanted(self, max_unsynced: int) -> bool:
+        """Whether maintenance (merges, hints) waits for an fsync of its output, or has
+        more than `max_unsynced` bytes of it unsynced: then the runtime calls
+        sync_maintenance() on a worker thread."""
+        ...
+
+    def sync_maintenance(self) -> None:
+        """fsync the maintenance output only; blocking, safe in a worker thread."""
+        ...
+
     def close(self) -> None:
         """Sync and release files. The engine is unusable afterwards."""
         ...

@@ -148,6 +148,12 @@ class MemoryEngine:
             self._last_seq = self._durable_seq
 
     # -- maintenance -----------------------------------------------------------
+    def maintenance_sync_wanted(self, max_unsynced: int) -> bool:
+        return False  # maintenance here never writes anything
+
+    def sync_maintenance(self) -> None:
+        return None
+
     def maybe_merge(self) -> bool:
         if self._may_drop is None:
             return False

@@ -411,6 +411,60 @@ def test_merge_swap_waits_for_superseding_writes_to_be_durable(store_dir: Path) 
         s.check_invariants()
 
 
+def test_merges_need_no_fsync_on_the_owner_thread_when_maintenance_is_synced(
+    store_dir: Path,
+) -> None:
+    """Driven as the runtime drives it (merge and hint output fsynced by
+    sync_maintenance() on another thread once it piles up or a job waits for it),
+    maybe_merge() itself never fsyncs: the event loop never waits for a disk."""
+    with LogStore(store_dir, segment_bytes=2048, merge_step_bytes=512) as s:
+        inline: list[bool] = []
+        in_merge = False
+        real_sync = s._sync
+
+        def watched_sync(*, data: bool) -> int:
+            inline.append(in_merge)
+            return real_sync(data=data)
+
+        s._sync = watched_sync  # type: ignore[method-assign]
+        for rnd in range(30):
+            for i in range(40):
+                s.put(b"k%02d" % i, b"%d-%d" % (rnd, i) * 6)
+            s.sync()
+        merges = s.stats().merges
+        idle = 0
+        while idle < 20:
+            in_merge = True
+            busy = s.maybe_merge()
+            in_merge = False
+            if s.maintenance_sync_wanted(1024):
+                s.sync_maintenance()
+                assert not s.maintenance_sync_wanted(0)
+                busy = True
+            idle = 0 if busy else idle + 1
+        assert s.stats().merges > merges
+        assert inline and not any(inline)
+        s.check_invariants()
+    # Left alone, the same work fsyncs inline once it has waited long enough.
+    with LogStore(store_dir.parent / "left-alone", segment_bytes=2048,
+                  merge_step_bytes=512) as s:
+        calls: list[bool] = []
+        real = s._sync
+        s._sync = lambda *, data: calls.append(data) or real(data=data)  # type: ignore[method-assign]
+        for rnd in range(30):
+            for i in range(40):
+                s.put(b"k%02d" % i, b"%d-%d" % (rnd, i) * 6)
+            s.sync()
+        calls.clear()
+        before = s.stats().merges
+        for _ in range(5000):
+            if s.stats().merges > before:
+                break
+            s.maybe_merge()
+        assert s.stats().merges > before
+        assert False in calls  # maintenance-only fsyncs, made inside maybe_merge()
+
+
 def test_tombstones_stay_until_the_hook_allows(store_dir: Path) -> None:
     allowed: set[bytes] = set()
     asked: list[bytes] = []

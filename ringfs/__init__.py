@@ -6,7 +6,8 @@ return, the errors they raise, and the node configuration.
 
 __version__ = "0.1.0"
 
-from ringfs.client import AsyncClient, Client, FileInfo, GetResult, PutFileResult
+from typing import TYPE_CHECKING, Any
+
 from ringfs.config import ConfigError, Durability, NodeConfig
 from ringfs.errors import (
     ChecksumMismatch,
@@ -21,6 +22,24 @@ from ringfs.errors import (
     ServerError,
     Unavailable,
 )
+
+if TYPE_CHECKING:
+    from ringfs.client import AsyncClient, Client, FileInfo, GetResult, PutFileResult
+
+_FROM_CLIENT = frozenset({"AsyncClient", "Client", "FileInfo", "GetResult", "PutFileResult"})
+
+
+def __getattr__(name: str) -> Any:
+    # The clients (and trio with them) load on first use: a node process or the
+    # simulator that never touches them starts faster.
+    if name in _FROM_CLIENT:
+        from ringfs import client
+
+        value = getattr(client, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'ringfs' has no attribute {name!r}")
+
 
 __all__ = [
     "AsyncClient",

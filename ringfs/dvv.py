@@ -189,23 +189,25 @@ class DVVSet:
     @classmethod
     def from_wire(cls, obj: Any, *, max_entries: int = 1024, max_siblings: int = 1024) -> DVVSet:
         """Parse and validate the form made by `to_wire`; raises ValueError on bad input."""
-        if not isinstance(obj, list) or len(obj) > max_entries:
+        if type(obj) is not list or len(obj) > max_entries:
             raise ValueError(f"version set must be a list of at most {max_entries} entries")
         entries: list[Entry] = []
         total = 0
-        last = None
+        last = ""
         for e in obj:
-            if not isinstance(e, list) or len(e) != 3:
+            if type(e) is not list or len(e) != 3:
                 raise ValueError("version entry must be [node, counter, values]")
             i, n, vals = e
-            if not isinstance(i, str) or not isinstance(n, int) or not isinstance(vals, list):
+            # Exact types: msgpack gives exactly these, and a bool is no counter.
+            if type(i) is not str or type(n) is not int or type(vals) is not list:
                 raise ValueError("version entry has wrong types")
-            if n < 1 or len(vals) > n or (last is not None and i <= last):
+            k = len(vals)
+            if n < 1 or k > n or i <= last:
                 raise ValueError("version entries must be sorted, counters >= values")
             for v in vals:
-                if v is not None and not isinstance(v, bytes):
+                if v is not None and type(v) is not bytes:
                     raise ValueError("sibling values must be bytes or nil")
-            total += len(vals)
+            total += k
             if total > max_siblings:
                 raise ValueError("too many siblings")
             entries.append((i, n, tuple(vals)))

@@ -193,6 +193,10 @@ class _Pending:
     release: Callable[[], None]
 
 
+_Timer = list[Any]
+"""A node timer: [when, seq, fn or None once cancelled]."""
+
+
 @dataclass(eq=False)
 class _ClientGet:
     conn: int
@@ -202,6 +206,7 @@ class _ClientGet:
     sent: bool = False
     then: Callable[[GetCoordinator | None, QuorumFailure | None, float], None] | None = None
     """For a read done on behalf of a blind write: continue it instead of replying."""
+    timer: _Timer | None = None
 
 
 @dataclass(eq=False)
@@ -209,6 +214,7 @@ class _ClientPut:
     conn: int
     rid: int
     coord: PutCoordinator
+    timer: _Timer | None = None
 
 
 @dataclass(eq=False)
@@ -216,6 +222,7 @@ class _Forwarded:
     conn: int
     rid: int
     target: str
+    timer: _Timer | None = None
 
 
 def hint_key(owner: str, key: bytes) -> bytes:
@@ -288,7 +295,7 @@ class Node:
             now + config.durability.interval_ms / 1000.0
             if config.durability.kind == "interval" else None
         )
-        self._timers: list[tuple[float, int, Callable[[float], None]]] = []
+        self._timers: list[_Timer] = []
         self._timer_seq = 0
         self._ids = 0
         self._gets: dict[int, _ClientGet] = {}
@@ -373,9 +380,19 @@ class Node:
         self._ids += 1
         return self._ids
 
-    def _after(self, when: float, fn: Callable[[float], None]) -> None:
+    def _after(self, when: float, fn: Callable[[float], None]) -> _Timer:
+        """Call fn(now) once `now` reaches `when`; the entry returned can be cancelled."""
         self._timer_seq += 1
-        heapq.heappush(self._timers, (when, self._timer_seq, fn))
+        entry: _Timer = [when, self._timer_seq, fn]
+        heapq.heappush(self._timers, entry)
+        return entry
+
+    @staticmethod
+    def _cancel_timer(entry: _Timer | None) -> None:
+        """Cancel a timer from `_after` (a request that finished no longer needs its
+        timeout): it is dropped unrun, and no wake-up is scheduled for it."""
+        if entry is not None:
+            entry[2] = None
 
     def _send(self, node: str, msg: PeerMsg, body: dict[str, Any]) -> bool:
         addr = self.membership.address_of(node)
@@ -909,7 +926,7 @@ class Node:
                     body["hint_for"] = rep.hint_for
                 if not self._send(rep.node, PeerMsg.REPLICA_GET, body):
                     failure = coord.on_failed(rep.node, "unknown address") or failure
-        self._after(coord.deadline, partial(self.on_get_timeout, gid))
+        self._gets[gid].timer = self._after(coord.deadline, partial(self.on_get_timeout, gid))
         self._advance_get(gid, now, failure)
         return None
 
@@ -975,6 +992,7 @@ class Node:
         g = self._gets.pop(gid, None)
         if g is None:
             return
+        self._cancel_timer(g.timer)
         coord = g.coord
         coord.closed = True
         if g.whereis:
@@ -1169,7 +1187,7 @@ class Node:
             return self._put_result(rid, new, summary)  # one replica, acked before sync: done
         coord = PutCoordinator(key, new, apl, w, now + self.config.request_timeout_s)
         pid = self._next_id()
-        self._puts[pid] = _ClientPut(conn, rid, coord)
+        put = self._puts[pid] = _ClientPut(conn, rid, coord)
         self._track(conn, rid)
         wire_state = None
         unknown: list[str] = []
@@ -1183,7 +1201,7 @@ class Node:
                 body["hint_for"] = rep.hint_for
             if not self._send(rep.node, PeerMsg.REPLICA_PUT, body):
                 unknown.append(rep.node)
-        self._after(coord.deadline, partial(self.on_put_timeout, pid))
+        put.timer = self._after(coord.deadline, partial(self.on_put_timeout, pid))
         self._hold_until_durable(seq, partial(self._put_acked, pid, self.name))
         for node in unknown:
             self._put_refused(pid, node, "unknown address")
@@ -1217,8 +1235,15 @@ class Node:
             return
         if p.coord.on_ack(node):
             self._finish(p.conn, p.rid, self._put_result(p.rid, p.coord.state))
-        if len(p.coord.acked) + len(p.coord.refused) >= len(p.coord.replicas):
+        self._retire_put(pid, p)
+
+    def _retire_put(self, pid: int, p: _ClientPut) -> None:
+        """Forget a put once its outcome is sent: later acks change nothing (the
+        replicas that were slow still get the write, or anti-entropy brings it)."""
+        c = p.coord
+        if c.finished or len(c.acked) + len(c.refused) >= len(c.replicas):
             self._puts.pop(pid, None)
+            self._cancel_timer(p.timer)
 
     def _put_refused(self, pid: int, node: str, reason: str) -> None:
         p = self._puts.get(pid)
@@ -1233,8 +1258,7 @@ class Node:
             else:
                 frame = self._quorum_error(p.rid, failure)
             self._finish(p.conn, p.rid, frame)
-        if len(p.coord.acked) + len(p.coord.refused) >= len(p.coord.replicas):
-            self._puts.pop(pid, None)
+        self._retire_put(pid, p)
 
     def on_put_timeout(self, pid: int, now: float) -> None:
         p = self._puts.pop(pid, None)
@@ -1257,13 +1281,13 @@ class Node:
                             "no primary replica of this key is up to coordinate the write",
                             req_id=rid, details={"executed": False})
         fid = self._next_id()
-        self._forwards[fid] = _Forwarded(conn, rid, target)
+        fw = self._forwards[fid] = _Forwarded(conn, rid, target)
         self._track(conn, rid)
         self.counters["forwarded"] += 1
         self._send(target, PeerMsg.FORWARD, {"id": fid, "op": int(op), "args": args,
                                              "hops": self._conns[conn].hops + 1})
-        self._after(now + self.config.request_timeout_s + 0.5,
-                    partial(self.on_forward_timeout, fid))
+        fw.timer = self._after(now + self.config.request_timeout_s + 0.5,
+                               partial(self.on_forward_timeout, fid))
         return None
 
     def on_forward_timeout(self, fid: int, now: float) -> None:
@@ -1333,6 +1357,7 @@ class Node:
             self._handoff_done(hid, False)
         for fid in [fid for fid, fw in self._forwards.items() if fw.target == name]:
             fw = self._forwards.pop(fid)
+            self._cancel_timer(fw.timer)
             self._finish(fw.conn, fw.rid, encode_error(
                 fw.rid, ErrorCode.UNAVAILABLE, f"lost the connection to coordinator {name}; "
                 "the write may or may not have happened"))
@@ -1475,6 +1500,7 @@ class Node:
         f = self._forwards.pop(fid, None)
         if f is None:
             return
+        self._cancel_timer(f.timer)
         kind = RESPONSE if ok is True else ERROR
         self._finish(f.conn, f.rid, encode_frame([kind, f.rid, payload]))
 
@@ -1623,8 +1649,11 @@ class Node:
     # -- timers --------------------------------------------------------------------------
     def next_deadline(self) -> float | None:
         t = self._next_interval_sync
-        if self._timers:
-            top = self._timers[0][0]
+        timers = self._timers
+        while timers and timers[0][2] is None:  # cancelled
+            heapq.heappop(timers)
+        if timers:
+            top = timers[0][0]
             if t is None or top < t:
                 t = top
         if self.gossip is not None:
@@ -1662,7 +1691,9 @@ class Node:
                 self._pump_gossip(now)
         timers = self._timers
         while timers and timers[0][0] <= now:
-            _, _, fn = heapq.heappop(timers)
+            fn = heapq.heappop(timers)[2]
+            if fn is None:
+                continue  # cancelled
             try:
                 fn(now)
             except Exception:  # a bug in one timer must not stop the others or the node

@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
+from heapq import heappush
 
 from simulations.loop import EventLoop
 
@@ -177,7 +178,9 @@ class SimNetwork:
         if tail is not None and tail > at:
             at = tail
         tails[pair] = at
-        loop.post_at(at, self._deliver_stream, src, dest, data)
+        # loop.post_at(at, ...) inlined: this runs for every message sent.
+        seq = loop._seq = loop._seq + 1
+        heappush(loop._heap, (at, seq, self._deliver_stream, (src, dest, data)))
 
     def _deliver_stream(self, src: str, dest: str, data: bytes) -> None:
         ep = self._endpoints.get(dest)

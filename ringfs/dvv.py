@@ -44,11 +44,14 @@ Entry = tuple[str, int, tuple[Value, ...]]
 class DVVSet:
     """An immutable dotted version vector set. See the module docstring."""
 
-    __slots__ = ("entries",)
+    __slots__ = ("_wire", "entries")
 
-    def __init__(self, entries: tuple[Entry, ...] = ()) -> None:
+    def __init__(self, entries: tuple[Entry, ...] = (),
+                 wire: list[list[Any]] | None = None) -> None:
         # Sorted by node id, counters >= 1, len(values) <= counter.
         self.entries = entries
+        self._wire = wire
+        """The to_wire() form, when known (it was parsed from it, or made once)."""
 
     # -- construction -----------------------------------------------------------
     @classmethod
@@ -183,8 +186,13 @@ class DVVSet:
 
     # -- encoding ---------------------------------------------------------------
     def to_wire(self) -> list[list[Any]]:
-        """A msgpack-ready form: [[node, counter, [value-or-nil, ...]], ...]."""
-        return [[i, n, list(vals)] for i, n, vals in self.entries]
+        """A msgpack-ready form: [[node, counter, [value-or-nil, ...]], ...].
+
+        Made once per state and shared: callers must not change it."""
+        w = self._wire
+        if w is None:
+            w = self._wire = [[i, n, list(vals)] for i, n, vals in self.entries]
+        return w
 
     @classmethod
     def from_wire(cls, obj: Any, *, max_entries: int = 1024, max_siblings: int = 1024) -> DVVSet:
@@ -212,7 +220,7 @@ class DVVSet:
                 raise ValueError("too many siblings")
             entries.append((i, n, tuple(vals)))
             last = i
-        return cls(tuple(entries))
+        return cls(tuple(entries), obj)
 
 
 def _entry_id(e: Entry) -> str:
@@ -277,4 +285,4 @@ def decode_context(data: bytes, *, max_entries: int = 1024) -> VersionVector:
 
 def from_stored(obj: list[list[Any]]) -> DVVSet:
     """Rebuild a DVVSet from our own checksummed storage, skipping validation."""
-    return DVVSet(tuple((e[0], e[1], tuple(e[2])) for e in obj))
+    return DVVSet(tuple((e[0], e[1], tuple(e[2])) for e in obj), obj)

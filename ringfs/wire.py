@@ -211,6 +211,18 @@ class FrameDecoder:
         if self.error is not None:
             return []
         buf = self._buf
+        if not buf and not self._want:
+            # The common case, first: exactly one whole small frame, nothing held.
+            end = len(data)
+            if end >= 4:
+                (n,) = _LEN.unpack_from(data, 0)
+                if n + 4 == end and 0 < n < _VIEW_FRAME_BYTES and n <= self.max_frame_bytes:
+                    try:
+                        return [unpack(data[4:], n)]
+                    except Exception as exc:  # msgpack raises several unrelated types
+                        self._fail(WireError(ErrorCode.BAD_FRAME,
+                                             f"invalid msgpack body: {exc}", fatal=True))
+                        return []
         src: bytes | bytearray
         if self._want:
             # A large frame arrives in pieces: keep them and join once when it is

@@ -171,6 +171,10 @@ class Datagram(NamedTuple):
 
 Effect = ClientReply | CloseConnection | RequestSync | PeerSend | Datagram
 
+_new: Any = tuple.__new__
+"""Builds an effect on the hot paths: `_new(PeerSend, (address, frame))` is the same
+tuple as `PeerSend(address, frame)` without the generated Python __new__."""
+
 
 @dataclass
 class _Conn:
@@ -408,7 +412,7 @@ class Node:
         if addr is None:
             self.counters["peer_unknown_destination"] += 1
             return False
-        self._outbox.append(PeerSend(addr, frame))
+        self._outbox.append(_new(PeerSend, (addr, frame)))
         return True
 
     def _send_address(self, address: str, msg: PeerMsg, body: dict[str, Any]) -> None:
@@ -421,7 +425,7 @@ class Node:
             return
         size = self._peer_out_bytes[address] + len(packed)
         if size > self._peer_batch_bytes:
-            self._outbox.append(PeerSend(address, peer_frame(self._frame_prefix, queue)))
+            self._outbox.append(_new(PeerSend, (address, peer_frame(self._frame_prefix, queue))))
             queue.clear()
             size = len(packed)
         queue.append(packed)
@@ -432,7 +436,7 @@ class Node:
         outbox = self._outbox
         for address, queue in self._peer_out.items():
             if queue:
-                outbox.append(PeerSend(address, peer_frame(prefix, queue)))
+                outbox.append(_new(PeerSend, (address, peer_frame(prefix, queue))))
         self._peer_out = {}
         self._peer_out_bytes = {}
 
@@ -445,7 +449,7 @@ class Node:
         self._pending.append(_Pending(seq, release))
         if seq > self._sync_requested:
             self._sync_requested = seq
-            self._outbox.append(RequestSync(seq))
+            self._outbox.append(_new(RequestSync, (seq,)))
 
     # -- connections ---------------------------------------------------------------
     def client_connected(self, conn: int, now: float) -> None:
@@ -485,7 +489,7 @@ class Node:
             self._conns.pop(conn, None)
             self._reply_forward(c.forwarded_from, frame)
             return
-        self._outbox.append(ClientReply(conn, frame))
+        self._outbox.append(_new(ClientReply, (conn, frame)))
 
     def _reply_forward(self, origin: tuple[str, int], frame: bytes) -> None:
         sender, fid = origin

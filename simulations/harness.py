@@ -103,9 +103,10 @@ class RecordingEngine(MemoryEngine):
 
     def _note(self, key: bytes, meta: bytes | None) -> None:
         prev = self.get(key)
-        self._log.append(DiskWrite(self._clock(), self.name, key,
-                                   prev.meta if prev is not None else None, meta,
-                                   self._actor()))
+        # tuple.__new__: DiskWrite(...) without its generated Python __new__ (every write).
+        self._log.append(tuple.__new__(DiskWrite, (self._clock(), self.name, key,
+                                                   prev.meta if prev is not None else None,
+                                                   meta, self._actor())))
 
     def put(self, key: bytes, value: bytes, meta: bytes = b"") -> int:
         self._note(key, meta)

@@ -91,7 +91,11 @@ class DVVSet:
 
     def is_tombstone(self) -> bool:
         """True when every live sibling is a tombstone (the key reads as deleted)."""
-        return all(v is None for _, _, vals in self.entries for v in vals)
+        for _, _, vals in self.entries:
+            for v in vals:
+                if v is not None:
+                    return False
+        return True
 
     def context(self) -> VersionVector:
         """The version vector of everything this state has seen (the read context)."""
@@ -260,7 +264,7 @@ def encode_context(vv: Mapping[str, int]) -> bytes:
     if len(vv) == 1:
         for i, n in vv.items():
             return _packb([[i, n]])  # type: ignore[no-any-return]
-    return msgpack.packb(sorted([i, n] for i, n in vv.items()), use_bin_type=True)  # type: ignore[no-any-return]
+    return _packb(sorted([i, n] for i, n in vv.items()))  # type: ignore[no-any-return]
 
 
 def decode_context(data: bytes, *, max_entries: int = 1024) -> VersionVector:

@@ -195,16 +195,21 @@ class DotIndex:
             n = state.counter(actor)
             if not n or (prev is not None and self.decode(prev).counter(actor) >= n):
                 continue
-            for a, counter, value in state.dots():
-                if a != actor or counter != n:
+            # The only dot this write can have issued is (actor, n): the newest value
+            # of the actor's entry, when that value is still live.
+            for a, counter, vals in state.entries:
+                if a != actor:
                     continue
+                if not vals:
+                    break
+                value = vals[0]
                 k = (key, actor, counter)
                 old = issued.get(k)
                 if old is not None and old.value == value:
                     # The same write learned again after this node lost the key (a
                     # damaged record dropped, a purge): not a second issuance. Values
                     # are unique per write, so a reused dot always binds another one.
-                    continue
+                    break
                 if old is not None:
                     v = Violation("dots-unique",
                                   f"dot ({actor}, {counter}) of key {show(key)} was issued at "
@@ -219,6 +224,7 @@ class DotIndex:
                     self.tombstones[key].append(info)
                 else:
                     self.by_value[(key, value)] = info
+                break
         self._pos = len(log)
         return new
 

@@ -94,6 +94,10 @@ re-joins its seeds when it sees nobody alive: the way views split by a long part
 or a node restarted while cut off, merge again."""
 MAX_REAPED_REMEMBERED = 1_000_000
 """Reaped keys whose counters a node remembers; past it, it takes a new actor id."""
+MAX_REAPED_CLOCKS = 100_000
+"""Reaped tombstones whose clocks a node keeps (oldest forgotten first): a copy of a
+key that arrives after its tombstone was reaped here loses what the tombstone had
+deleted, so a late hint or repair cannot bring a deleted value back."""
 HANDOFF_INTERVAL_S = 1.0
 """How often a node checks whether owners of its hints are back."""
 MAX_FORWARD_HOPS = 2
@@ -267,6 +271,8 @@ class Node:
         self._seeds_given = any(sd != config.listen for sd in config.seeds)
         self._actor_generation = 0
         self._reaped: dict[bytes, int] = {}
+        self._reaped_clocks: dict[bytes, DVVSet] = {}
+        """Key -> the clock (counters, no values) of the tombstone reaped here."""
         self._lost: set[bytes] = set()
         """Keys whose local copy was lost to damage under this actor (lost_counters)."""
         """Keys reaped during this actor's life, with its last counter in each."""
@@ -734,6 +740,14 @@ class Node:
         self.files.check_incoming(key, incoming)
         sk = self._stored_key(key, hint_for)
         rec, local = self._read(sk)
+        if hint_for is None and self._reaped_clocks:
+            gone = self._reaped_clocks.get(key)
+            if gone is not None:
+                # The key's tombstone was reaped here: drop what it had deleted (a
+                # hint or repair sent before the delete must not revive it).
+                incoming = incoming.sync(gone)
+                if local is None and not incoming.sibling_count():
+                    return None
         merged = incoming if local is None else local.sync(incoming)
         if local is not None and merged == local:
             return None
@@ -1041,6 +1055,11 @@ class Node:
         if self._load(key) == tomb:
             self._drop_local(key)
             self.counters["tombstones_reaped"] += 1
+            clocks = self._reaped_clocks
+            clocks.pop(key, None)
+            if len(clocks) >= MAX_REAPED_CLOCKS:
+                del clocks[next(iter(clocks))]  # the oldest
+            clocks[key] = DVVSet(tuple((i, n, ()) for i, n, _ in tomb.entries))
             # Forgetting the key must not let this actor issue its old dots again: a
             # client holding a context from before the delete would cover them.
             mine = tomb.counter(self.actor)
@@ -1172,6 +1191,11 @@ class Node:
         if value is None and local is None and not ctx:
             return encode_response(rid, {"context": b"", "siblings": 0})
         base = local if local is not None else DVVSet()
+        gone = self._reaped_clocks.get(key)
+        if gone is not None:
+            # The new version covers the reaped tombstone's clock, so it supersedes
+            # anything that tombstone deleted wherever the two meet.
+            base = base.sync(gone)
         floor = self._reaped.pop(key, None)
         if floor is not None and base.counter(self.actor) < floor:
             # The key was reaped here (and may since have come back from another

@@ -292,3 +292,37 @@ def test_a_forwarded_write_is_forwarded_once_more_then_refused() -> None:
     assert stored_values(w, prefs(w, key)[0], key) == [b"v"]
     n4.on_forward("n1", {"id": 8, "op": int(Op.PUT), "args": args, "hops": 2}, w.now)
     assert n4.counters["forwarded"] == 1 and n4.counters["error_unavailable"] == 1
+
+
+def test_a_hint_delivered_after_its_key_was_deleted_and_reaped_stays_deleted() -> None:
+    """A fallback keeps a write for a primary that was down; the key is then deleted
+    with a context that covers the write, and the tombstone reaped everywhere before
+    the hint arrives. The late hint must not bring the deleted value back."""
+    w = cluster(5, tombstone_grace_s=1.0)
+    key = b"late-hint"
+    pl = prefs(w, key)
+    owner, coordinator = pl[0], pl[1]
+    c = client(w, coordinator)
+    w.crash(owner)
+    ok(c.call(Op.PUT, {"key": key, "value": b"first"}))
+    w.run_for(1.2)  # the failed stream to the dead primary tells the coordinator
+    ok(c.call(Op.PUT, {"key": key, "value": b"old"}))
+    w.run_for(0.5)
+    holder = next(n for n in w.nodes if n not in pl
+                  and w.nodes[n].engine.get(hint_key(owner, key)) is not None)
+    w.net.partition([w.nodes[holder].address], [w.nodes[owner].address])
+    w.restart(owner)
+    w.run_for(5.0)  # the owner is back and seen alive; the hint cannot reach it yet
+    got = ok(c.call(Op.GET, {"key": key, "r": 3}))
+    assert got["values"] == [b"old"]
+    ok(c.call(Op.DELETE, {"key": key, "context": got["context"]}))
+    w.run_for(0.5)
+    ok(c.call(Op.GET, {"key": key, "r": 3}))  # every primary answers with the tombstone
+    w.run_for(10.0)
+    assert all(w.nodes[n].engine.get(key) is None for n in pl), "tombstone reaped"
+    assert w.nodes[holder].node.hints == 1
+    w.net.heal()
+    w.run_for(10.0)
+    assert w.nodes[holder].node.hints == 0, "the hint was handed off"
+    got = ok(c.call(Op.GET, {"key": key, "r": 3}))
+    assert got["values"] == [] and not got["found"], "the deleted value came back"

@@ -309,3 +309,41 @@ def test_messages_for_one_peer_are_split_into_frames_the_peer_accepts() -> None:
         got.extend(body["msgs"] if mtype == PeerMsg.BATCH else [[mtype, body]])
     assert got == [[PeerMsg.GOSSIP, b] for b in bodies]
     assert node.drain_outbox() == []
+
+
+def test_a_late_copy_of_a_reaped_key_loses_what_the_tombstone_deleted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import ringfs.node as node_module
+    from ringfs.dvv import DVVSet
+
+    h = Harness()
+    node = h.node
+    old = DVVSet.new("a@1", b"old")
+    tomb = old.update(old.context(), None, "b@1")  # a delete that saw "old"
+    node._merge_local(b"k", tomb, None)
+    node._reap_local(b"k", tomb)
+    assert h.engine.get(b"k") is None
+    # A hint or repair sent before the delete arrives after the reap: ignored.
+    assert node._merge_local(b"k", old, None) is None
+    assert h.engine.get(b"k") is None
+    assert h.call(Op.GET, key=b"k")["values"] == []
+    # A write the tombstone never saw is kept, without the deleted value.
+    assert node._merge_local(b"k", old.sync(DVVSet.new("c@1", b"new")), None) is not None
+    assert h.call(Op.GET, key=b"k")["values"] == [b"new"]
+    # A write coordinated here afterwards covers the tombstone's clock.
+    h.call(Op.PUT, key=b"k2", value=b"x")
+    h.call(Op.DELETE, key=b"k2", context=h.call(Op.GET, key=b"k2")["context"])
+    tomb2 = node._load(b"k2")
+    assert tomb2 is not None
+    node._reap_local(b"k2", tomb2)
+    h.call(Op.PUT, key=b"k2", value=b"y")
+    stored = node._load(b"k2")
+    assert stored is not None and stored.descends(tomb2)
+    # Only the newest clocks are kept.
+    monkeypatch.setattr(node_module, "MAX_REAPED_CLOCKS", 2)
+    for key in (b"r1", b"r2", b"r3"):
+        t = DVVSet.new("a@1", None)
+        node._merge_local(key, t, None)
+        node._reap_local(key, t)
+    assert set(node._reaped_clocks) == {b"r2", b"r3"}

@@ -896,9 +896,17 @@ class Node:
         n = len(self.membership.ring)
         return q if q < n else n
 
-    def _apl(self, key: bytes, now: float) -> tuple[Replica, ...]:
+    def _apl(self, key: bytes, now: float, rid: int | None = None) -> tuple[Replica, ...]:
         m = self.membership
         if len(m.ring) == 1 and len(m.members) == 1:
+            if self._seeds_given:
+                # Started with seeds, this node belongs to a bigger cluster, but knows
+                # nobody yet (restarted while cut off, its saved view lost): owning
+                # every key, it would take writes where the cluster's reads never look.
+                raise WireError(ErrorCode.UNAVAILABLE,
+                                "this node has not found its cluster yet (none of its "
+                                "seeds or remembered members answered)", req_id=rid,
+                                details={"executed": False})
             # A one-member ring is this node alone: every key's list is just us.
             return self._solo_apl
         return m.ring.apl(key, self.config.n_replicas, m.up(now))
@@ -921,7 +929,7 @@ class Node:
         """Read `key` from its replicas; `apl`: its preference list at `now`, when the
         caller already has it."""
         if apl is None:
-            apl = self._apl(key, now)
+            apl = self._apl(key, now, rid)
         if whereis:
             r = len(apl) or 1
         if len(apl) < r:
@@ -1130,7 +1138,7 @@ class Node:
                 ctx = decode_context(raw_ctx)
             except ValueError as exc:
                 raise WireError(ErrorCode.BAD_CONTEXT, str(exc), req_id=rid) from None
-        apl = self._apl(key, now)
+        apl = self._apl(key, now, rid)
         mine = next((rep for rep in apl if rep.node == self.name and rep.role == "primary"),
                     None)
         if mine is None:
@@ -1180,7 +1188,7 @@ class Node:
     def _coordinate(self, conn: int, rid: int, key: bytes, value: Value,
                     ctx: dict[str, int] | None, w: int, now: float) -> bytes | None:
         """Apply a write to this primary's copy and replicate it (see the module docstring)."""
-        apl = self._apl(key, now)
+        apl = self._apl(key, now, rid)
         if len(apl) < w:
             raise self._too_few_up(rid, len(apl), w)
         rec, local = self._read(key)  # tells the repairer of damage it finds
@@ -1606,10 +1614,14 @@ class Node:
         view = [[m.name, m.address, m.incarnation, str(m.state), dict(m.meta)]
                 for m in g.members() if m.name != self.name]
         try:
-            self.engine.put(VIEW_KEY, msgpack.packb(view, use_bin_type=True))
+            seq = self.engine.put(VIEW_KEY, msgpack.packb(view, use_bin_type=True))
         except OSError as exc:
             self.counters["storage_errors"] += 1
             log.error("saving the membership view failed: %s", exc)
+            return
+        if seq > self._sync_requested:  # make it durable now, not with the next write
+            self._sync_requested = seq
+            self._outbox.append(_new(RequestSync, (seq,)))
 
     def leave(self, now: float) -> None:
         """Leave the cluster gracefully: members will mark this node left, not dead."""

@@ -347,3 +347,31 @@ def test_a_late_copy_of_a_reaped_key_loses_what_the_tombstone_deleted(
         node._merge_local(key, t, None)
         node._reap_local(key, t)
     assert set(node._reaped_clocks) == {b"r2", b"r3"}
+
+
+def test_a_node_given_seeds_that_knows_nobody_yet_refuses_to_own_every_key() -> None:
+    # Restarted while cut off with its saved view lost, a node of a bigger cluster must
+    # not take writes as the only replica of every key: the cluster's reads look elsewhere.
+    h = Harness(seeds=("127.0.0.1:7999",))
+    for op, args in ((Op.PUT, {"key": b"k", "value": b"v", "w": 1}),
+                     (Op.GET, {"key": b"k", "r": 1}),
+                     (Op.DELETE, {"key": b"k", "w": 1})):
+        err = h.error(op, **args)
+        assert err["code"] == ErrorCode.UNAVAILABLE and err["executed"] is False, err
+    assert h.engine.get(b"k") is None
+    # Without seeds a node is a cluster of one and serves at once.
+    alone = Harness()
+    alone.call(Op.PUT, key=b"k", value=b"v")
+    assert alone.call(Op.GET, key=b"k")["values"] == [b"v"]
+
+
+def test_a_saved_membership_view_is_synced_at_once() -> None:
+    engine = MemoryEngine()
+    node = Node(NodeConfig(name="n1", durability=Durability.parse("group"), gossip="local"),
+                engine, random.Random(0), 0.0)
+    node.drain_outbox()
+    node._view_save_at = 0.0
+    node.on_view_save_timeout(0.0)
+    rec = engine.get(b"\x00lview")
+    assert rec is not None
+    assert any(type(e) is RequestSync and e.seq >= rec.seq for e in node.drain_outbox())

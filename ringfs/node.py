@@ -133,6 +133,12 @@ PEER_BATCH_BYTES = 1024 * 1024
 STATE_CACHE_ENTRIES = 4096
 """Decoded causal states remembered by their stored bytes (see `Node._read`); the cache
 is emptied when it reaches this size, which it only needs to outlast a request."""
+STATE_CACHE_BYTES = 8 * 1024 * 1024
+"""... or when the states it holds reach about this many bytes (a state holds its
+values: a file chunk's is a megabyte)."""
+STATE_CACHE_MAX_ITEM = 64 * 1024
+"""States stored in more bytes than this are not cached at all (file chunks): decoding
+one costs little next to what keeping it would."""
 
 
 # -- effects the drivers carry out ------------------------------------------------
@@ -326,6 +332,7 @@ class Node:
         self._hints_full_logged = False
         self._solo_apl = (Replica(config.name, "primary", None),)
         self._states: dict[bytes, tuple[bytes, DVVSet]] = {}
+        self._states_bytes = 0
         """stored key -> (its stored meta bytes, their decoded DVVSet): a write reads
         its key up to twice (the read quorum, then the write) and a replica once more."""
         self._handlers: dict[int, Callable[[int, int, dict[str, Any], float], bytes | None]] = {
@@ -688,8 +695,15 @@ class Node:
 
     def _remember_state(self, stored_key: bytes, meta: bytes, state: DVVSet) -> None:
         states = self._states
-        if len(states) >= STATE_CACHE_ENTRIES:
+        size = len(meta)
+        if size > STATE_CACHE_MAX_ITEM:
+            states.pop(stored_key, None)
+            return
+        # The stored bytes and the decoded values: about twice the record.
+        self._states_bytes += 2 * size
+        if len(states) >= STATE_CACHE_ENTRIES or self._states_bytes > STATE_CACHE_BYTES:
             states.clear()
+            self._states_bytes = 2 * size
         states[stored_key] = (meta, state)
 
     def _load(self, stored_key: bytes) -> DVVSet | None:

@@ -47,6 +47,21 @@ def prefs(w: SimWorld, key: bytes) -> tuple[str, ...]:
     return w.nodes["n1"].node.membership.ring.preference_list(key, 3)
 
 
+def put_while_first_primary_is_down(w: SimWorld, key: bytes, first: bytes,
+                                     second: bytes) -> tuple[str, SimClient]:
+    """Crash the key's first primary and write twice through the second one: the
+    first write's failed stream tells the coordinator, so the second goes to a
+    fallback with a hint. Returns the crashed primary and the client."""
+    pl = prefs(w, key)
+    c = client(w, pl[1])
+    w.crash(pl[0])
+    ok(c.call(Op.PUT, {"key": key, "value": first}))
+    w.run_for(1.2)  # the failed stream to the dead primary tells the coordinator
+    ok(c.call(Op.PUT, {"key": key, "value": second}))
+    w.run_for(0.5)
+    return pl[0], c
+
+
 def test_a_put_reaches_all_three_replicas() -> None:
     w = cluster(3)
     c = client(w, "n1")
@@ -162,14 +177,7 @@ def test_sloppy_quorum_writes_to_a_fallback_with_a_hint() -> None:
     w = cluster(5)
     key = b"sloppy"
     pl = prefs(w, key)
-    down = pl[0]
-    coordinator = pl[1]
-    c = client(w, coordinator)
-    w.crash(down)
-    ok(c.call(Op.PUT, {"key": key, "value": b"v"}))
-    w.run_for(1.2)  # the failed stream to the dead primary tells the coordinator
-    ok(c.call(Op.PUT, {"key": key, "value": b"v2"}))
-    w.run_for(0.5)
+    down, c = put_while_first_primary_is_down(w, key, b"v", b"v2")
     fallbacks = [n for n in w.nodes if n not in pl]
     holders = [n for n in fallbacks
                if w.nodes[n].engine.get(hint_key(down, key)) is not None]
@@ -301,13 +309,7 @@ def test_a_hint_delivered_after_its_key_was_deleted_and_reaped_stays_deleted() -
     w = cluster(5, tombstone_grace_s=1.0)
     key = b"late-hint"
     pl = prefs(w, key)
-    owner, coordinator = pl[0], pl[1]
-    c = client(w, coordinator)
-    w.crash(owner)
-    ok(c.call(Op.PUT, {"key": key, "value": b"first"}))
-    w.run_for(1.2)  # the failed stream to the dead primary tells the coordinator
-    ok(c.call(Op.PUT, {"key": key, "value": b"old"}))
-    w.run_for(0.5)
+    owner, c = put_while_first_primary_is_down(w, key, b"first", b"old")
     holder = next(n for n in w.nodes if n not in pl
                   and w.nodes[n].engine.get(hint_key(owner, key)) is not None)
     w.net.partition([w.nodes[holder].address], [w.nodes[owner].address])

@@ -469,7 +469,7 @@ class FileStore:
             raise WireError(ErrorCode.STORAGE_ERROR,
                             f"node is read-only: {node.read_only_reason}", req_id=rid)
         key = chunk_key(digest)
-        apl = node._apl(key, now)
+        apl = node._apl(key, now, rid)
         if len(apl) < w:
             raise node._too_few_up(rid, len(apl), w)
         wid = node._next_id()
@@ -601,6 +601,7 @@ class FileStore:
             raise WireError(ErrorCode.BAD_REQUEST, f"'hashes' must be a list of at most "
                             f"{MAX_HAVE_BATCH} 32-byte digests", req_id=rid)
         w = node._quorum_arg(args, "w", rid)
+        node.require_cluster(rid)
         node.counters["chunk_have"] += 1
         node._track(conn, rid)
 
@@ -751,7 +752,7 @@ class FileStore:
                             f"limit {node.limits.max_value_bytes}", req_id=rid)
         key = manifest_key(m.name)
         node.counters["file_commit"] += 1
-        apl = node._apl(key, now)
+        apl = node._apl(key, now, rid)
         if (node._conns[conn].forwarded_from is None
                 and not any(r.node == node.name and r.role == "primary" for r in apl)):
             # Only a primary of the manifest's key may mint its version: send it all there.
@@ -847,7 +848,7 @@ class FileStore:
             raise WireError(ErrorCode.BAD_REQUEST,
                             "'offset' and 'length' must be non-negative integers", req_id=rid)
         node.counters["chunk_get"] += 1
-        apl = list(node._apl(chunk_key(digest), now))
+        apl = list(node._apl(chunk_key(digest), now, rid))
         apl.sort(key=lambda rep: rep.node != node.name)  # a local copy first
         op = _ChunkRead(conn, rid, digest, offset, length, apl)
         gid = node._next_id()

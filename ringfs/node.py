@@ -332,9 +332,10 @@ class Node:
         self._hints_full_logged = False
         self._solo_apl = (Replica(config.name, "primary", None),)
         self._states: dict[bytes, tuple[bytes, DVVSet]] = {}
-        self._states_bytes = 0
         """stored key -> (its stored meta bytes, their decoded DVVSet): a write reads
         its key up to twice (the read quorum, then the write) and a replica once more."""
+        self._states_bytes = 0
+        """About what the cached states hold, in bytes (see STATE_CACHE_BYTES)."""
         self._handlers: dict[int, Callable[[int, int, dict[str, Any], float], bytes | None]] = {
             Op.PING: self._on_ping,
             Op.GET: self._on_get,
@@ -910,17 +911,24 @@ class Node:
         n = len(self.membership.ring)
         return q if q < n else n
 
+    def require_cluster(self, rid: int | None) -> None:
+        """Raise UNAVAILABLE (not executed) on a node given seeds that knows no other
+        member yet: it belongs to a bigger cluster (restarted while cut off, its saved
+        view lost), and owning every key it would take writes where the cluster's
+        reads never look."""
+        m = self.membership
+        if self._seeds_given and len(m.members) == 1:
+            raise WireError(ErrorCode.UNAVAILABLE,
+                            "this node has not found its cluster yet (none of its "
+                            "seeds or remembered members answered)", req_id=rid,
+                            details={"executed": False})
+
     def _apl(self, key: bytes, now: float, rid: int | None = None) -> tuple[Replica, ...]:
+        """The annotated preference list of a key a client request names (`rid`: the
+        request's id, for the error a node that knows no cluster yet answers)."""
         m = self.membership
         if len(m.ring) == 1 and len(m.members) == 1:
-            if self._seeds_given:
-                # Started with seeds, this node belongs to a bigger cluster, but knows
-                # nobody yet (restarted while cut off, its saved view lost): owning
-                # every key, it would take writes where the cluster's reads never look.
-                raise WireError(ErrorCode.UNAVAILABLE,
-                                "this node has not found its cluster yet (none of its "
-                                "seeds or remembered members answered)", req_id=rid,
-                                details={"executed": False})
+            self.require_cluster(rid)
             # A one-member ring is this node alone: every key's list is just us.
             return self._solo_apl
         return m.ring.apl(key, self.config.n_replicas, m.up(now))

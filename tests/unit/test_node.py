@@ -359,6 +359,17 @@ def test_a_node_given_seeds_that_knows_nobody_yet_refuses_to_own_every_key() -> 
         err = h.error(op, **args)
         assert err["code"] == ErrorCode.UNAVAILABLE and err["executed"] is False, err
     assert h.engine.get(b"k") is None
+    import hashlib
+    data = b"chunk"
+    digest = hashlib.sha256(data).digest()
+    for op, args in ((Op.CHUNK_PUT, {"hash": digest, "data": data}),
+                     (Op.CHUNK_HAVE, {"hashes": [digest]}),
+                     (Op.CHUNK_GET, {"hash": digest})):
+        h.rid += 1
+        body = h.raw([0, h.rid, int(op), args])
+        assert body[0] == ERROR and body[1] == h.rid, body  # under the request's own id
+        assert body[2]["code"] == ErrorCode.UNAVAILABLE, body
+    assert h.node.inflight(1) == 0
     # Without seeds a node is a cluster of one and serves at once.
     alone = Harness()
     alone.call(Op.PUT, key=b"k", value=b"v")

@@ -240,6 +240,7 @@ class _ChunkWrite:
     coord: PutCoordinator
     size: int
     replied: bool = False
+    timer: list[Any] | None = None
 
 
 @dataclass(eq=False)
@@ -478,7 +479,7 @@ class FileStore:
         self._writes[wid] = op
         self._inflight_bytes += len(data)
         node._track(conn, rid)
-        node._after(coord.deadline, partial(self._chunk_write_timeout, wid))
+        op.timer = node._after(coord.deadline, partial(self._chunk_write_timeout, wid))
         frames: dict[str | None, bytes] = {}
         """The CHUNK_STORE frame per hint_for: encoded (the chunk copied) once, not per peer."""
         for rep in apl:
@@ -527,8 +528,11 @@ class FileStore:
         self.node._finish(op.conn, op.rid, frame)
 
     def _maybe_forget_write(self, wid: int, op: _ChunkWrite) -> None:
-        if len(op.coord.acked) + len(op.coord.refused) >= len(op.coord.replicas):
+        """Forget a chunk write once its outcome is sent (later acks change nothing)."""
+        c = op.coord
+        if c.finished or len(c.acked) + len(c.refused) >= len(c.replicas):
             self._writes.pop(wid, None)
+            self.node._cancel_timer(op.timer)
             if not op.replied:
                 op.replied = True
                 self._inflight_bytes -= op.size

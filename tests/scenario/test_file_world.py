@@ -128,6 +128,8 @@ def test_a_file_round_trips_with_identical_chunks_stored_once() -> None:
     assert len(recs) == 1
     st = ok(c.call(Op.FILE_STAT, {"name": "docs/a.bin"}))
     assert st["versions"][0]["meta"] == {"k": "v"} and st["versions"][0]["size"] == len(data)
+    # Chunk writes are forgotten once answered, not kept until their timeouts.
+    assert all(not sn.node.files._writes for sn in w.nodes.values())
 
 
 def test_upload_and_download_survive_a_crashed_replica_and_hints_go_home() -> None:

@@ -88,6 +88,12 @@ MAX_GC_BATCH = 4096
 """Candidate chunks one sweep asks about."""
 MAX_INFLIGHT_CHUNK_BYTES = 32 * 1024 * 1024
 """Chunk bytes a node coordinates at once; beyond it CHUNK_PUT answers OVERLOADED."""
+MAX_REPLICA_BACKLOG_BYTES = 32 * 1024 * 1024
+"""Chunk bytes sent to one replica and not yet answered, beyond which the coordinator
+stops sending it chunks: it counts as a replica that refused, W is met by the others
+and anti-entropy brings it the chunks later; when W cannot be met without it, new
+CHUNK_PUTs get OVERLOADED (the client backs off). Without this bound a slow replica's
+chunks pile up in the coordinator's send queue while W is met without it."""
 MAX_SIZE_CACHE = 200_000
 
 
@@ -310,6 +316,9 @@ class FileStore:
         """Fetch id -> the read it serves."""
         self._gathers: dict[int, _Gather] = {}
         self._inflight_bytes = 0
+        self._backlog: dict[str, dict[int, tuple[int, float]]] = {}
+        """Replica -> chunk write id -> (bytes, deadline): CHUNK_STOREs it has not answered."""
+        self._backlog_bytes: dict[str, int] = {}
         self._suspects: set[bytes] = set()
         """Chunks the previous sweep found referenced by no manifest."""
         self._sweeping = False
@@ -345,7 +354,8 @@ class FileStore:
 
     def status(self) -> dict[str, Any]:
         return {"chunk_writes": len(self._writes), "chunk_reads": len(self._reads),
-                "inflight_bytes": self._inflight_bytes, "gc_suspects": len(self._suspects)}
+                "inflight_bytes": self._inflight_bytes, "gc_suspects": len(self._suspects),
+                "replica_backlog_bytes": dict(sorted(self._backlog_bytes.items()))}
 
     # -- local chunk copies ----------------------------------------------------------
     def check_incoming(self, key: bytes, state: DVVSet) -> None:
@@ -473,6 +483,11 @@ class FileStore:
         apl = node._apl(key, now, rid)
         if len(apl) < w:
             raise node._too_few_up(rid, len(apl), w)
+        behind = {r.node for r in apl if r.node != node.name and self._behind(r.node, now)}
+        if len(apl) - len(behind) < w:
+            node.counters["chunk_put_overloaded"] += 1
+            raise WireError(ErrorCode.OVERLOADED, f"replica(s) {', '.join(sorted(behind))} "
+                            "are behind with earlier chunks; retry", req_id=rid)
         wid = node._next_id()
         coord = PutCoordinator(key, DVVSet(), apl, w, now + node.config.request_timeout_s)
         op = _ChunkWrite(conn, rid, coord, len(data))
@@ -492,6 +507,10 @@ class FileStore:
                 node._hold_until_durable(seq if seq is not None else node.engine.last_seq,
                                          partial(self._write_acked, wid, node.name))
                 continue
+            if rep.node in behind:
+                node.counters["chunk_store_skipped_behind"] += 1
+                self._write_refused(wid, rep.node, "replica is behind")
+                continue
             frame = frames.get(rep.hint_for)
             if frame is None:
                 frame_body: dict[str, Any] = {"id": wid, "hash": digest, "data": data}
@@ -501,7 +520,32 @@ class FileStore:
                                                            frame_body, bulk=True)
             if not node._send_encoded(rep.node, frame):
                 self._write_refused(wid, rep.node, "unknown address")
+                continue
+            self._backlog.setdefault(rep.node, {})[wid] = (len(data), coord.deadline)
+            self._backlog_bytes[rep.node] = self._backlog_bytes.get(rep.node, 0) + len(data)
         return None
+
+    def _behind(self, replica: str, now: float) -> bool:
+        """Whether `replica` has too many chunk bytes unanswered to be sent more. Entries
+        past their write's deadline are dropped first (the replica never answered)."""
+        if self._backlog_bytes.get(replica, 0) < MAX_REPLICA_BACKLOG_BYTES:
+            return False
+        pending = self._backlog[replica]
+        for wid in [wid for wid, (_, deadline) in pending.items() if deadline <= now]:
+            self._answered(replica, wid)
+        return self._backlog_bytes.get(replica, 0) >= MAX_REPLICA_BACKLOG_BYTES
+
+    def _answered(self, replica: str, wid: int) -> None:
+        """`replica` answered (or can no longer answer) chunk write `wid`."""
+        pending = self._backlog.get(replica)
+        if pending is None:
+            return
+        entry = pending.pop(wid, None)
+        if entry is not None:
+            self._backlog_bytes[replica] -= entry[0]
+        if not pending:
+            del self._backlog[replica]
+            del self._backlog_bytes[replica]
 
     def _write_acked(self, wid: int, sender: str) -> None:
         op = self._writes.get(wid)
@@ -590,6 +634,7 @@ class FileStore:
         if type(wid) is not int:
             raise ValueError("bad CHUNK_STORE_ACK")
         self.node.membership.mark_reachable(sender)
+        self._answered(sender, wid)
         if ok is True:
             self._write_acked(wid, sender)
         else:
@@ -1001,6 +1046,8 @@ class FileStore:
 
     def peer_unreachable(self, name: str, now: float) -> None:
         """A peer's connection failed: stop waiting for it."""
+        for wid in list(self._backlog.get(name, ())):
+            self._answered(name, wid)
         for wid in [wid for wid, op in self._writes.items()
                     if any(r.node == name for r in op.coord.replicas)]:
             self._write_refused(wid, name, "unreachable")

@@ -573,8 +573,7 @@ class FileStore:
 
     def _maybe_forget_write(self, wid: int, op: _ChunkWrite) -> None:
         """Forget a chunk write once its outcome is sent (later acks change nothing)."""
-        c = op.coord
-        if c.finished or len(c.acked) + len(c.refused) >= len(c.replicas):
+        if op.coord.finished:
             self._writes.pop(wid, None)
             self.node._cancel_timer(op.timer)
             if not op.replied:

@@ -1298,8 +1298,7 @@ class Node:
     def _retire_put(self, pid: int, p: _ClientPut) -> None:
         """Forget a put once its outcome is sent: later acks change nothing (the
         replicas that were slow still get the write, or anti-entropy brings it)."""
-        c = p.coord
-        if c.finished or len(c.acked) + len(c.refused) >= len(c.replicas):
+        if p.coord.finished:
             self._puts.pop(pid, None)
             self._cancel_timer(p.timer)
 

@@ -45,6 +45,8 @@ class PutCoordinator:
     acked: set[str] = field(default_factory=set)
     refused: dict[str, str] = field(default_factory=dict)
     finished: bool = False
+    """The outcome is decided (W acks, W out of reach, or timed out): later answers
+    change nothing. With w <= len(replicas), every replica having answered implies it."""
 
     def on_ack(self, node: str) -> bool:
         """A replica made the write durable. True when this completes the quorum."""

@@ -318,7 +318,6 @@ class FileStore:
         self._inflight_bytes = 0
         self._backlog: dict[str, dict[int, tuple[int, float]]] = {}
         """Replica -> chunk write id -> (bytes, deadline): CHUNK_STOREs it has not answered."""
-        self._backlog_bytes: dict[str, int] = {}
         self._suspects: set[bytes] = set()
         """Chunks the previous sweep found referenced by no manifest."""
         self._sweeping = False
@@ -355,7 +354,7 @@ class FileStore:
     def status(self) -> dict[str, Any]:
         return {"chunk_writes": len(self._writes), "chunk_reads": len(self._reads),
                 "inflight_bytes": self._inflight_bytes, "gc_suspects": len(self._suspects),
-                "replica_backlog_bytes": dict(sorted(self._backlog_bytes.items()))}
+                "replica_backlog_bytes": {r: self.backlog_of(r) for r in sorted(self._backlog)}}
 
     # -- local chunk copies ----------------------------------------------------------
     def check_incoming(self, key: bytes, state: DVVSet) -> None:
@@ -522,30 +521,29 @@ class FileStore:
                 self._write_refused(wid, rep.node, "unknown address")
                 continue
             self._backlog.setdefault(rep.node, {})[wid] = (len(data), coord.deadline)
-            self._backlog_bytes[rep.node] = self._backlog_bytes.get(rep.node, 0) + len(data)
         return None
+
+    def backlog_of(self, replica: str) -> int:
+        """Chunk bytes sent to `replica` that it has not answered yet."""
+        return sum(size for size, _ in self._backlog.get(replica, {}).values())
 
     def _behind(self, replica: str, now: float) -> bool:
         """Whether `replica` has too many chunk bytes unanswered to be sent more. Entries
         past their write's deadline are dropped first (the replica never answered)."""
-        if self._backlog_bytes.get(replica, 0) < MAX_REPLICA_BACKLOG_BYTES:
+        if self.backlog_of(replica) < MAX_REPLICA_BACKLOG_BYTES:
             return False
         pending = self._backlog[replica]
         for wid in [wid for wid, (_, deadline) in pending.items() if deadline <= now]:
             self._answered(replica, wid)
-        return self._backlog_bytes.get(replica, 0) >= MAX_REPLICA_BACKLOG_BYTES
+        return self.backlog_of(replica) >= MAX_REPLICA_BACKLOG_BYTES
 
     def _answered(self, replica: str, wid: int) -> None:
         """`replica` answered (or can no longer answer) chunk write `wid`."""
         pending = self._backlog.get(replica)
-        if pending is None:
-            return
-        entry = pending.pop(wid, None)
-        if entry is not None:
-            self._backlog_bytes[replica] -= entry[0]
-        if not pending:
-            del self._backlog[replica]
-            del self._backlog_bytes[replica]
+        if pending is not None:
+            pending.pop(wid, None)
+            if not pending:
+                del self._backlog[replica]
 
     def _write_acked(self, wid: int, sender: str) -> None:
         op = self._writes.get(wid)

@@ -359,16 +359,16 @@ def test_a_slow_replica_is_left_behind_not_buffered_for(monkeypatch: Any) -> Non
     w.pause("n3", 20.0)  # n3 takes nothing in for a while; the connection stays up
     upload(c, "slow/a.bin", data)  # W=2 without n3
     files = w.nodes["n1"].node.files
-    assert files._backlog_bytes.get("n3", 0) <= 8 * CS  # bounded, not 40 chunks
+    assert files.backlog_of("n3") <= 8 * CS  # bounded, not 40 chunks
     assert w.nodes["n1"].node.counters["chunk_store_skipped_behind"] > 0
-    assert files.status()["replica_backlog_bytes"] == {"n3": files._backlog_bytes["n3"]}
+    assert files.status()["replica_backlog_bytes"] == {"n3": files.backlog_of("n3")}
     # Where W needs the replica that is behind, nothing is done: OVERLOADED, retry later.
     extra = payload(CS, seed=8)
     got = c.call(Op.CHUNK_PUT, {"hash": sha(extra), "data": extra, "w": 3})
     assert got[0] == "error" and got[1]["name"] == "OVERLOADED", got
     assert holders(w, sha(extra)) == []
     w.run_for(25.0)  # n3 resumes and answers what it was sent
-    assert not files._backlog_bytes
+    assert not files._backlog
     assert download(client(w, "n3"), "slow/a.bin") == data
     w.run_for(60.0)  # anti-entropy brings n3 the chunks it was never sent
     assert all("n3" in holders(w, sha(x)) for x in split(data))

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, cast, runtime_checkable
 
 
 class Record(NamedTuple):
@@ -33,6 +33,13 @@ class Record(NamedTuple):
     """True when this record marks a deletion that must still be replicated."""
     seq: int
     """The engine-wide sequence number assigned when the record was written."""
+
+
+new_record = cast(Callable[[type[Record], tuple[bytes, bytes, bool, int]], Record],
+                  tuple.__new__)
+"""`new_record(Record, (value, meta, tombstone, seq))` builds the same Record as
+`Record(value, meta, tombstone, seq)`, three times faster: Record's own constructor is
+a Python function. For the engines' hot paths."""
 
 
 @dataclass(frozen=True)

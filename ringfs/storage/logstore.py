@@ -41,13 +41,12 @@ import os
 import re
 import struct
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import cast
 
 from ringfs.hashing import TOKEN_SPACE, key_token
 from ringfs.storage.checksum import crc32
-from ringfs.storage.engine import EngineStats, Record, TombstonePolicy
+from ringfs.storage.engine import EngineStats, Record, TombstonePolicy, new_record
 from ringfs.storage.segment import (
     CRC_RESIDUE,
     FLAG_PURGE,
@@ -150,8 +149,6 @@ _TRIM_BYTES = 1 * MiB
 maybe_merge() call before it is unlinked: unlinking a 64 MiB file at once takes ~30 ms,
 truncating 4 MiB up to 18 ms, 1 MiB 1-3 ms."""
 
-_new_record = cast(Callable[[type[Record], tuple[bytes, bytes, bool, int]], Record], tuple.__new__)
-"""Record's own constructor is a Python function; tuple.__new__ is three times faster."""
 
 
 class StorageError(Exception):
@@ -529,7 +526,7 @@ class LogStore:
         if buf[24:a] != key:
             return self._get_slow(key, loc)
         b = a + mlen
-        return _new_record(Record, (buf[b:-4], buf[a:b], tombstone, seq))
+        return new_record(Record, (buf[b:-4], buf[a:b], tombstone, seq))
 
     def _get_slow(self, key: bytes, loc: int) -> Record | None:
         """get() when the mapped read failed its checks: read again past the map."""
@@ -541,7 +538,7 @@ class LogStore:
             a = HEADER_BYTES + klen
             if buf[HEADER_BYTES:a] == key:
                 b = a + mlen
-                return _new_record(Record, (buf[b:-4], buf[a:b], tombstone, seq))
+                return new_record(Record, (buf[b:-4], buf[a:b], tombstone, seq))
         self._unreadable(key, loc)
         return None
 

@@ -10,14 +10,9 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from typing import Any
 
 from ringfs.hashing import in_range, key_token
-from ringfs.storage.engine import EngineStats, Record, TombstonePolicy
-
-_new_record: Any = tuple.__new__
-"""`_new_record(Record, (value, meta, tombstone, seq))`: a Record without the
-generated Python __new__ (every write builds one)."""
+from ringfs.storage.engine import EngineStats, Record, TombstonePolicy, new_record
 
 
 class MemoryEngine:
@@ -103,7 +98,7 @@ class MemoryEngine:
             self._undo.append((seq, key, self._data.get(key)))
         self._rotten.discard(key)
         self._repair.discard(key)
-        self._data[key] = _new_record(Record, (value, meta, tombstone, seq))
+        self._data[key] = new_record(Record, (value, meta, tombstone, seq))
         if key not in self._tokens:
             self._tokens[key] = key_token(key)
         return seq

@@ -220,8 +220,7 @@ class FrameDecoder:
                     try:
                         return [unpack(data[4:], n)]
                     except Exception as exc:  # msgpack raises several unrelated types
-                        self._fail(WireError(ErrorCode.BAD_FRAME,
-                                             f"invalid msgpack body: {exc}", fatal=True))
+                        self._fail_body(exc)
                         return []
         src: bytes | bytearray
         if self._want:
@@ -272,8 +271,7 @@ class FrameDecoder:
                         with view[pos + 4 : stop] as body:
                             out.append(unpack(body, n))
                 except Exception as exc:  # msgpack raises several unrelated types
-                    self._fail(WireError(ErrorCode.BAD_FRAME, f"invalid msgpack body: {exc}",
-                                         fatal=True))
+                    self._fail_body(exc)
                     return out
                 pos = stop
         finally:
@@ -293,6 +291,9 @@ class FrameDecoder:
         elif pos < end:
             self._buf = bytearray(data[pos:])
         return out
+
+    def _fail_body(self, exc: Exception) -> None:
+        self._fail(WireError(ErrorCode.BAD_FRAME, f"invalid msgpack body: {exc}", fatal=True))
 
     def _fail(self, error: WireError) -> None:
         self.error = error

@@ -461,6 +461,10 @@ class Node:
             release()
             return
         self._pending.append(_Pending(seq, release))
+        self._request_sync(seq)
+
+    def _request_sync(self, seq: int) -> None:
+        """Ask the driver for a sync covering `seq`, unless one already asked for covers it."""
         if seq > self._sync_requested:
             self._sync_requested = seq
             self._outbox.append(_new(RequestSync, (seq,)))
@@ -1640,9 +1644,7 @@ class Node:
             self.counters["storage_errors"] += 1
             log.error("saving the membership view failed: %s", exc)
             return
-        if seq > self._sync_requested:  # make it durable now, not with the next write
-            self._sync_requested = seq
-            self._outbox.append(_new(RequestSync, (seq,)))
+        self._request_sync(seq)  # make it durable now, not with the next write
 
     def leave(self, now: float) -> None:
         """Leave the cluster gracefully: members will mark this node left, not dead."""
@@ -1765,9 +1767,8 @@ class Node:
         interval = self.durability.interval_ms / 1000.0
         self._next_interval_sync = now + interval
         last = self.engine.last_seq
-        if last > self.engine.durable_seq and last > self._sync_requested:
-            self._sync_requested = last
-            self._outbox.append(RequestSync(last))
+        if last > self.engine.durable_seq:
+            self._request_sync(last)
 
     # -- plumbing ------------------------------------------------------------------------
     def drain_outbox(self) -> list[Effect]:

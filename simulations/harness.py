@@ -299,7 +299,7 @@ class Simulation:
                               faults=self.bugs, engine_factory=self._engine, trace=False)
         self.names = s.node_names
         self.views = ViewRecorder()
-        self.world.pump_observers.append(self._observe_views)
+        self.world.view_observers.append(self._observe_views)
         self.timeline: list[tuple[float, str]] = []
         self.t0 = 0.0
         self.safety_end = 0.0

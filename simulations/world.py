@@ -81,6 +81,8 @@ class SimNode:
     """While paused (SIGSTOP), input waits in buffers and timers wait."""
     departed: bool = False
     """The node left the cluster (LEAVE) and stopped for good."""
+    seen_view: int = -1
+    """The gossip view version the view observers last saw (-1: none yet)."""
 
 
 class SimWorld:
@@ -116,9 +118,10 @@ class SimWorld:
         self.tracing = trace
         """Whether `log` records lines in `trace` (a debugging aid; a long run that does
         not read the trace saves the cost of formatting every request)."""
-        self.pump_observers: list[Callable[[SimNode], None]] = []
-        """Called with the node after every step of an up node (its effects carried
-        out): the harness records the gossip views through it."""
+        self.view_observers: list[Callable[[SimNode], None]] = []
+        """Called with the node after a step of an up node (its effects carried out)
+        that changed its gossip view, and after each (re)start: the harness records
+        the views through it."""
         self._by_address: dict[str, SimNode] = {}
 
     def _child_rng(self) -> random.Random:
@@ -190,6 +193,7 @@ class SimWorld:
         sn.conn_addrs.clear()
         sn.timer = None
         sn.timer_at = None
+        sn.seen_view = -1  # a new process: its first view is news
         self.net.set_up(sn.address, True)
         self.log(f"node {name} restarted with {len(sn.engine)} keys")
         self._pump(sn)
@@ -323,8 +327,11 @@ class SimWorld:
             sn.timer_at = dl
             sn.timer = (None if dl is None
                         else self.loop.call_at(self._true_time(sn, dl), self._fire_timer, sn))
-        for fn in self.pump_observers:
-            fn(sn)
+        g = node.gossip
+        if g is not None and g.view_version != sn.seen_view:
+            sn.seen_view = g.view_version
+            for fn in self.view_observers:
+                fn(sn)
 
     @staticmethod
     def _true_time(sn: SimNode, node_time: float) -> float:

@@ -428,11 +428,7 @@ class FileStore:
         return self._touched.get(digest, self.started_at)
 
     def _keys(self, prefix: bytes) -> list[bytes]:
-        engine = self.node.engine
-        fn = getattr(engine, "keys_with_prefix", None)
-        if fn is not None:
-            return list(fn(prefix))
-        return [k for k, _ in engine.iter_range(0, 0) if k.startswith(prefix)]
+        return self.node.engine.keys_with_prefix(prefix)
 
     def _manifest_keys(self) -> Iterator[bytes]:
         """Stored keys of every manifest this node holds, its own and hinted ones."""

@@ -112,6 +112,8 @@ VIEW_KEY = LOCAL_PREFIX + b"view"
 """Local key holding the gossip view, so a restarted node remembers members that are
 down (docs/design.md); written at most every VIEW_SAVE_INTERVAL_S when it changed."""
 VIEW_SAVE_INTERVAL_S = 1.0
+REAPED_PREFIX = LOCAL_PREFIX + b"r"
+"""Local keys holding the clock of a reaped tombstone: REAPED_PREFIX + the key."""
 _MEMBER_STATES: dict[str, MemberState] = {s: s for s in STATE_NAMES}
 HINT_PREFIX = b"\x00h"
 """Keys beginning with 0x00 are the node's own; a hint is HINT_PREFIX + owner + 0 + key."""
@@ -277,11 +279,9 @@ class Node:
         self._seeds_given = any(sd != config.listen for sd in config.seeds)
         self._actor_generation = 0
         self._reaped: dict[bytes, int] = {}
-        self._reaped_clocks: dict[bytes, DVVSet] = {}
-        """Key -> the clock (counters, no values) of the tombstone reaped here."""
+        """Keys reaped during this actor's life, with its last counter in each."""
         self._lost: set[bytes] = set()
         """Keys whose local copy was lost to damage under this actor (lost_counters)."""
-        """Keys reaped during this actor's life, with its last counter in each."""
         self.engine = engine
         self.rng = rng
         self.limits = config.limits
@@ -289,6 +289,9 @@ class Node:
         self.started_at = now
         self.read_only_reason: str | None = None
         self.counters: Counter[str] = Counter()
+        self._reaped_clocks: dict[bytes, DVVSet] = self._saved_reaped_clocks()
+        """Key -> the clock (counters, no values) of the tombstone reaped here, oldest
+        first; each is also kept on disk under REAPED_PREFIX, so a restart remembers."""
         meta: dict[str, str | int | float] = {"capacity": config.capacity}
         if config.zone:
             meta["zone"] = config.zone
@@ -653,8 +656,8 @@ class Node:
             "storage": {
                 "engine": self.config.engine,
                 "durability": str(self.durability),
-                "keys": st.keys - sum(self.engine.get(k) is not None
-                                      for k in (VIEW_KEY, LEAVING_KEY)),
+                "keys": st.keys - len(self._reaped_clocks) - sum(
+                    self.engine.get(k) is not None for k in (VIEW_KEY, LEAVING_KEY)),
                 "tombstones": st.tombstones,
                 "last_seq": st.last_seq,
                 "durable_seq": st.durable_seq,
@@ -1087,13 +1090,11 @@ class Node:
 
     def _reap_local(self, key: bytes, tomb: DVVSet) -> None:
         if self._load(key) == tomb:
+            # The clock is written before the tombstone goes: a crash loses a suffix of
+            # the log, so it cannot keep the removal and lose the clock.
+            self._remember_reaped(key, DVVSet(tuple((i, n, ()) for i, n, _ in tomb.entries)))
             self._drop_local(key)
             self.counters["tombstones_reaped"] += 1
-            clocks = self._reaped_clocks
-            clocks.pop(key, None)
-            if len(clocks) >= MAX_REAPED_CLOCKS:
-                del clocks[next(iter(clocks))]  # the oldest
-            clocks[key] = DVVSet(tuple((i, n, ()) for i, n, _ in tomb.entries))
             # Forgetting the key must not let this actor issue its old dots again: a
             # client holding a context from before the delete would cover them.
             mine = tomb.counter(self.actor)
@@ -1102,6 +1103,41 @@ class Node:
                     self._new_actor_generation()
                 else:
                     self._reaped[key] = mine
+
+    def _remember_reaped(self, key: bytes, clock: DVVSet) -> None:
+        """Keep the clock of a tombstone reaped here, in memory and on disk, forgetting
+        the oldest beyond MAX_REAPED_CLOCKS."""
+        clocks = self._reaped_clocks
+        clocks.pop(key, None)
+        try:
+            if len(clocks) >= MAX_REAPED_CLOCKS:
+                oldest = next(iter(clocks))
+                del clocks[oldest]
+                self.engine.purge(REAPED_PREFIX + oldest)
+            clocks[key] = clock
+            self.engine.put(REAPED_PREFIX + key, encode_context(clock.context()))
+        except OSError as exc:
+            # Kept in memory all the same: only a restart would forget it.
+            self.counters["storage_errors"] += 1
+            log.error("saving a reaped tombstone's clock failed: %s", exc)
+
+    def _saved_reaped_clocks(self) -> dict[bytes, DVVSet]:
+        """The reaped tombstones' clocks on disk, oldest first; unreadable ones skipped."""
+        found: list[tuple[int, bytes, DVVSet]] = []
+        skip = len(REAPED_PREFIX)
+        for k in self.engine.keys_with_prefix(REAPED_PREFIX):
+            rec = self.engine.get(k)
+            if rec is None or rec.tombstone or len(k) == skip:
+                continue
+            try:
+                clock = decode_context(rec.value)
+            except ValueError:
+                self.counters["reaped_clock_unreadable"] += 1
+                continue
+            found.append((rec.seq, k[skip:], DVVSet(tuple(
+                (i, n, ()) for i, n in sorted(clock.items())))))
+        found.sort(key=lambda e: e[0])
+        return {key: clock for _, key, clock in found}
 
     def _new_actor_generation(self) -> None:
         """Start a fresh actor id: every counter of the old one is then safe to forget."""

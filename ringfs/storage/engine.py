@@ -90,6 +90,10 @@ class StorageEngine(Protocol):
         """Forget `key` entirely (a reaped tombstone); need not be durable at once."""
         ...
 
+    def keys_with_prefix(self, prefix: bytes) -> list[bytes]:
+        """Every stored key starting with `prefix` (tombstones included), unordered."""
+        ...
+
     def iter_range(self, start: int, end: int) -> Iterator[tuple[bytes, Record]]:
         """Keys whose token (ringfs.hashing.key_token) lies in (start, end], in token order.
 

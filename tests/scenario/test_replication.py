@@ -302,10 +302,13 @@ def test_a_forwarded_write_is_forwarded_once_more_then_refused() -> None:
     assert n4.counters["forwarded"] == 1 and n4.counters["error_unavailable"] == 1
 
 
-def test_a_hint_delivered_after_its_key_was_deleted_and_reaped_stays_deleted() -> None:
+@pytest.mark.parametrize("restart", [False, True], ids=["running", "restarted"])
+def test_a_hint_delivered_after_its_key_was_deleted_and_reaped_stays_deleted(
+        restart: bool) -> None:
     """A fallback keeps a write for a primary that was down; the key is then deleted
     with a context that covers the write, and the tombstone reaped everywhere before
-    the hint arrives. The late hint must not bring the deleted value back."""
+    the hint arrives. The late hint must not bring the deleted value back, even when
+    every primary restarted after the reap."""
     w = cluster(5, tombstone_grace_s=1.0)
     key = b"late-hint"
     pl = prefs(w, key)
@@ -323,6 +326,13 @@ def test_a_hint_delivered_after_its_key_was_deleted_and_reaped_stays_deleted() -
     w.run_for(10.0)
     assert all(w.nodes[n].engine.get(key) is None for n in pl), "tombstone reaped"
     assert w.nodes[holder].node.hints == 1
+    if restart:
+        for n in pl:
+            w.nodes[n].engine.sync()  # the reap reached the disk
+            w.crash(n)
+            w.restart(n)
+        w.run_for(5.0)
+        c = client(w, pl[0], "after")
     w.net.heal()
     w.run_for(10.0)
     assert w.nodes[holder].node.hints == 0, "the hint was handed off"

@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ringfs.config import Durability, NodeConfig
+from ringfs.dvv import encode_context
 from ringfs.errors import ErrorCode
 from ringfs.node import ClientReply, CloseConnection, Node, PeerSend, RequestSync
 from ringfs.peer import PeerMsg, encode_peer, frame_prefix, pack_message, peer_frame
@@ -340,13 +341,32 @@ def test_a_late_copy_of_a_reaped_key_loses_what_the_tombstone_deleted(
     h.call(Op.PUT, key=b"k2", value=b"y")
     stored = node._load(b"k2")
     assert stored is not None and stored.descends(tomb2)
-    # Only the newest clocks are kept.
+    # The clocks are on disk too: a restarted node remembers them, oldest first.
+    again = Node(node.config, h.engine, random.Random(1), 1.0, epoch=2)
+    assert list(again._reaped_clocks) == [b"k", b"k2"]
+    assert again._reaped_clocks[b"k"] == DVVSet((("a@1", 1, ()), ("b@1", 1, ())))
+    assert again._merge_local(b"k", old, None) is None  # still ignored after the restart
+    assert again.status(1.0)["storage"]["keys"] == 2  # k (the new write) and k2
+    # Only the newest clocks are kept, in memory and on disk.
     monkeypatch.setattr(node_module, "MAX_REAPED_CLOCKS", 2)
     for key in (b"r1", b"r2", b"r3"):
         t = DVVSet.new("a@1", None)
         node._merge_local(key, t, None)
         node._reap_local(key, t)
     assert set(node._reaped_clocks) == {b"r2", b"r3"}
+    assert sorted(h.engine.keys_with_prefix(node_module.REAPED_PREFIX)) == [
+        node_module.REAPED_PREFIX + b"r2", node_module.REAPED_PREFIX + b"r3"]
+
+
+def test_an_unreadable_saved_reaped_clock_is_skipped() -> None:
+    import ringfs.node as node_module
+
+    engine = MemoryEngine()
+    engine.put(node_module.REAPED_PREFIX + b"bad", b"\xc1")
+    engine.put(node_module.REAPED_PREFIX + b"good", encode_context({"a@1": 3}))
+    node = Node(NodeConfig(name="n1", gossip="off"), engine, random.Random(0), 0.0)
+    assert list(node._reaped_clocks) == [b"good"]
+    assert node.counters["reaped_clock_unreadable"] == 1
 
 
 def test_a_node_given_seeds_that_knows_nobody_yet_refuses_to_own_every_key() -> None:

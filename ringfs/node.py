@@ -110,7 +110,8 @@ LOCAL_PREFIX = b"\x00l"
 """Keys a node keeps for itself (never replicated, compared or handed off)."""
 VIEW_KEY = LOCAL_PREFIX + b"view"
 """Local key holding the gossip view, so a restarted node remembers members that are
-down (docs/design.md); written at most every VIEW_SAVE_INTERVAL_S when it changed."""
+down (docs/design.md); written at once when the ring changes, else at most every
+VIEW_SAVE_INTERVAL_S when a member's state changed."""
 VIEW_SAVE_INTERVAL_S = 1.0
 REAPED_PREFIX = LOCAL_PREFIX + b"r"
 """Local keys holding the clock of a reaped tombstone: REAPED_PREFIX + the key."""
@@ -1713,7 +1714,8 @@ class Node:
                 self._view_save_at = now + VIEW_SAVE_INTERVAL_S
             self.counters[f"member_{ev.kind}"] += 1
             if ev.kind == "reaped":
-                ms.remove(m.name)
+                if ms.remove(m.name):
+                    self._view_save_at = now
             else:
                 state = str(m.state)  # gossip's belief after the event
                 changed = ms.upsert(Member(m.name, m.address, state, m.incarnation,
@@ -1723,6 +1725,9 @@ class Node:
                     if self._hint_index.get(m.name):
                         self._next_handoff = now  # its hints can go home now
                 if changed:
+                    # Saved at once, not a second later: a node restarted on a view
+                    # that lacks a member would coordinate writes on the wrong ring.
+                    self._view_save_at = now
                     log.info("ring changed: member %s %s (%d members)", m.name, ev.kind,
                              len(ms.members))
             if ev.kind in ("dead", "left", "join"):

@@ -314,6 +314,10 @@ def test_a_run_whose_disks_lose_acknowledged_writes_fails(tamper: str) -> None:
     sim = Simulation(sc, 5)
     sim.setup()
     sim.advance(sc.duration_s)
+    assert sim.workload is not None
+    sim.workload.stop()  # a later write would supersede what the rollback loses
+    sim.world.run_for(1.0)
+    assert sim.workload.inflight == 0
     if tamper == "rollback":
         for name in sim.names:
             sim.world.nodes[name].engine.purge(b"k000")

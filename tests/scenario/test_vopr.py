@@ -86,6 +86,20 @@ def test_vopr_seeds_pass() -> None:
     assert sum(len(v) for v in known.values()) <= SEEDS_IN_MAKE_TEST // 5, known
 
 
+REGRESSION_SEEDS = {
+    5127: "a node restarted while cut off with its saved view lost coordinated "
+          "writes as the only replica of every key",
+    30003: "every node crashed within a second of the last join; restarted on views "
+           "saved before it, they coordinated writes on a ring without that member",
+}
+
+
+@pytest.mark.parametrize("seed", sorted(REGRESSION_SEEDS))
+def test_seeds_that_found_bugs_pass(seed: int) -> None:
+    report = run_seed(seed)
+    assert report.ok, f"{REGRESSION_SEEDS[seed]}: {report.violations[0].message}"
+
+
 @pytest.mark.slow
 def test_vopr_soak() -> None:
     """`make soak`: the same campaign over many more seeds (about an hour)."""

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import heapq
 import logging
 import random
 from collections import Counter, deque
@@ -68,6 +67,7 @@ from ringfs.quorum import GetCoordinator, PutCoordinator, QuorumFailure
 from ringfs.repair import LEAVING_KEY, Repairer
 from ringfs.ring import Replica
 from ringfs.storage.engine import Record, StorageEngine
+from ringfs.timers import Timer, Timers
 from ringfs.wire import (
     ERROR,
     RESPONSE,
@@ -210,7 +210,6 @@ class _Pending:
     release: Callable[[], None]
 
 
-_Timer = list[Any]
 """A node timer: [when, seq, fn or None once cancelled]."""
 
 
@@ -223,7 +222,7 @@ class _ClientGet:
     sent: bool = False
     then: Callable[[GetCoordinator | None, QuorumFailure | None, float], None] | None = None
     """For a read done on behalf of a blind write: continue it instead of replying."""
-    timer: _Timer | None = None
+    timer: Timer | None = None
 
 
 @dataclass(eq=False)
@@ -231,7 +230,7 @@ class _ClientPut:
     conn: int
     rid: int
     coord: PutCoordinator
-    timer: _Timer | None = None
+    timer: Timer | None = None
 
 
 @dataclass(eq=False)
@@ -239,7 +238,7 @@ class _Forwarded:
     conn: int
     rid: int
     target: str
-    timer: _Timer | None = None
+    timer: Timer | None = None
 
 
 def hint_key(owner: str, key: bytes) -> bytes:
@@ -315,8 +314,7 @@ class Node:
             now + config.durability.interval_ms / 1000.0
             if config.durability.kind == "interval" else None
         )
-        self._timers: list[_Timer] = []
-        self._timer_seq = 0
+        self._timers = Timers()
         self._ids = 0
         self._gets: dict[int, _ClientGet] = {}
         self._puts: dict[int, _ClientPut] = {}
@@ -402,19 +400,13 @@ class Node:
         self._ids += 1
         return self._ids
 
-    def _after(self, when: float, fn: Callable[[float], None]) -> _Timer:
-        """Call fn(now) once `now` reaches `when`; the entry returned can be cancelled."""
-        self._timer_seq += 1
-        entry: _Timer = [when, self._timer_seq, fn]
-        heapq.heappush(self._timers, entry)
-        return entry
+    def _after(self, when: float, fn: Callable[[float], None]) -> Timer:
+        """Call fn(now) once `now` reaches `when`; the entry returned can be cancelled
+        with `_cancel_timer` (a request that finished no longer needs its timeout: it
+        is dropped unrun, and no wake-up is scheduled for it)."""
+        return self._timers.at(when, fn)
 
-    @staticmethod
-    def _cancel_timer(entry: _Timer | None) -> None:
-        """Cancel a timer from `_after` (a request that finished no longer needs its
-        timeout): it is dropped unrun, and no wake-up is scheduled for it."""
-        if entry is not None:
-            entry[2] = None
+    _cancel_timer = staticmethod(Timers.cancel)
 
     def _send(self, node: str, msg: PeerMsg, body: dict[str, Any]) -> bool:
         addr = self.membership.address_of(node)
@@ -1753,13 +1745,9 @@ class Node:
     # -- timers --------------------------------------------------------------------------
     def next_deadline(self) -> float | None:
         t = self._next_interval_sync
-        timers = self._timers
-        while timers and timers[0][2] is None:  # cancelled
-            heapq.heappop(timers)
-        if timers:
-            top = timers[0][0]
-            if t is None or top < t:
-                t = top
+        top = self._timers.next_deadline()
+        if top is not None and (t is None or top < t):
+            t = top
         if self.gossip is not None:
             g = self.gossip.next_deadline()
             if g is not None and (t is None or g < t):
@@ -1793,13 +1781,9 @@ class Node:
             if g is not None and now >= g:
                 self.gossip.handle_timer(now)
                 self._pump_gossip(now)
-        timers = self._timers
-        while timers and timers[0][0] <= now:
-            fn = heapq.heappop(timers)[2]
-            if fn is None:
-                continue  # cancelled
+        for fn, args in self._timers.due(now):
             try:
-                fn(now)
+                fn(*args, now)
             except Exception:  # a bug in one timer must not stop the others or the node
                 self.counters["internal_errors"] += 1
                 log.exception("timer callback failed")

@@ -72,7 +72,6 @@ arms a timer for `next_deadline()`.
 
 from __future__ import annotations
 
-import heapq
 import random
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -112,6 +111,7 @@ from ringfs.gossip.messages import (
     Suspect,
 )
 from ringfs.gossip.suspicion import Suspicion
+from ringfs.timers import Timer, Timers
 
 MAX_DATAGRAM_BYTES = 65_507
 """Largest UDP payload; anything bigger cannot be a datagram and is dropped."""
@@ -201,7 +201,7 @@ class _Probe:
         self.start = start
         self.nacks = 0
         self.expected_nacks = 0
-        self.timer: list[Any] | None = None
+        self.timer: Timer | None = None
 
 
 class _Relay:
@@ -214,7 +214,7 @@ class _Relay:
         self.orig_seq = orig_seq
         self.want_nack = want_nack
         self.nacked = False
-        self.timer: list[Any] | None = None
+        self.timer: Timer | None = None
 
 
 class _Exchange:
@@ -225,7 +225,7 @@ class _Exchange:
     def __init__(self, dest: str, join: bool) -> None:
         self.dest = dest
         self.join = join
-        self.timer: list[Any] | None = None
+        self.timer: Timer | None = None
 
 
 def _check_meta_local(meta: Mapping[str, MetaValue] | None, limits: Limits) -> dict[str, MetaValue]:
@@ -293,9 +293,8 @@ class Swim:
         self._pending: dict[int, _Probe | _Relay] = {}
         self._relays = 0
         self._exchanges: dict[int, _Exchange] = {}
-        self._suspicion_timers: dict[str, list[Any]] = {}
-        self._timers: list[list[Any]] = []
-        self._timer_id = 0
+        self._suspicion_timers: dict[str, Timer] = {}
+        self._timers = Timers()
         self._outbox: list[Outgoing] = []
         self._events: deque[MemberEvent] = deque()
         self._leaving = False
@@ -418,20 +417,12 @@ class Swim:
 
     def handle_timer(self, now: float) -> None:
         """Run every timer due at or before `now`."""
-        timers = self._timers
-        while timers and timers[0][0] <= now:
-            entry = heapq.heappop(timers)
-            fn = entry[2]
-            if fn is not None:
-                entry[2] = None
-                fn(*entry[3], now)
+        for fn, args in self._timers.due(now):
+            fn(*args, now)
 
     def next_deadline(self) -> float | None:
         """When `handle_timer` must be called next, or None."""
-        timers = self._timers
-        while timers and timers[0][2] is None:
-            heapq.heappop(timers)
-        return timers[0][0] if timers else None
+        return self._timers.next_deadline()
 
     def drain_outbox(self) -> list[SendPacket | SendStream]:
         """Messages to send, oldest first; the caller sends them all."""
@@ -900,16 +891,10 @@ class Swim:
 
     # == internals =====================================================================
 
-    def _schedule(self, when: float, fn: Callable[..., None], *args: Any) -> list[Any]:
-        self._timer_id += 1
-        entry = [when, self._timer_id, fn, args]
-        heapq.heappush(self._timers, entry)
-        return entry
+    def _schedule(self, when: float, fn: Callable[..., None], *args: Any) -> Timer:
+        return self._timers.at(when, fn, *args)
 
-    @staticmethod
-    def _cancel(entry: list[Any] | None) -> None:
-        if entry is not None:
-            entry[2] = None
+    _cancel = staticmethod(Timers.cancel)
 
     def _next_seq(self) -> int:
         self._seq = (self._seq + 1) & 0xFFFFFFFF

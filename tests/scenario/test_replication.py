@@ -243,6 +243,40 @@ def test_blind_writes_supersede_what_a_read_quorum_sees() -> None:
     assert ok(other.call(Op.GET, {"key": key, "r": 3}))["values"] == []
 
 
+def _replica_gets(w: SimWorld) -> dict[str, int]:
+    return {n: sn.node.counters["replica_gets"] for n, sn in w.nodes.items()}
+
+
+def test_a_blind_write_reads_r_replicas_and_the_rest_only_when_one_is_silent() -> None:
+    w = cluster(3)
+    key = b"few"
+    pl = prefs(w, key)
+    c = client(w, pl[0])
+    ok(c.call(Op.PUT, {"key": key, "value": b"a"}))
+    w.run_for(0.5)
+    before = _replica_gets(w)
+    ok(c.call(Op.PUT, {"key": key, "value": b"b"}))  # blind: R=2 is pl[0] and one more
+    w.run_for(0.5)
+    after = _replica_gets(w)
+    assert [n for n in pl if after[n] > before[n]] == [pl[1]]
+    # The replica asked first goes silent: after SPECULATIVE_READ_S the third is asked,
+    # long before the broken stream is noticed (1 s) or the request times out (5 s).
+    w.net.partition([w.nodes[pl[0]].address], [w.nodes[pl[1]].address])
+    start, before = w.now, _replica_gets(w)
+    ok(c.call(Op.PUT, {"key": key, "value": b"c"}))
+    assert w.now - start < 0.2
+    assert _replica_gets(w)[pl[2]] == before[pl[2]] + 1
+    assert stored_values(w, pl[0], key) == stored_values(w, pl[2], key) == [b"c"]
+    # With R=1 this replica's own copy is the read quorum: nobody else is asked.
+    w1 = cluster(3, r=1)
+    c1 = client(w1, prefs(w1, key)[0])
+    ok(c1.call(Op.PUT, {"key": key, "value": b"a"}))
+    w1.run_for(0.5)
+    before = _replica_gets(w1)
+    ok(c1.call(Op.PUT, {"key": key, "value": b"b"}))
+    assert _replica_gets(w1) == before
+
+
 def test_a_blind_delete_at_a_coordinator_without_the_key_still_deletes() -> None:
     w = cluster(3)
     key = b"gone"

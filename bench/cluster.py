@@ -38,10 +38,16 @@ kept for each. wrk counts responses with status >= 400 and socket errors
 
     python -m bench.cluster [--duration 5] [--conns 1,50] [--quick] [--nice -10]
     python -m bench.cluster profile --op put -c 50 [--duration 5] [--nice -10]
+    python -m bench.cluster ab --base DIR [--op put] [--rounds 10] [--nice -10]
 
 `profile` runs only the ringfs cluster under bench.loadgen and samples all three
 nodes with py-spy (`pip install py-spy`; not a dependency) while the GIL is held,
 then prints where the Python time of the three nodes together went.
+
+`ab` compares two versions of ringfs: a cluster running the checkout in DIR and
+one running this tree, side by side, with the load alternating between them in
+short rounds, so that both see the same machine speed however much it drifts
+(on a shared virtual machine it moves by half within minutes).
 """
 
 from __future__ import annotations
@@ -691,8 +697,78 @@ def profile(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- two versions of ringfs, loaded in turns --------------------------------------
+
+def ab(args: argparse.Namespace) -> int:
+    """Two ringfs clusters side by side, one running the code of `--base` (A), one
+    this tree's (B); the load alternates between them in short rounds, so both see
+    the same machine speed however much it drifts. Prints the totals and B/A."""
+    trees = {"A": os.path.abspath(args.base), "B": repo_root()}
+    if not os.path.isfile(os.path.join(trees["A"], "ringfs", "node.py")):
+        print(f"bench.cluster ab: {trees['A']} is not a ringfs tree", file=sys.stderr)
+        return 2
+    with ExitStack() as stack:
+        if args.nice:
+            stack.enter_context(run_niced(args.nice))
+        work = stack.enter_context(temp_dir("bench-cluster-ab-"))
+        clusters: dict[str, tuple[list[int], list[int]]] = {}
+        for label, tree in trees.items():
+            env = dict(os.environ)
+            env["PYTHONPATH"] = tree + (os.pathsep + env["PYTHONPATH"]
+                                        if env.get("PYTHONPATH") else "")
+            ports = [free_port() for _ in range(NODES)]
+            pids = []
+            for i, port in enumerate(ports):
+                cmd = ringfs_node_cmd(f"n{i + 1}", port, [p for p in ports if p != port],
+                                      os.path.join(work, f"{label}-n{i + 1}"))
+                pids.append(stack.enter_context(
+                    server_process(cmd, HOST, port, cwd=tree, env=env)).pid)
+            wait_ringfs_ready(ports, env)
+            prefill(HOST, ports[0], args.keyspace, VALUE_BYTES)
+            clusters[label] = (ports, pids)
+        print(f"# A: {trees['A']}\n# B: {trees['B']}\n# {args.op}, {args.connections} "
+              f"connections, {args.rounds} rounds of {args.duration:g} s each, in turns",
+              flush=True)
+        ops = dict.fromkeys(trees, 0)
+        cpu = dict.fromkeys(trees, 0.0)
+        for rnd in range(args.rounds):
+            for label in (list(trees) if rnd % 2 == 0 else list(reversed(trees))):
+                ports, pids = clusters[label]
+                r = run_load(HOST, ports[0], op=args.op, connections=args.connections,
+                             duration_s=args.duration, warmup_s=args.warmup,
+                             keyspace=args.keyspace, addrs=[(HOST, p) for p in ports],
+                             server_pids=pids)
+                ops[label] += r["ops"]
+                cpu[label] += r["server_cpu_s"]
+                print(f"# round {rnd + 1} {label}: {r['ops_per_s']:,.0f} ops/s, "
+                      f"{1e6 * r['server_cpu_s'] / max(1, r['ops']):.0f} us of server CPU "
+                      f"per op, p99 {r['p99_ms']:.2f} ms", flush=True)
+        for label in trees:
+            print(f"{label}: {ops[label]:,} ops, {1e6 * cpu[label] / max(1, ops[label]):.0f} us "
+                  "of server CPU per op")
+        if ops["A"] and ops["B"]:
+            per_a, per_b = cpu["A"] / ops["A"], cpu["B"] / ops["B"]
+            print(f"B/A: {ops['B'] / ops['A']:.3f}x ops, {per_b / per_a:.3f}x CPU per op")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["ab"]:
+        pa = argparse.ArgumentParser(
+            prog="python -m bench.cluster ab",
+            description="Two ringfs clusters, the code of --base and of this tree, "
+            "loaded in turns (for comparing versions on a machine whose speed drifts).")
+        pa.add_argument("--base", required=True, metavar="DIR",
+                        help="a checkout of the version to compare against")
+        pa.add_argument("--op", choices=("get", "put"), default="put")
+        pa.add_argument("-c", "--connections", type=int, default=50)
+        pa.add_argument("--rounds", type=int, default=10)
+        pa.add_argument("--duration", type=float, default=3.0)
+        pa.add_argument("--warmup", type=float, default=0.5)
+        pa.add_argument("--keyspace", type=int, default=100_000)
+        pa.add_argument("--nice", type=int, default=0, metavar="N")
+        return ab(pa.parse_args(argv[1:]))
     if argv[:1] == ["profile"]:
         pp = argparse.ArgumentParser(prog="python -m bench.cluster profile",
                                      description="Profile the 3 ringfs nodes under load.")

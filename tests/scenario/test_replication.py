@@ -277,6 +277,29 @@ def test_a_blind_write_reads_r_replicas_and_the_rest_only_when_one_is_silent() -
     assert _replica_gets(w1) == before
 
 
+def test_a_blind_write_replaces_a_failed_replica_of_its_read_at_once() -> None:
+    w = cluster(3)
+    key = b"swap"
+    pl = prefs(w, key)
+    c = client(w, pl[0])
+    ok(c.call(Op.PUT, {"key": key, "value": b"a"}))
+    w.run_for(0.5)
+    before = _replica_gets(w)
+    done: list[tuple[str, Any]] = []
+    start = w.now
+    c.request(Op.PUT, {"key": key, "value": b"b"}, lambda o, p: done.append((o, p)))
+    sn = w.nodes[pl[0]]
+    while not sn.node._gets:  # until the coordinator has asked pl[1] (not answered yet)
+        w.run_for(0.0001)
+    w.net.partition([w.nodes[pl[0]].address], [w.nodes[pl[1]].address])
+    sn.node.peer_unreachable(w.nodes[pl[1]].address, w.now)  # its stream broke
+    w._pump(sn)
+    w.run_for(0.02)  # well under SPECULATIVE_READ_S
+    assert done and done[0][0] == "ok", done
+    assert w.now - start < 0.05
+    assert _replica_gets(w)[pl[2]] == before[pl[2]] + 1  # asked in pl[1]'s place
+
+
 def test_a_blind_delete_at_a_coordinator_without_the_key_still_deletes() -> None:
     w = cluster(3)
     key = b"gone"

@@ -47,7 +47,7 @@ import logging
 import random
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -105,10 +105,6 @@ MAX_FORWARD_HOPS = 2
 node a write was forwarded to may see another primary; a third view is refused."""
 HANDOFF_MAX_INFLIGHT = 64
 """Hint deliveries awaiting an owner's acknowledgement at once, per owner."""
-SPECULATIVE_READ_S = 0.05
-"""A blind write's quorum read asks R replicas first (this one included) and the
-rest of the preference list once one of those fails or this long has passed
-without R answers."""
 
 LOCAL_PREFIX = b"\x00l"
 """Keys a node keeps for itself (never replicated, compared or handed off)."""
@@ -227,12 +223,6 @@ class _ClientGet:
     then: Callable[[GetCoordinator | None, QuorumFailure | None, float], None] | None = None
     """For a read done on behalf of a blind write: continue it instead of replying."""
     timer: Timer | None = None
-    unasked: list[Replica] = field(default_factory=list)
-    """Replicas of a blind write's read not asked yet (asked if the first ones fail
-    or are slow, see SPECULATIVE_READ_S)."""
-    asked: set[str] = field(default_factory=set)
-    """Replicas asked so far, this node included."""
-    spare_timer: Timer | None = None
 
 
 @dataclass(eq=False)
@@ -974,53 +964,19 @@ class Node:
         self._gets[gid] = _ClientGet(conn, rid, coord, whereis, then=then)
         if then is None:
             self._track(conn, rid)
-        g = self._gets[gid]
         failure: QuorumFailure | None = None
         for rep in apl:
             if rep.node == self.name:
-                g.asked.add(rep.node)
                 coord.on_reply(self.name, self._load(self._stored_key(key, rep.hint_for)))
-        for rep in apl:
-            if rep.node == self.name:
-                continue
-            if then is not None and len(g.asked) >= r:
-                # A blind write needs R answers and no repair (the write follows):
-                # the rest of the list is asked only if one of these fails or lags.
-                g.unasked.append(rep)
             else:
-                failure = self._ask_replica(gid, g, rep) or failure
-        g.timer = self._after(coord.deadline, partial(self.on_get_timeout, gid))
-        if g.unasked:
-            g.spare_timer = self._after(now + SPECULATIVE_READ_S,
-                                        partial(self._ask_spares, gid, None))
+                body: dict[str, Any] = {"id": gid, "key": key}
+                if rep.hint_for is not None:
+                    body["hint_for"] = rep.hint_for
+                if not self._send(rep.node, PeerMsg.REPLICA_GET, body):
+                    failure = coord.on_failed(rep.node, "unknown address") or failure
+        self._gets[gid].timer = self._after(coord.deadline, partial(self.on_get_timeout, gid))
         self._advance_get(gid, now, failure)
         return None
-
-    def _ask_replica(self, gid: int, g: _ClientGet, rep: Replica) -> QuorumFailure | None:
-        g.asked.add(rep.node)
-        body: dict[str, Any] = {"id": gid, "key": g.coord.key}
-        if rep.hint_for is not None:
-            body["hint_for"] = rep.hint_for
-        if not self._send(rep.node, PeerMsg.REPLICA_GET, body):
-            return g.coord.on_failed(rep.node, "unknown address")
-        return None
-
-    def _ask_spares(self, gid: int, count: int | None, now: float) -> None:
-        """Ask `count` more of a blind write's unasked replicas (None: all of them)."""
-        g = self._gets.get(gid)
-        if g is None or not g.unasked:
-            return
-        failure: QuorumFailure | None = None
-        while g.unasked and (count is None or count > 0):
-            rep = g.unasked.pop(0)
-            if rep.node in g.coord.failed:
-                continue  # found unreachable meanwhile
-            failure = self._ask_replica(gid, g, rep) or failure
-            if count is not None:
-                count -= 1
-        if not g.unasked:
-            self._cancel_timer(g.spare_timer)
-        self._advance_get(gid, now, failure)
 
     def _state_result(self, rid: int, state: DVVSet | None) -> bytes:
         if state is None or not state.entries:
@@ -1065,13 +1021,6 @@ class Node:
         if g is None:
             return
         coord = g.coord
-        if g.unasked and failure is None and not coord.answered:
-            # Replace asked replicas that failed: R must stay within reach.
-            waiting = sum(1 for n in g.asked if n not in coord.replies and n not in coord.failed)
-            short = coord.r - len(coord.replies) - waiting
-            if short > 0:
-                self._ask_spares(gid, short, now)
-                return
         if failure is not None and not g.whereis:
             g.sent = True
             if g.then is not None:
@@ -1085,6 +1034,8 @@ class Node:
             else:
                 self._finish(g.conn, g.rid, self._get_result(g.rid, coord))
         if coord.complete or (g.sent and g.then is not None):
+            # A blind write's read ends at R answers: the write that follows brings
+            # every replica up, so later answers would only be compared for nothing.
             self._close_get(gid)
 
     def _close_get(self, gid: int) -> None:
@@ -1092,14 +1043,13 @@ class Node:
         if g is None:
             return
         self._cancel_timer(g.timer)
-        self._cancel_timer(g.spare_timer)
         coord = g.coord
         coord.closed = True
         if g.whereis:
             self._finish(g.conn, g.rid, self._whereis_result(g.rid, coord))
             return
         if not coord.answered or g.then is not None:
-            return  # a blind write's read: the write that follows brings every replica up
+            return  # a blind write's read: no repair, the write itself follows
         if (self.config.read_repair and coord.merged.entries
                 and "skip_read_repair" not in self.faults):
             for rep in coord.stale():

@@ -231,6 +231,31 @@ def ringfs_node_cmd(name: str, port: int, seeds: Sequence[int], data_dir: str) -
             "--gossip", "local", "--log-level", "warning"]
 
 
+def tree_env(tree: str) -> dict[str, str]:
+    """The environment that makes `python -m ringfs` run the code of `tree`."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = tree + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def start_ringfs(stack: ExitStack, tree: str, data_root: str,
+                 log_dir: str | None = None) -> tuple[list[int], list[int]]:
+    """Start the 3 nodes of a cluster running `tree`'s code (stopped when `stack`
+    closes) and wait until they serve; returns their ports and pids."""
+    env = tree_env(tree)
+    ports = [free_port() for _ in range(NODES)]
+    pids = []
+    for i, port in enumerate(ports):
+        name = f"n{i + 1}"
+        cmd = ringfs_node_cmd(name, port, [p for p in ports if p != port],
+                              os.path.join(data_root, name))
+        log_path = os.path.join(log_dir, f"bench-cluster-{name}.log") if log_dir else None
+        pids.append(stack.enter_context(
+            server_process(cmd, HOST, port, cwd=tree, env=env, log_path=log_path)).pid)
+    wait_ringfs_ready(ports, env)
+    return ports, pids
+
+
 def ringfs_status(port: int, env: dict[str, str]) -> dict[str, Any]:
     out = subprocess.run([sys.executable, "-m", "ringfs", "status", "--node", f"{HOST}:{port}",
                           "--json", "--timeout", "2"], capture_output=True, text=True,
@@ -481,8 +506,7 @@ def _compare(args: argparse.Namespace, systems: list[str]) -> int:
           + (f"; niceness {os.nice(0)} (session autogroup too)" if args.nice else ""),
           flush=True)
     root = repo_root()
-    env = dict(os.environ)
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env = tree_env(root)
     best: dict[tuple[str, str, int], dict[str, Any]] = {}
     runs: dict[tuple[str, str, int], list[float]] = {}
     notes: dict[str, str] = {}
@@ -493,16 +517,8 @@ def _compare(args: argparse.Namespace, systems: list[str]) -> int:
         members: list[EtcdMember] = []
         script = os.path.join(work, "etcd_kv.lua")
         if "ringfs" in systems:
-            rports = [free_port() for _ in range(NODES)]
-            for i, port in enumerate(rports):
-                name = f"n{i + 1}"
-                log_path = (os.path.join(tempfile.gettempdir(), f"bench-cluster-{name}.log")
-                            if args.keep_logs else None)
-                cmd = ringfs_node_cmd(name, port, [p for p in rports if p != port],
-                                      os.path.join(work, "ringfs", name))
-                rpids.append(stack.enter_context(
-                    server_process(cmd, HOST, port, cwd=root, env=env, log_path=log_path)).pid)
-            wait_ringfs_ready(rports, env)
+            rports, rpids = start_ringfs(stack, root, os.path.join(work, "ringfs"),
+                                         tempfile.gettempdir() if args.keep_logs else None)
         if "etcd" in systems:
             with open(script, "w") as f:
                 f.write(WRK_SCRIPT.replace("POOL", str(WRK_POOL)))
@@ -655,21 +671,11 @@ def profile(args: argparse.Namespace) -> int:
         print("bench.cluster: py-spy not found; `.venv/bin/pip install py-spy` or set "
               "PYSPY=/path/to/py-spy", file=sys.stderr)
         return 2
-    root = repo_root()
-    env = dict(os.environ)
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     with ExitStack() as stack:
         if args.nice:
             stack.enter_context(run_niced(args.nice))
         work = stack.enter_context(temp_dir("bench-cluster-prof-"))
-        ports = [free_port() for _ in range(NODES)]
-        pids = []
-        for i, port in enumerate(ports):
-            cmd = ringfs_node_cmd(f"n{i + 1}", port, [p for p in ports if p != port],
-                                  os.path.join(work, f"n{i + 1}"))
-            pids.append(stack.enter_context(
-                server_process(cmd, HOST, port, cwd=root, env=env)).pid)
-        wait_ringfs_ready(ports, env)
+        ports, pids = start_ringfs(stack, repo_root(), work)
         prefill(HOST, ports[0], args.keyspace, VALUE_BYTES)
         raw = [os.path.join(work, f"n{i + 1}.txt") for i in range(NODES)]
         spies = [subprocess.Popen([pyspy, "record", "--pid", str(pid), "--rate", "250", "--gil",
@@ -713,17 +719,7 @@ def ab(args: argparse.Namespace) -> int:
         work = stack.enter_context(temp_dir("bench-cluster-ab-"))
         clusters: dict[str, tuple[list[int], list[int]]] = {}
         for label, tree in trees.items():
-            env = dict(os.environ)
-            env["PYTHONPATH"] = tree + (os.pathsep + env["PYTHONPATH"]
-                                        if env.get("PYTHONPATH") else "")
-            ports = [free_port() for _ in range(NODES)]
-            pids = []
-            for i, port in enumerate(ports):
-                cmd = ringfs_node_cmd(f"n{i + 1}", port, [p for p in ports if p != port],
-                                      os.path.join(work, f"{label}-n{i + 1}"))
-                pids.append(stack.enter_context(
-                    server_process(cmd, HOST, port, cwd=tree, env=env)).pid)
-            wait_ringfs_ready(ports, env)
+            ports, pids = start_ringfs(stack, tree, os.path.join(work, label))
             prefill(HOST, ports[0], args.keyspace, VALUE_BYTES)
             clusters[label] = (ports, pids)
         print(f"# A: {trees['A']}\n# B: {trees['B']}\n# {args.op}, {args.connections} "

@@ -748,32 +748,32 @@ def ab(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_parser(mode: str, description: str, *, duration: float,
+                 keyspace: int) -> argparse.ArgumentParser:
+    """The options the ringfs-only modes share: one load, on one cluster or two."""
+    p = argparse.ArgumentParser(prog=f"python -m bench.cluster {mode}", description=description)
+    p.add_argument("--op", choices=("get", "put"), default="put")
+    p.add_argument("-c", "--connections", type=int, default=50)
+    p.add_argument("--duration", type=float, default=duration)
+    p.add_argument("--warmup", type=float, default=0.5)
+    p.add_argument("--keyspace", type=int, default=keyspace)
+    p.add_argument("--nice", type=int, default=0, metavar="N")
+    return p
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["ab"]:
-        pa = argparse.ArgumentParser(
-            prog="python -m bench.cluster ab",
-            description="Two ringfs clusters, the code of --base and of this tree, "
-            "loaded in turns (for comparing versions on a machine whose speed drifts).")
+        pa = _load_parser("ab", "Two ringfs clusters, the code of --base and of this tree, "
+                          "loaded in turns (for comparing versions on a machine whose speed "
+                          "drifts).", duration=3.0, keyspace=100_000)
         pa.add_argument("--base", required=True, metavar="DIR",
                         help="a checkout of the version to compare against")
-        pa.add_argument("--op", choices=("get", "put"), default="put")
-        pa.add_argument("-c", "--connections", type=int, default=50)
         pa.add_argument("--rounds", type=int, default=10)
-        pa.add_argument("--duration", type=float, default=3.0)
-        pa.add_argument("--warmup", type=float, default=0.5)
-        pa.add_argument("--keyspace", type=int, default=100_000)
-        pa.add_argument("--nice", type=int, default=0, metavar="N")
         return ab(pa.parse_args(argv[1:]))
     if argv[:1] == ["profile"]:
-        pp = argparse.ArgumentParser(prog="python -m bench.cluster profile",
-                                     description="Profile the 3 ringfs nodes under load.")
-        pp.add_argument("--op", choices=("get", "put"), default="put")
-        pp.add_argument("-c", "--connections", type=int, default=50)
-        pp.add_argument("--duration", type=float, default=5.0)
-        pp.add_argument("--warmup", type=float, default=0.5)
-        pp.add_argument("--keyspace", type=int, default=20_000)
-        pp.add_argument("--nice", type=int, default=0, metavar="N")
+        pp = _load_parser("profile", "Profile the 3 ringfs nodes under load.",
+                          duration=5.0, keyspace=20_000)
         pp.add_argument("--top", type=int, default=30)
         pp.add_argument("--save", help="copy the merged raw py-spy samples here")
         return profile(pp.parse_args(argv[1:]))

@@ -210,9 +210,6 @@ class _Pending:
     release: Callable[[], None]
 
 
-"""A node timer: [when, seq, fn or None once cancelled]."""
-
-
 @dataclass(eq=False)
 class _ClientGet:
     conn: int
@@ -1104,12 +1101,13 @@ class Node:
         the oldest beyond MAX_REAPED_CLOCKS."""
         clocks = self._reaped_clocks
         clocks.pop(key, None)
+        oldest = next(iter(clocks)) if len(clocks) >= MAX_REAPED_CLOCKS else None
+        if oldest is not None:
+            del clocks[oldest]
+        clocks[key] = clock
         try:
-            if len(clocks) >= MAX_REAPED_CLOCKS:
-                oldest = next(iter(clocks))
-                del clocks[oldest]
+            if oldest is not None:
                 self.engine.purge(REAPED_PREFIX + oldest)
-            clocks[key] = clock
             self.engine.put(REAPED_PREFIX + key, encode_context(clock.context()))
         except OSError as exc:
             # Kept in memory all the same: only a restart would forget it.

@@ -358,6 +358,33 @@ def test_a_late_copy_of_a_reaped_key_loses_what_the_tombstone_deleted(
         node_module.REAPED_PREFIX + b"r2", node_module.REAPED_PREFIX + b"r3"]
 
 
+def test_a_reaped_clock_is_kept_in_memory_when_the_disk_refuses_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import ringfs.node as node_module
+    from ringfs.dvv import DVVSet
+
+    class Refusing(MemoryEngine):
+        def put(self, key: bytes, value: bytes, meta: bytes = b"") -> int:
+            if key.startswith(node_module.REAPED_PREFIX):
+                raise OSError(28, "No space left on device")
+            return super().put(key, value, meta)
+
+        def purge(self, key: bytes) -> None:
+            if key.startswith(node_module.REAPED_PREFIX):
+                raise OSError(5, "Input/output error")
+            super().purge(key)
+
+    monkeypatch.setattr(node_module, "MAX_REAPED_CLOCKS", 1)
+    node = Node(NodeConfig(name="n1", gossip="off"), Refusing(), random.Random(0), 0.0)
+    for key in (b"a", b"b"):  # the second also evicts the first, on disk too
+        t = DVVSet.new("x@1", None)
+        node._merge_local(key, t, None)
+        node._reap_local(key, t)
+    assert list(node._reaped_clocks) == [b"b"]
+    assert node.counters["storage_errors"] == 2
+
+
 def test_an_unreadable_saved_reaped_clock_is_skipped() -> None:
     import ringfs.node as node_module
 

@@ -309,17 +309,13 @@ class Simulation:
         self.faults: NetworkFaults | None = None
         self.rng: random.Random | None = None
         self._sweepers: dict[str, SimClient] = {}
-        self._seen_view: dict[str, tuple[int, int]] = {}
         self.sweep_failures: list[str] = []
 
     def _observe_views(self, sn: SimNode) -> None:
+        """A view observer (the world calls it when the node's gossip view changed)."""
         g = sn.node.gossip
-        if g is None:
-            return
-        key = (sn.epoch, g.view_version)
-        if self._seen_view.get(sn.name) != key:
-            self._seen_view[sn.name] = key
-            self.views.observe(self.now, sn.name, sn.epoch, g.incarnations())
+        assert g is not None
+        self.views.observe(self.now, sn.name, sn.epoch, g.incarnations())
 
     def _engine(self, name: str) -> MemoryEngine:
         def actor() -> str:

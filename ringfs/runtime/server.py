@@ -1,12 +1,16 @@
 """The trio shell around a Node: sockets, worker-thread syncs and the one timer.
 
-It owns no protocol logic. Each connection has a reader task that splits frames
-and hands them to the node, and a writer task that sends whatever replies have
-queued, many per send when requests are pipelined (a reply for an idle connection
-is sent at once, without waking the writer). Syncs run in a worker thread;
-while one runs, writes keep arriving and the next sync covers all of them (group
-commit). Every node call is followed by `_dispatch()`, which carries out the
-node's effects and re-arms the timer if the node's next deadline moved earlier.
+It owns no protocol logic. Connections over TCP are read by one poller task
+from an epoll set of their sockets (on Linux): it splits frames, hands them to
+the node and sends the replies ready at once, serving every ready connection per
+turn instead of waking a task per request. Each connection also has a writer
+task that sends whatever replies queued later, many per send when requests are
+pipelined (a reply for an idle connection is sent at once, without waking the
+writer). Other streams (and platforms without epoll) get a reader task each.
+Syncs run in a worker thread; while one runs, writes keep arriving and the next
+sync covers all of them (group commit). Every node call is followed by
+`_dispatch()`, which carries out the node's effects and re-arms the timer if the
+node's next deadline moved earlier.
 
 A misbehaving client can cost the node its own connection and nothing more:
 every connection handler catches everything, logs, counts and closes.
@@ -22,6 +26,7 @@ import logging
 import math
 import os
 import random
+import select
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,6 +57,8 @@ LEAVE_SPREAD_S = 5.0
 """After a requested leave, how long the node keeps running while the announcement spreads."""
 MAX_UNSENT_REPLY_BYTES = 8 * 1024 * 1024
 """A connection whose client does not read its replies stops being read past this."""
+POLL_BATCH = 256
+"""Ready connections the poller serves per turn before yielding to other tasks."""
 
 
 def next_epoch(data_dir: str) -> int:
@@ -119,6 +126,12 @@ class _Connection:
     sending: bool = False
     raw: socket.socket | None = None
     """A dup of the connection's socket, driven directly (None: use `stream`)."""
+    decoder: FrameDecoder | None = None
+    """Splits what the poller reads from `raw` into frames."""
+    read_done: trio.Event = field(default_factory=trio.Event)
+    """Set by the poller when it stops reading `raw` (end of stream, error, closing)."""
+    paused: bool = False
+    """The poller skips `raw` until the replies owed on it drain (backpressure)."""
 
     def push(self, frame: bytes) -> None:
         if self.closing:
@@ -150,6 +163,10 @@ class NodeServer:
         self._udp: socket.socket | None = None
         self._resolved: dict[str, tuple[str, int]] = {}
         self.keyring: Keyring | None = None
+        self._epoll: select.epoll | None = None
+        """The poller's epoll set (None until serving, or where the platform has none)."""
+        self._polled: dict[int, _Connection] = {}
+        """Connections in the poller's set, by socket descriptor."""
 
     # -- lifecycle -----------------------------------------------------------------
     async def serve(
@@ -196,6 +213,9 @@ class NodeServer:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self._dispatch()
+                if hasattr(select, "epoll"):
+                    self._epoll = select.epoll()
+                    nursery.start_soon(self._poller)
                 nursery.start_soon(self._maintenance)
                 if udp_sock is not None:
                     nursery.start_soon(self._udp_receiver, udp_sock)
@@ -210,6 +230,10 @@ class NodeServer:
                     await ln.aclose()
                 if self._udp is not None:
                     self._udp.close()
+                if self._epoll is not None:
+                    self._epoll.close()
+                    self._epoll = None
+                    self._polled.clear()
                 engine.close()
                 log.info("node %s stopped", self.config.name)
 
@@ -530,8 +554,9 @@ class NodeServer:
         node.client_connected(conn_id, self._clock())
         try:
             raw = None
-            if isinstance(stream, trio.SocketStream):
-                # Fast path: drive a dup of the socket directly; trio only waits.
+            if isinstance(stream, trio.SocketStream) and self._epoll is not None:
+                # Fast path: the poller reads a dup of the socket along with every other
+                # connection's, and replies are sent on it directly; trio only waits.
                 raw = socket.socket(fileno=os.dup(stream.socket.fileno()))
                 raw.setblocking(False)
                 c.raw = raw
@@ -542,7 +567,7 @@ class NodeServer:
                     nursery.start_soon(self._writer, c)
                 try:
                     if raw is not None:
-                        await self._raw_reader(c, raw)
+                        await self._polled_reader(c, raw)
                     else:
                         await self._reader(c)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -625,65 +650,132 @@ class NodeServer:
                 c.drained = trio.Event()
                 await c.drained.wait()
 
-    async def _raw_reader(self, c: _Connection, sock: socket.socket) -> None:
-        node = self.node
-        assert node is not None
-        decoder = FrameDecoder(self.config.limits.max_frame_bytes)
-        max_inflight = self.config.max_inflight_per_connection
-        recv = sock.recv
-        send = sock.send
-        wait_readable = trio.lowlevel.wait_readable
-        checkpoint = trio.lowlevel.checkpoint
-        # Optimistic reads: after a reply, yield once and try recv before asking epoll.
-        # Under load the next request has usually arrived by the time this task runs
-        # again, which saves the epoll_ctl re-arm; when it had not, go back to waiting.
-        # A client whose requests were not answered at once (replicated writes and
-        # reads) has nothing more to send yet, so its reader waits for epoll; a peer's
-        # stream keeps flowing.
-        optimistic = False
-        peer = False
+    async def _polled_reader(self, c: _Connection, sock: socket.socket) -> None:
+        """Hand `sock` to the poller and wait until it stops reading it."""
+        c.decoder = FrameDecoder(self.config.limits.max_frame_bytes)
+        fd = sock.fileno()
+        ep = self._epoll
+        assert ep is not None
         with trio.CancelScope() as scope:
             c.reader_scope = scope
-            while not c.closing:
-                if optimistic:
-                    await checkpoint()
-                else:
-                    await wait_readable(sock)
-                try:
-                    data = recv(RECEIVE_BYTES)
-                except BlockingIOError:
-                    optimistic = False
-                    continue
-                except OSError:
-                    c.closing = True
-                    break
-                if not data:
-                    break
-                self._handle_input(c, decoder, data)
-                if not peer:
-                    peer = node.is_peer(c.conn_id)
-                out = c.out
-                optimistic = (peer or bool(out)) and len(self._conns) > 1
-                if out and not c.sending:
-                    data = b"".join(out) if len(out) > 1 else out[0]
-                    out.clear()
-                    try:
-                        n = send(data)
-                    except BlockingIOError:
-                        n = 0
-                    except OSError:
-                        c.closing = True
-                        break
-                    if n < len(data):
-                        out.insert(0, data[n:])
-                        c.unsent = len(data) - n
-                        c.wake.set()
-                    else:
-                        c.unsent = 0
-                elif out:
-                    c.wake.set()
-                await self._backpressure(c, max_inflight)
+            self._polled[fd] = c
+            ep.register(fd, select.EPOLLIN)
+            try:
+                await c.read_done.wait()
+            finally:
+                self._unpoll(c, fd)
         await self._finish_input(c)
+
+    def _unpoll(self, c: _Connection, fd: int) -> None:
+        if self._polled.get(fd) is c:
+            del self._polled[fd]
+            if self._epoll is not None:
+                with contextlib.suppress(OSError):  # not in the set while paused
+                    self._epoll.unregister(fd)
+        c.read_done.set()
+        c.drained.set()  # a task waiting to resume reading stops waiting
+
+    async def _poller(self) -> None:
+        """Read every client and peer connection from one epoll set.
+
+        trio waits on the set's descriptor only while no connection is ready; under
+        load each turn serves every ready connection (up to POLL_BATCH) and yields
+        once, instead of a task switch, an epoll re-arm and a wake-up per request.
+        Level-triggered: data left unread is reported again on the next turn.
+        """
+        node = self.node
+        assert node is not None
+        ep = self._epoll
+        assert ep is not None
+        poll = ep.poll
+        epfd = ep.fileno()
+        polled = self._polled
+        wait_readable = trio.lowlevel.wait_readable
+        checkpoint = trio.lowlevel.checkpoint
+        while True:
+            ready = poll(0, POLL_BATCH)
+            if not ready:
+                await wait_readable(epfd)
+                continue
+            for fd, _events in ready:
+                c = polled.get(fd)
+                if c is not None and not c.paused:
+                    try:
+                        self._read_ready(c, fd)
+                    except Exception:
+                        # As in a connection's own task: a bug costs this connection only.
+                        node.counters["connection_bugs"] += 1
+                        log.exception("connection %d failed", c.conn_id)
+                        c.closing = True
+                        self._unpoll(c, fd)
+            await checkpoint()
+
+    def _read_ready(self, c: _Connection, fd: int) -> None:
+        """Serve what one ready connection sent: frames to the node, replies sent now."""
+        sock = c.raw
+        decoder = c.decoder
+        assert sock is not None and decoder is not None
+        if c.closing:
+            self._unpoll(c, fd)
+            return
+        try:
+            data = sock.recv(RECEIVE_BYTES)
+        except BlockingIOError:
+            return
+        except OSError:
+            c.closing = True
+            self._unpoll(c, fd)
+            return
+        if not data:
+            self._unpoll(c, fd)
+            return
+        closing = self._handle_input(c, decoder, data)
+        out = c.out
+        if out and not c.sending:
+            data = b"".join(out) if len(out) > 1 else out[0]
+            out.clear()
+            try:
+                n = sock.send(data)
+            except BlockingIOError:
+                n = 0
+            except OSError:
+                c.closing = True
+                self._unpoll(c, fd)
+                return
+            if n < len(data):
+                out.insert(0, data[n:])
+                c.unsent = len(data) - n
+                c.wake.set()
+            else:
+                c.unsent = 0
+        elif out:
+            c.wake.set()
+        if closing:
+            self._unpoll(c, fd)
+            return
+        node = self.node
+        assert node is not None
+        max_inflight = self.config.max_inflight_per_connection
+        if node.inflight(c.conn_id) >= max_inflight or c.unsent > MAX_UNSENT_REPLY_BYTES:
+            # Stop reading until the replies owed drain; a task waits for that. Out of
+            # the set rather than masked: a hang-up would be reported even when masked.
+            c.paused = True
+            assert self._epoll is not None
+            self._epoll.unregister(fd)
+            assert self._nursery is not None
+            self._nursery.start_soon(self._resume_when_drained, c, fd, max_inflight)
+
+    async def _resume_when_drained(self, c: _Connection, fd: int, max_inflight: int) -> None:
+        node = self.node
+        assert node is not None
+        # As _backpressure, but also ends when reading ends (`_unpoll` wakes it).
+        while ((node.inflight(c.conn_id) >= max_inflight or c.unsent > MAX_UNSENT_REPLY_BYTES)
+               and not c.closing and not c.read_done.is_set()):
+            c.drained = trio.Event()
+            await c.drained.wait()
+        c.paused = False
+        if self._polled.get(fd) is c and self._epoll is not None:
+            self._epoll.register(fd, select.EPOLLIN)  # closing: read and unpolled at once
 
     async def _raw_writer(self, c: _Connection, sock: socket.socket) -> None:
         wait_writable = trio.lowlevel.wait_writable

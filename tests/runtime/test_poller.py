@@ -1,0 +1,207 @@
+"""The server's poller over real TCP sockets on the loopback interface.
+
+Client connections whose stream is a socket are read by one poller task from an
+epoll set (see NodeServer._poller); the in-memory streams of the other runtime
+tests take the per-connection reader instead. These tests use the real clock:
+every wait is for the kernel, bounded by `fail_after`, never a sleep.
+"""
+
+from __future__ import annotations
+
+import select
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from ringfs.config import Durability, NodeConfig
+from ringfs.errors import ErrorCode
+from ringfs.runtime.server import NodeServer
+from ringfs.wire import RESPONSE, FrameDecoder, Op, encode_request
+
+pytestmark = pytest.mark.skipif(not hasattr(select, "epoll"), reason="the poller needs epoll")
+
+LIMIT_S = 20
+
+
+async def start(nursery: trio.Nursery, **overrides: Any) -> NodeServer:
+    cfg = NodeConfig(name="n1", listen="127.0.0.1:0", gossip="off", log_level="warning",
+                     **overrides)
+    srv = NodeServer(cfg)
+    await nursery.start(srv.serve)
+    return srv
+
+
+@pytest.fixture
+async def mem_server(nursery: trio.Nursery) -> NodeServer:
+    return await start(nursery, engine="memory", durability=Durability("group"))
+
+
+async def connect(srv: NodeServer) -> trio.SocketStream:
+    assert srv.address is not None
+    stream = await trio.open_tcp_stream(*srv.address)
+    await stream.send_all(encode_request(0, Op.HELLO, {"versions": [1]}))
+    return stream
+
+
+async def replies(stream: trio.SocketStream, count: int) -> list[Any]:
+    """Read `count` reply frames (the HELLO reply excluded once seen)."""
+    dec = FrameDecoder(1 << 24)
+    out: list[Any] = []
+    while len(out) < count:
+        data = await stream.receive_some()
+        if not data:
+            break
+        out.extend(body for body in dec.feed(data) if body[1] != 0)
+    return out
+
+
+async def test_many_connections_pipelining(mem_server: NodeServer) -> None:
+    with trio.fail_after(LIMIT_S):
+        streams = [await connect(mem_server) for _ in range(20)]
+        results: dict[int, list[Any]] = {}
+
+        async def run(i: int, stream: trio.SocketStream) -> None:
+            frames = b"".join(
+                encode_request(2 * j + 1, Op.PUT, {"key": b"k%d-%d" % (i, j), "value": b"v%d" % j})
+                + encode_request(2 * j + 2, Op.GET, {"key": b"k%d-%d" % (i, j)})
+                for j in range(100))
+            await stream.send_all(frames)
+            results[i] = await replies(stream, 200)
+
+        async with trio.open_nursery() as n:
+            for i, s in enumerate(streams):
+                n.start_soon(run, i, s)
+    for i in range(20):
+        got = {body[1]: body for body in results[i]}
+        assert sorted(got) == list(range(1, 201))
+        for j in range(100):
+            assert got[2 * j + 1][0] == RESPONSE
+            get = got[2 * j + 2]
+            assert get[0] == RESPONSE and get[2]["values"] == [b"v%d" % j]
+    for s in streams:
+        await s.aclose()
+
+
+@pytest.fixture
+async def slow_sync_server(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[NodeServer]:
+    """A log engine acknowledging puts only after a group-commit sync, and a limit of
+    two requests in flight per connection: pipelined puts make the poller pause."""
+    srv = await start(nursery, engine="log", data_dir=str(tmp_path),
+                      durability=Durability("group"), max_inflight_per_connection=2)
+    yield srv
+
+
+def count_pauses(srv: NodeServer) -> list[int]:
+    pauses: list[int] = []
+    original: Callable[..., Awaitable[None]] = srv._resume_when_drained
+
+    async def counting(*args: Any) -> None:
+        pauses.append(1)
+        await original(*args)
+
+    srv._resume_when_drained = counting  # type: ignore[method-assign]
+    return pauses
+
+
+async def test_backpressure_pauses_and_resumes(slow_sync_server: NodeServer) -> None:
+    srv = slow_sync_server
+    pauses = count_pauses(srv)
+    with trio.fail_after(LIMIT_S):
+        stream = await connect(srv)
+        # Fifty puts in flight: the connection is paused once they are read...
+        await stream.send_all(b"".join(
+            encode_request(i, Op.PUT, {"key": b"k%d" % i, "value": b"v"}) for i in range(1, 51)))
+        got = await replies(stream, 50)
+        assert pauses, "the connection was never paused"
+        # ...and read again once their replies went out: fifty more are answered.
+        await stream.send_all(b"".join(
+            encode_request(i, Op.PUT, {"key": b"k%d" % i, "value": b"v"})
+            for i in range(51, 101)))
+        got += await replies(stream, 50)
+    assert sorted(body[1] for body in got) == list(range(1, 101))
+    assert all(body[0] == RESPONSE for body in got)
+    assert pauses, "the connection was never paused"
+    assert srv.node is not None and srv.node.engine.get(b"k100") is not None
+    await stream.aclose()
+
+
+async def test_disconnect_while_paused_leaves_nothing_behind(
+        slow_sync_server: NodeServer) -> None:
+    srv = slow_sync_server
+    pauses = count_pauses(srv)
+    with trio.fail_after(LIMIT_S):
+        stream = await connect(srv)
+        await stream.send_all(b"".join(
+            encode_request(i, Op.PUT, {"key": b"k%d" % i, "value": b"v"}) for i in range(1, 201)))
+        await replies(stream, 1)
+        await stream.aclose()
+        assert srv._nursery is not None
+
+        def resumers() -> list[str]:
+            assert srv._nursery is not None
+            return [t.name for t in srv._nursery.child_tasks if "resume" in t.name]
+
+        while srv._conns or srv._polled or resumers():
+            await trio.sleep(0.01)  # waits for the server's own tasks, not for time
+        assert pauses
+        # The node serves the next client as before.
+        other = await connect(srv)
+        await other.send_all(encode_request(1, Op.GET, {"key": b"k1"}))
+        (body,) = await replies(other, 1)
+        assert body[0] == RESPONSE
+        await other.aclose()
+
+
+async def test_garbage_closes_only_its_connection(mem_server: NodeServer) -> None:
+    with trio.fail_after(LIMIT_S):
+        good = await connect(mem_server)
+        bad = await connect(mem_server)
+        await bad.send_all(b"\x00\x00\x00\x03\xc1\xc1\xc1")  # 0xc1: never valid msgpack
+        dec = FrameDecoder(1 << 20)
+        frames: list[Any] = []
+        while True:
+            data = await bad.receive_some()
+            if not data:
+                break
+            frames.extend(dec.feed(data))
+        assert frames[-1][0] != RESPONSE
+        assert frames[-1][2]["code"] == int(ErrorCode.BAD_FRAME), frames
+        await bad.aclose()
+        await good.send_all(encode_request(1, Op.PUT, {"key": b"k", "value": b"v"}))
+        (body,) = await replies(good, 1)
+        assert body[0] == RESPONSE
+        await good.aclose()
+
+
+async def test_a_bug_while_reading_costs_one_connection(mem_server: NodeServer) -> None:
+    srv = mem_server
+    original = srv._handle_input
+    victim: list[int] = []
+
+    def failing(c: Any, decoder: FrameDecoder, data: bytes | bytearray) -> bool:
+        if c.conn_id in victim:
+            raise RuntimeError("injected")
+        return original(c, decoder, data)
+
+    srv._handle_input = failing  # type: ignore[method-assign]
+    with trio.fail_after(LIMIT_S):
+        good = await connect(srv)
+        bad = await connect(srv)
+        dec = FrameDecoder(1 << 20)
+        seen: list[Any] = []
+        while not seen:  # the HELLO reply: the connection is registered by now
+            seen.extend(dec.feed(await bad.receive_some()))
+        victim.append(max(srv._conns))
+        await bad.send_all(encode_request(1, Op.GET, {"key": b"k"}))
+        while data := await bad.receive_some():
+            seen.extend(dec.feed(data))
+        assert [body[1] for body in seen] == [0]  # closed without answering request 1
+        await bad.aclose()
+        await good.send_all(encode_request(1, Op.GET, {"key": b"k"}))
+        (body,) = await replies(good, 1)
+        assert body[0] == RESPONSE
+    assert srv.node is not None and srv.node.counters["connection_bugs"] == 1
+    await good.aclose()

@@ -1194,9 +1194,11 @@ class Node:
             except ValueError as exc:
                 raise WireError(ErrorCode.BAD_CONTEXT, str(exc), req_id=rid) from None
         apl = self._apl(key, now, rid)
-        mine = next((rep for rep in apl if rep.node == self.name and rep.role == "primary"),
-                    None)
-        if mine is None:
+        me = self.name
+        for rep in apl:
+            if rep.node == me and rep.role == "primary":
+                break
+        else:
             if self._conns[conn].hops >= MAX_FORWARD_HOPS:
                 # Views of the ring differ for longer than a change takes to spread;
                 # forwarding on could loop, so refuse (nothing was written).
@@ -1238,14 +1240,18 @@ class Node:
 
             self._start_get(conn, rid, key, r, now, whereis=False, then=then, apl=apl)
             return None
-        return self._coordinate(conn, rid, key, value, ctx, w, now)
+        return self._coordinate(conn, rid, key, value, ctx, w, now, apl)
 
     def _coordinate(self, conn: int, rid: int, key: bytes, value: Value,
-                    ctx: dict[str, int] | None, w: int, now: float) -> bytes | None:
-        """Apply a write to this primary's copy and replicate it (see the module docstring)."""
-        apl = self._apl(key, now, rid)
-        if len(apl) < w:
-            raise self._too_few_up(rid, len(apl), w)
+                    ctx: dict[str, int] | None, w: int, now: float,
+                    apl: tuple[Replica, ...] | None = None) -> bytes | None:
+        """Apply a write to this primary's copy and replicate it (see the module docstring);
+        `apl`: the key's preference list at `now`, when the caller has it (checked
+        against W already)."""
+        if apl is None:
+            apl = self._apl(key, now, rid)
+            if len(apl) < w:
+                raise self._too_few_up(rid, len(apl), w)
         rec, local = self._read(key)  # tells the repairer of damage it finds
         if key in self._lost:
             self._new_actor_generation()

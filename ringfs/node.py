@@ -1802,8 +1802,11 @@ class Node:
             self._request_sync(last)
 
     # -- plumbing ------------------------------------------------------------------------
-    def drain_outbox(self) -> list[Effect]:
-        if self._peer_out:
+    def drain_outbox(self, *, hold_peers: bool = False) -> list[Effect]:
+        """The effects queued since the last drain. Messages for peers are framed here,
+        one frame per peer; `hold_peers` keeps them queued for a later drain instead
+        (a driver about to hand the node more input batches them into fewer frames)."""
+        if self._peer_out and not hold_peers:
             self._flush_peers()
         out = self._outbox
         self._outbox = []

@@ -256,10 +256,12 @@ class NodeServer:
                 inner.start_soon(accept_on, ln)
 
     # -- effects -------------------------------------------------------------------
-    def _dispatch(self) -> None:
+    def _dispatch(self, hold_peers: bool = False) -> None:
+        """Carry out the node's effects (`hold_peers`: leave messages for peers queued in
+        the node, to go out with the next full dispatch)."""
         node = self.node
         assert node is not None
-        for eff in node.drain_outbox():
+        for eff in node.drain_outbox(hold_peers=hold_peers):
             if type(eff) is ClientReply:
                 c = self._conns.get(eff.conn)
                 if c is not None:
@@ -609,10 +611,10 @@ class NodeServer:
         await self._finish_input(c)
 
     def _handle_input(self, c: _Connection, decoder: FrameDecoder,
-                      data: bytes | bytearray) -> bool:
+                      data: bytes | bytearray, hold_peers: bool = False) -> bool:
         """Hand every complete frame in `data` to the node and queue the replies ready
         now; a broken stream queues its error frame last and marks the connection closing.
-        Returns whether the connection is closing."""
+        Returns whether the connection is closing. `hold_peers`: see `_dispatch`."""
         node = self.node
         assert node is not None
         request = node.client_request
@@ -624,7 +626,7 @@ class NodeServer:
             if frame is not None:
                 out.append(frame)
                 c.unsent += len(frame)
-        self._dispatch()
+        self._dispatch(hold_peers)
         if decoder.error is not None and not c.closing:
             exc = decoder.error
             node.counters[f"error_{exc.code.name.lower()}"] += 1
@@ -682,6 +684,8 @@ class NodeServer:
         trio waits on the set's descriptor only while no connection is ready; under
         load each turn serves every ready connection (up to POLL_BATCH) and yields
         once, instead of a task switch, an epoll re-arm and a wake-up per request.
+        Replies go out as each connection is served; messages for peers at the end
+        of the turn.
         Level-triggered: data left unread is reported again on the next turn.
         """
         node = self.node
@@ -709,6 +713,9 @@ class NodeServer:
                         log.exception("connection %d failed", c.conn_id)
                         c.closing = True
                         self._unpoll(c, fd)
+            # Messages for peers from every connection served this turn, in one frame
+            # per peer: fewer frames to split and hand over on the receiving nodes.
+            self._dispatch()
             await checkpoint()
 
     def _read_ready(self, c: _Connection, fd: int) -> None:
@@ -730,7 +737,8 @@ class NodeServer:
         if not data:
             self._unpoll(c, fd)
             return
-        closing = self._handle_input(c, decoder, data)
+        # What the node sends to peers goes out once per turn (see _poller).
+        closing = self._handle_input(c, decoder, data, hold_peers=True)
         out = c.out
         if out and not c.sending:
             data = b"".join(out) if len(out) > 1 else out[0]

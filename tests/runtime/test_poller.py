@@ -181,10 +181,10 @@ async def test_a_bug_while_reading_costs_one_connection(mem_server: NodeServer) 
     original = srv._handle_input
     victim: list[int] = []
 
-    def failing(c: Any, decoder: FrameDecoder, data: bytes | bytearray) -> bool:
+    def failing(c: Any, decoder: FrameDecoder, data: bytes | bytearray, **kw: Any) -> bool:
         if c.conn_id in victim:
             raise RuntimeError("injected")
-        return original(c, decoder, data)
+        return original(c, decoder, data, **kw)
 
     srv._handle_input = failing  # type: ignore[method-assign]
     with trio.fail_after(LIMIT_S):

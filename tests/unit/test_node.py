@@ -312,6 +312,22 @@ def test_messages_for_one_peer_are_split_into_frames_the_peer_accepts() -> None:
     assert node.drain_outbox() == []
 
 
+def test_held_peer_messages_go_out_together_with_the_next_full_drain() -> None:
+    h = Harness()
+    node = h.node
+    node._send_address("10.0.0.2:7001", PeerMsg.GOSSIP, {"id": 1})
+    node.client_connected(9, 0.0)
+    node.client_request(9, [0, 1, 0, {"versions": [99]}], 0.0)  # closes the connection
+    held = node.drain_outbox(hold_peers=True)
+    assert [type(eff) for eff in held] == [CloseConnection]
+    node._send_address("10.0.0.2:7001", PeerMsg.GOSSIP, {"id": 2})
+    (sent,) = node.drain_outbox()
+    assert isinstance(sent, PeerSend)
+    _, _, mtype, body = decode(sent.frame)
+    assert mtype == PeerMsg.BATCH
+    assert body["msgs"] == [[PeerMsg.GOSSIP, {"id": 1}], [PeerMsg.GOSSIP, {"id": 2}]]
+
+
 def test_a_late_copy_of_a_reaped_key_loses_what_the_tombstone_deleted(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -257,8 +257,9 @@ class NodeServer:
 
     # -- effects -------------------------------------------------------------------
     def _dispatch(self, hold_peers: bool = False) -> None:
-        """Carry out the node's effects (`hold_peers`: leave messages for peers queued in
-        the node, to go out with the next full dispatch)."""
+        """Carry out the node's effects and re-arm the timer. `hold_peers`: a partial
+        dispatch, followed by a full one within the same turn of the poller: messages
+        for peers stay queued in the node and the timer and departure checks wait."""
         node = self.node
         assert node is not None
         for eff in node.drain_outbox(hold_peers=hold_peers):
@@ -281,6 +282,8 @@ class NodeServer:
                 if c is not None:
                     c.closing = True
                     c.wake.set()
+        if hold_peers:
+            return
         dl = node.next_deadline()
         if dl is not None and dl < self._deadline:
             self._timer_rearm.set()

@@ -8,7 +8,9 @@ and the whole machine's busy time from /proc/stat, so a run can tell how much CP
 The bare server (`python -m bench.common bare-server --listen HOST:PORT`) speaks
 just enough of the ringfs wire protocol (HELLO, GET, PUT; 4-byte length + msgpack)
 over trio to be driven by bench.loadgen: a dict and nothing else. It is the
-ceiling a trio+msgpack Python server can reach on this machine.
+ceiling a trio+msgpack Python server can reach on this machine. Two forms: a task
+per connection on trio's streams (the default), and with `--poll` one task that
+serves every connection from an epoll set, as the ringfs node does.
 """
 
 from __future__ import annotations
@@ -232,15 +234,130 @@ def run_bare_server(host: str, port: int) -> None:
         trio.run(main)
 
 
+def run_bare_poll_server(host: str, port: int) -> None:
+    """The bare dict server with one task reading every connection from an epoll set
+    (trio waits on the set's descriptor only while nothing is ready)."""
+    import select
+
+    import msgpack
+    import trio
+
+    store: dict[bytes, bytes] = {}
+    pack = msgpack.Packer(use_bin_type=True).pack
+    unpackb = msgpack.unpackb
+    ep = select.epoll()
+    socks: dict[int, socket.socket] = {}
+    inbuf: dict[int, bytes] = {}
+    outbuf: dict[int, bytes] = {}
+
+    def close(fd: int) -> None:
+        ep.unregister(fd)
+        socks.pop(fd).close()
+        inbuf.pop(fd, None)
+        outbuf.pop(fd, None)
+
+    def serve(fd: int, events: int) -> None:
+        s = socks[fd]
+        if events & select.EPOLLOUT:
+            try:
+                n = s.send(outbuf[fd])
+            except OSError:
+                close(fd)
+                return
+            rest = outbuf.pop(fd)[n:]
+            if rest:
+                outbuf[fd] = rest
+                return
+            ep.modify(fd, select.EPOLLIN)
+        if not events & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR):
+            return
+        try:
+            data = s.recv(262144)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            close(fd)
+            return
+        buf = inbuf.pop(fd, b"")
+        buf = buf + data if buf else data
+        out = []
+        pos, end = 0, len(buf)
+        while end - pos >= 4:
+            n = int.from_bytes(buf[pos:pos + 4], "big")
+            if end - pos - 4 < n:
+                break
+            _, rid, op, args = unpackb(buf[pos + 4:pos + 4 + n])
+            pos += 4 + n
+            if op == 3:
+                store[args["key"]] = args["value"]
+                res: dict[str, Any] = {"context": b""}
+            elif op == 2:
+                v = store.get(args["key"])
+                res = {"found": v is not None, "values": [] if v is None else [v],
+                       "context": b""}
+            else:
+                res = {"version": 1}
+            body = pack([1, rid, res])
+            out.append(len(body).to_bytes(4, "big") + body)
+        if pos < end:
+            inbuf[fd] = buf[pos:]
+        if out:
+            data = out[0] if len(out) == 1 else b"".join(out)
+            if fd in outbuf:
+                outbuf[fd] += data
+                return
+            try:
+                n = s.send(data)
+            except BlockingIOError:
+                n = 0
+            except OSError:
+                close(fd)
+                return
+            if n < len(data):
+                outbuf[fd] = data[n:]
+                ep.modify(fd, select.EPOLLIN | select.EPOLLOUT)
+
+    async def main() -> None:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+
+        async def accept(ln: trio.SocketListener) -> None:
+            while True:
+                stream = await ln.accept()
+                raw = socket.socket(fileno=stream.socket.detach())
+                raw.setblocking(False)
+                socks[raw.fileno()] = raw
+                ep.register(raw.fileno(), select.EPOLLIN)
+
+        async with trio.open_nursery() as nursery:
+            for ln in listeners:
+                nursery.start_soon(accept, ln)
+            while True:
+                ready = ep.poll(0, 256)
+                if not ready:
+                    await trio.lowlevel.wait_readable(ep.fileno())
+                    continue
+                for fd, events in ready:
+                    if fd in socks:
+                        serve(fd, events)
+                await trio.lowlevel.checkpoint()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        trio.run(main)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.common")
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("bare-server", help="run the bare trio+msgpack dict server")
     b.add_argument("--listen", default="127.0.0.1:7101")
+    b.add_argument("--poll", action="store_true",
+                   help="one task serving every connection from an epoll set")
     args = p.parse_args(argv)
     if args.cmd == "bare-server":
         host, _, port = args.listen.rpartition(":")
-        run_bare_server(host, int(port))
+        (run_bare_poll_server if args.poll else run_bare_server)(host, int(port))
     return 0
 
 

@@ -9,8 +9,10 @@ byte-identical on both sides), values 100 bytes, keys drawn at random from
 
 redis is driven by redis-benchmark (-P 1: one request in flight per connection);
 ringfs by bench.loadgen, which does the same over raw sockets with pre-encoded
-frames. `--with-bare` adds a third contestant, a bare trio+msgpack dict server
-(bench.common) speaking the ringfs frame format: the ceiling for a Python server.
+frames. `--with-bare` adds two more contestants, bare trio+msgpack dict servers
+(bench.common) speaking the ringfs frame format: `bare` with a task per connection
+on trio's streams, `bare-poll` with one task serving every connection from an
+epoll set, as a ringfs node does; the second is the ceiling for a Python server.
 All servers run side by side for the whole run and the measurements interleave,
 so a burst of load from elsewhere hits every contestant alike. Each measurement
 is repeated (`--repeat`, default 2) and the best kept.
@@ -119,8 +121,9 @@ def ringfs_cmd(port: int, data_dir: str, engine: str) -> list[str]:
     return cmd
 
 
-def bare_cmd(port: int) -> list[str]:
-    return [sys.executable, "-m", "bench.common", "bare-server", "--listen", f"{HOST}:{port}"]
+def bare_cmd(port: int, poll: bool = False) -> list[str]:
+    return [sys.executable, "-m", "bench.common", "bare-server", "--listen", f"{HOST}:{port}",
+            *(["--poll"] if poll else [])]
 
 
 def redis_prefill(port: int, keyspace: int, value_size: int, batch: int = 5000) -> None:
@@ -200,10 +203,11 @@ def wait_quiet(max_wait_s: float, sample_s: float = 0.5) -> tuple[float, float]:
 
 def compare(args: argparse.Namespace) -> int:
     systems = [x.strip() for x in args.systems.split(",")] if args.systems else (
-        ["redis", "ringfs"] + (["bare"] if args.with_bare else []))
-    unknown = set(systems) - {"redis", "ringfs", "bare"}
+        ["redis", "ringfs"] + (["bare", "bare-poll"] if args.with_bare else []))
+    unknown = set(systems) - {"redis", "ringfs", "bare", "bare-poll"}
     if unknown:
-        print(f"bench.kv: unknown system(s) {sorted(unknown)}; use redis, ringfs, bare",
+        print(f"bench.kv: unknown system(s) {sorted(unknown)}; use redis, ringfs, bare, "
+              "bare-poll",
               file=sys.stderr)
         return 2
     if "redis" in systems and not (shutil.which("redis-server")
@@ -282,10 +286,11 @@ def _compare(args: argparse.Namespace, systems: list[str], tree: str) -> int:
                 server_process(ringfs_cmd(ports["ringfs"], os.path.join(fd, "data"), engine),
                                HOST, ports["ringfs"], cwd=tree, env=ringfs_env,
                                log_path=RINGFS_LOG if args.keep_logs else None)).pid
-        if "bare" in systems:
-            pids["bare"] = stack.enter_context(
-                server_process(bare_cmd(ports["bare"]), HOST, ports["bare"], cwd=root,
-                               env=env)).pid
+        for bare in ("bare", "bare-poll"):
+            if bare in systems:
+                pids[bare] = stack.enter_context(
+                    server_process(bare_cmd(ports[bare], poll=bare == "bare-poll"), HOST,
+                                   ports[bare], cwd=root, env=env)).pid
         for s in systems:
             t = time.monotonic()
             if s == "redis":
@@ -685,9 +690,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--connections", default="1,50", help="comma-separated (default 1,50)")
     p.add_argument("--ops", default="set,get", help="comma-separated: set,get")
     p.add_argument("--with-bare", action="store_true",
-                   help="also run the bare trio+msgpack dict server (the Python ceiling)")
-    p.add_argument("--systems", help="comma-separated subset of redis,ringfs,bare "
-                   "(default redis,ringfs, plus bare with --with-bare)")
+                   help="also run the bare trio+msgpack dict servers (the Python ceiling)")
+    p.add_argument("--systems", help="comma-separated subset of redis,ringfs,bare,bare-poll "
+                   "(default redis,ringfs, plus both bare servers with --with-bare)")
     p.add_argument("--ringfs-tree", metavar="DIR",
                    help="run the ringfs server from this source tree (compare a change)")
     p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",

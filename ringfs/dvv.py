@@ -198,6 +198,13 @@ class DVVSet:
             w = self._wire = [[i, n, list(vals)] for i, n, vals in self.entries]
         return w
 
+    def packable(self) -> Any:
+        """What msgpack packs to the same bytes as `to_wire()`, for packing only: the
+        wire form when known, else the entries themselves (msgpack packs tuples as
+        arrays), which saves building the lists."""
+        w = self._wire
+        return self.entries if w is None else w
+
     @classmethod
     def from_wire(cls, obj: Any, *, max_entries: int = 1024, max_siblings: int = 1024) -> DVVSet:
         """Parse and validate the form made by `to_wire`; raises ValueError on bad input."""

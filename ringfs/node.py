@@ -715,7 +715,7 @@ class Node:
         Every local write goes through here (or `_drop_local`), which keeps the
         anti-entropy hash trees current.
         """
-        packed = pack(state.to_wire())  # the shared packer: its buffer is reused
+        packed = pack(state.packable())  # the shared packer: its buffer is reused
         if (state.is_tombstone() if live is None else live == 0):
             seq = self.engine.delete(stored_key, packed)
         else:
@@ -1292,7 +1292,7 @@ class Node:
             if rep.node == self.name:
                 continue
             if wire_state is None:
-                wire_state = new.to_wire()
+                wire_state = new.packable()
             body: dict[str, Any] = {"id": pid, "key": key, "state": wire_state}
             if rep.hint_for is not None:
                 body["hint_for"] = rep.hint_for

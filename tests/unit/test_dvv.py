@@ -254,6 +254,9 @@ def test_wire_and_context_round_trip(data: st.DataObject) -> None:
     state = data.draw(st.sampled_from(pool))
     packed = msgpack.packb(state.to_wire(), use_bin_type=True)
     assert DVVSet.from_wire(msgpack.unpackb(packed, raw=False)) == state
+    fresh = DVVSet(state.entries)  # no wire form known: packable() gives the entries
+    assert msgpack.packb(fresh.packable(), use_bin_type=True) == packed
+    assert msgpack.packb(state.packable(), use_bin_type=True) == packed
     assert decode_context(encode_context(state.context())) == state.context()
 
 

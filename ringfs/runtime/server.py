@@ -26,9 +26,11 @@ import itertools
 import logging
 import math
 import os
+import queue
 import random
 import select
 import socket
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -483,6 +485,15 @@ class NodeServer:
         per_write = self.config.durability.kind == "always"
         # An engine whose sync never touches a disk (the memory engine) is synced inline.
         blocking = getattr(engine, "sync_blocks", True)
+        sync_thread = _SyncThread() if blocking else None
+        try:
+            await self._sync_loop(node, engine, per_write, sync_thread)
+        finally:
+            if sync_thread is not None:
+                sync_thread.close()
+
+    async def _sync_loop(self, node: Node, engine: StorageEngine, per_write: bool,
+                         sync_thread: _SyncThread | None) -> None:
         while True:
             await self._sync_wanted.wait()
             self._sync_wanted = trio.Event()
@@ -492,8 +503,8 @@ class NodeServer:
             self._sync_queue.clear()
             for _ in range(max(rounds, 1)):
                 try:
-                    if blocking:
-                        durable = await trio.to_thread.run_sync(engine.sync)
+                    if sync_thread is not None:
+                        durable = await sync_thread.run(engine.sync)
                     else:
                         durable = engine.sync()
                         await trio.lowlevel.checkpoint()
@@ -845,6 +856,69 @@ class NodeServer:
                 if c.closing and c.reader_scope is not None:
                     c.reader_scope.cancel()
                 return
+
+
+class _SyncThread:
+    """A thread of its own for the engine's fsyncs (group commit).
+
+    Handing a job over and hearing back through a pipe costs about a third of the
+    CPU of `trio.to_thread.run_sync` here (49 against 111-163 µs a round trip), and
+    a busy node syncs hundreds of times a second. One job at a time. Waiting for a
+    job cannot be cancelled, as with `trio.to_thread.run_sync`: the engine must not
+    be closed under a running sync. The thread alone closes the pipe's write end,
+    so no descriptor it writes to can have been reused.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], Any] | None] = queue.SimpleQueue()
+        self._rfd, self._wfd = os.pipe()
+        os.set_blocking(self._rfd, False)
+        self._result: tuple[bool, Any] = (True, None)
+        self._busy = False
+        self._thread = threading.Thread(target=self._work, name="ringfs-sync", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        try:
+            while True:
+                fn = self._jobs.get()
+                if fn is None:
+                    return
+                try:
+                    self._result = (True, fn())
+                except BaseException as exc:  # handed back to the caller, raised there
+                    self._result = (False, exc)
+                try:
+                    os.write(self._wfd, b"\0")
+                except OSError:
+                    return  # the node is shutting down
+        finally:
+            os.close(self._wfd)
+
+    async def run(self, fn: Callable[[], Any]) -> Any:
+        if self._busy:
+            raise RuntimeError("one sync at a time")
+        self._busy = True
+        try:
+            self._jobs.put(fn)
+            with trio.CancelScope(shield=True):
+                while True:
+                    try:
+                        os.read(self._rfd, 1)
+                        break
+                    except BlockingIOError:
+                        await trio.lowlevel.wait_readable(self._rfd)
+        finally:
+            self._busy = False
+        ok, value = self._result
+        self._result = (True, None)
+        if not ok:
+            raise value
+        return value
+
+    def close(self) -> None:
+        self._jobs.put(None)
+        os.close(self._rfd)
 
 
 class _PeerClosed(Exception):

@@ -479,11 +479,6 @@ class Node:
         c = self._conns.get(conn)
         return len(c.inflight) if c is not None and c.inflight else 0
 
-    def is_peer(self, conn: int) -> bool:
-        """Whether `conn` carries another node's peer frames (its HELLO named a peer)."""
-        c = self._conns.get(conn)
-        return c is not None and c.peer is not None
-
     def _track(self, conn: int, rid: int) -> None:
         c = self._conns[conn]
         if c.inflight is None:

@@ -184,6 +184,31 @@ def print_json(obj: dict[str, Any]) -> None:
 
 # -- the bare reference server -----------------------------------------------------
 
+def bare_replies(buf: bytes, store: dict[bytes, bytes], pack: Any,
+                 unpackb: Any) -> tuple[bytes, int]:
+    """Serve every whole frame in `buf` from `store`: the replies, and how many bytes
+    of `buf` the frames took."""
+    out = []
+    pos, end = 0, len(buf)
+    while end - pos >= 4:
+        n = int.from_bytes(buf[pos:pos + 4], "big")
+        if end - pos - 4 < n:
+            break
+        _, rid, op, args = unpackb(buf[pos + 4:pos + 4 + n])
+        pos += 4 + n
+        if op == 3:
+            store[args["key"]] = args["value"]
+            res: dict[str, Any] = {"context": b""}
+        elif op == 2:
+            v = store.get(args["key"])
+            res = {"found": v is not None, "values": [] if v is None else [v], "context": b""}
+        else:
+            res = {"version": 1}
+        body = pack([1, rid, res])
+        out.append(len(body).to_bytes(4, "big") + body)
+    return (out[0] if len(out) == 1 else b"".join(out)), pos
+
+
 def run_bare_server(host: str, port: int) -> None:
     """A trio+msgpack dict server speaking the ringfs frame format: the ceiling."""
     import msgpack
@@ -201,29 +226,10 @@ def run_bare_server(host: str, port: int) -> None:
                 if not data:
                     return
                 buf = buf + data if buf else data
-                out = []
-                pos = 0
-                end = len(buf)
-                while end - pos >= 4:
-                    n = int.from_bytes(buf[pos:pos + 4], "big")
-                    if end - pos - 4 < n:
-                        break
-                    _, rid, op, args = unpackb(buf[pos + 4:pos + 4 + n])
-                    pos += 4 + n
-                    if op == 3:
-                        store[args["key"]] = args["value"]
-                        res: dict[str, Any] = {"context": b""}
-                    elif op == 2:
-                        v = store.get(args["key"])
-                        res = {"found": v is not None, "values": [] if v is None else [v],
-                               "context": b""}
-                    else:
-                        res = {"version": 1}
-                    body = pack([1, rid, res])
-                    out.append(len(body).to_bytes(4, "big") + body)
+                replies, pos = bare_replies(buf, store, pack, unpackb)
                 buf = buf[pos:]
-                if out:
-                    await stream.send_all(out[0] if len(out) == 1 else b"".join(out))
+                if replies:
+                    await stream.send_all(replies)
         except trio.BrokenResourceError:
             return
 
@@ -282,29 +288,10 @@ def run_bare_poll_server(host: str, port: int) -> None:
             return
         buf = inbuf.pop(fd, b"")
         buf = buf + data if buf else data
-        out = []
-        pos, end = 0, len(buf)
-        while end - pos >= 4:
-            n = int.from_bytes(buf[pos:pos + 4], "big")
-            if end - pos - 4 < n:
-                break
-            _, rid, op, args = unpackb(buf[pos + 4:pos + 4 + n])
-            pos += 4 + n
-            if op == 3:
-                store[args["key"]] = args["value"]
-                res: dict[str, Any] = {"context": b""}
-            elif op == 2:
-                v = store.get(args["key"])
-                res = {"found": v is not None, "values": [] if v is None else [v],
-                       "context": b""}
-            else:
-                res = {"version": 1}
-            body = pack([1, rid, res])
-            out.append(len(body).to_bytes(4, "big") + body)
-        if pos < end:
+        data, pos = bare_replies(buf, store, pack, unpackb)
+        if pos < len(buf):
             inbuf[fd] = buf[pos:]
-        if out:
-            data = out[0] if len(out) == 1 else b"".join(out)
+        if data:
             if fd in outbuf:
                 outbuf[fd] += data
                 return

@@ -58,6 +58,11 @@ async def replies(stream: trio.SocketStream, count: int) -> list[Any]:
     return out
 
 
+def puts(ids: range) -> bytes:
+    """Pipelined PUT frames, request id i writing key b"k<i>"."""
+    return b"".join(encode_request(i, Op.PUT, {"key": b"k%d" % i, "value": b"v"}) for i in ids)
+
+
 async def test_many_connections_pipelining(mem_server: NodeServer) -> None:
     with trio.fail_after(LIMIT_S):
         streams = [await connect(mem_server) for _ in range(20)]
@@ -112,14 +117,11 @@ async def test_backpressure_pauses_and_resumes(slow_sync_server: NodeServer) -> 
     with trio.fail_after(LIMIT_S):
         stream = await connect(srv)
         # Fifty puts in flight: the connection is paused once they are read...
-        await stream.send_all(b"".join(
-            encode_request(i, Op.PUT, {"key": b"k%d" % i, "value": b"v"}) for i in range(1, 51)))
+        await stream.send_all(puts(range(1, 51)))
         got = await replies(stream, 50)
         assert pauses, "the connection was never paused"
         # ...and read again once their replies went out: fifty more are answered.
-        await stream.send_all(b"".join(
-            encode_request(i, Op.PUT, {"key": b"k%d" % i, "value": b"v"})
-            for i in range(51, 101)))
+        await stream.send_all(puts(range(51, 101)))
         got += await replies(stream, 50)
     assert sorted(body[1] for body in got) == list(range(1, 101))
     assert all(body[0] == RESPONSE for body in got)
@@ -134,8 +136,7 @@ async def test_disconnect_while_paused_leaves_nothing_behind(
     pauses = count_pauses(srv)
     with trio.fail_after(LIMIT_S):
         stream = await connect(srv)
-        await stream.send_all(b"".join(
-            encode_request(i, Op.PUT, {"key": b"k%d" % i, "value": b"v"}) for i in range(1, 201)))
+        await stream.send_all(puts(range(1, 201)))
         await replies(stream, 1)
         await stream.aclose()
         assert srv._nursery is not None

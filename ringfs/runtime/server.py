@@ -112,9 +112,6 @@ class _PeerLink:
     queue: list[bytes] = field(default_factory=list)
     queued_bytes: int = 0
     wake: trio.Event = field(default_factory=trio.Event)
-    raw: socket.socket | None = None
-    """The connected socket while the session is idle: a frame can be sent on it at
-    once, without waking the session's task (None while connecting or sending)."""
 
 
 @dataclass(eq=False)
@@ -399,16 +396,6 @@ class NodeServer:
             self.node.counters["peer_queue_overflow"] += 1
             self.node.peer_unreachable(address, self._clock())
             return
-        raw = link.raw
-        if raw is not None and not link.queue:
-            # The session is idle: send now; what the socket does not take is queued.
-            try:
-                n = raw.send(frame)
-            except OSError:  # BlockingIOError included; the session meets any error again
-                n = 0
-            if n == len(frame):
-                return
-            frame = frame[n:]
         link.queue.append(frame)
         link.queued_bytes += len(frame)
         link.wake.set()
@@ -462,7 +449,6 @@ class NodeServer:
                 queue = link.queue
                 while True:
                     if queue:
-                        link.raw = None  # frames queued meanwhile go after these
                         data = memoryview(b"".join(queue) if len(queue) > 1 else queue[0])
                         queue.clear()
                         link.queued_bytes = 0
@@ -475,11 +461,9 @@ class NodeServer:
                             if data:
                                 await wait_writable(raw)
                     else:
-                        link.raw = raw
                         await link.wake.wait()
                         link.wake = trio.Event()
             finally:
-                link.raw = None
                 raw.close()
 
     async def _drain_peer_replies(self, stream: trio.SocketStream, address: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import select
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -206,3 +207,46 @@ async def test_a_bug_while_reading_costs_one_connection(mem_server: NodeServer) 
         assert body[0] == RESPONSE
     assert srv.node is not None and srv.node.counters["connection_bugs"] == 1
     await good.aclose()
+
+
+async def test_frames_to_a_peer_arrive_whole_and_in_order(mem_server: NodeServer) -> None:
+    """Frames for a peer queued while its link connects, while it is idle and while
+    it is busy with a send the socket did not take whole arrive whole and in order."""
+    srv = mem_server
+    received = bytearray()
+    got_all = trio.Event()
+    sizes = [10, 8_000_000, 20, 500_000, 7, 8_000_000] + [30 + i for i in range(200)]
+    frames = [i.to_bytes(4, "big") + bytes([i % 251]) * (n - 4 if n > 4 else 0)
+              for i, n in enumerate(sizes)]
+    want = sum(len(f) for f in frames)
+
+    async def fake_peer(stream: trio.SocketStream) -> None:
+        await trio.sleep(0.2)  # let the socket buffers fill first
+        while len(received) < want + 1:
+            data = await stream.receive_some(1 << 20)
+            if not data:
+                break
+            received.extend(data)
+            if len(received) >= want:
+                got_all.set()
+
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            (listener,) = await nursery.start(
+                partial(trio.serve_tcp, fake_peer, 0, host="127.0.0.1"))
+            port = listener.socket.getsockname()[1]
+            address = f"127.0.0.1:{port}"
+            srv._send_peer(address, frames[0])  # queued while the link connects
+            while srv._peers[address].queue:
+                await trio.sleep(0.01)  # waits for the link's task, not for time
+            for i, frame in enumerate(frames[1:]):
+                srv._send_peer(address, frame)
+                if i % 3 == 2:
+                    await trio.sleep(0)
+            while not got_all.is_set() or len(received) < want:
+                await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+    dec = FrameDecoder(1 << 24)
+    hello, *rest = dec.feed(bytes(received[:received.index(frames[0])]))
+    assert not rest and hello[2] == int(Op.HELLO)
+    assert bytes(received[received.index(frames[0]):]) == b"".join(frames)

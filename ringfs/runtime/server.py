@@ -7,7 +7,7 @@ turn instead of waking a task per request. Each connection also has a writer
 task that sends whatever replies queued later, many per send when requests are
 pipelined (a reply for an idle connection is sent at once, without waking the
 writer). Other streams (and platforms without epoll) get a reader task each.
-Syncs run in a worker thread; while one runs, writes keep arriving and the next
+Syncs run on a thread of their own; while one runs, writes keep arriving and the next
 sync covers all of them (group commit). Every node call is followed by
 `_dispatch()`, which carries out the node's effects and re-arms the timer if the
 node's next deadline moved earlier.

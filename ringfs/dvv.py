@@ -59,6 +59,11 @@ class DVVSet:
         """The state after the first write of a key, coordinated by `node`."""
         return cls(((node, 1, (value,)),))
 
+    @classmethod
+    def clock(cls, vv: Mapping[str, int]) -> DVVSet:
+        """A state holding no values that has seen exactly `vv` (counters >= 1)."""
+        return cls(tuple((i, n, ()) for i, n in sorted(vv.items())))
+
     # -- queries ----------------------------------------------------------------
     def values(self) -> list[Value]:
         """Every live sibling (tombstones included), in a deterministic order."""

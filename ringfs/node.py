@@ -1079,7 +1079,7 @@ class Node:
         if self._load(key) == tomb:
             # The clock is written before the tombstone goes: a crash loses a suffix of
             # the log, so it cannot keep the removal and lose the clock.
-            self._remember_reaped(key, DVVSet(tuple((i, n, ()) for i, n, _ in tomb.entries)))
+            self._remember_reaped(key, DVVSet.clock(tomb.context()))
             self._drop_local(key)
             self.counters["tombstones_reaped"] += 1
             # Forgetting the key must not let this actor issue its old dots again: a
@@ -1122,8 +1122,7 @@ class Node:
             except ValueError:
                 self.counters["reaped_clock_unreadable"] += 1
                 continue
-            found.append((rec.seq, k[skip:], DVVSet(tuple(
-                (i, n, ()) for i, n in sorted(clock.items())))))
+            found.append((rec.seq, k[skip:], DVVSet.clock(clock)))
         found.sort(key=lambda e: e[0])
         return {key: clock for _, key, clock in found}
 
@@ -1264,7 +1263,7 @@ class Node:
         if floor is not None and base.counter(self.actor) < floor:
             # The key was reaped here (and may since have come back from another
             # coordinator): continue this actor's counter above the dots it issued.
-            base = base.sync(DVVSet(((self.actor, floor, ()),)))
+            base = base.sync(DVVSet.clock({self.actor: floor}))
         new = base.update(ctx, value, self.actor)
         summary = new.summary()
         self._check_siblings(new, rid, summary)

@@ -258,6 +258,11 @@ def test_wire_and_context_round_trip(data: st.DataObject) -> None:
     assert msgpack.packb(fresh.packable(), use_bin_type=True) == packed
     assert msgpack.packb(state.packable(), use_bin_type=True) == packed
     assert decode_context(encode_context(state.context())) == state.context()
+    clock = DVVSet.clock(state.context())
+    assert clock.context() == state.context() and clock.values() == []
+    # Having seen every dot of the state, the clock supersedes all its values (what a
+    # reaped tombstone's clock does to a late copy of what it deleted).
+    assert clock.sync(state) == clock == state.sync(clock)
 
 
 @pytest.mark.parametrize(

@@ -650,11 +650,12 @@ class NodeServer:
 
     async def _backpressure(self, c: _Connection, max_inflight: int) -> None:
         """Stop reading while too many replies are outstanding or the client is not
-        reading what was already sent."""
+        reading what was already sent (until the connection closes, or the poller
+        stopped reading it: `_unpoll` wakes the wait)."""
         node = self.node
         assert node is not None
-        while (node.inflight(c.conn_id) >= max_inflight
-               or c.unsent > MAX_UNSENT_REPLY_BYTES) and not c.closing:
+        while ((node.inflight(c.conn_id) >= max_inflight or c.unsent > MAX_UNSENT_REPLY_BYTES)
+               and not c.closing and not c.read_done.is_set()):
             c.drained = trio.Event()
             await c.drained.wait()
 
@@ -789,13 +790,7 @@ class NodeServer:
             self._nursery.start_soon(self._resume_when_drained, c, fd, max_inflight)
 
     async def _resume_when_drained(self, c: _Connection, fd: int, max_inflight: int) -> None:
-        node = self.node
-        assert node is not None
-        # As _backpressure, but also ends when reading ends (`_unpoll` wakes it).
-        while ((node.inflight(c.conn_id) >= max_inflight or c.unsent > MAX_UNSENT_REPLY_BYTES)
-               and not c.closing and not c.read_done.is_set()):
-            c.drained = trio.Event()
-            await c.drained.wait()
+        await self._backpressure(c, max_inflight)
         c.paused = False
         if self._polled.get(fd) is c and self._epoll is not None:
             self._epoll.register(fd, select.EPOLLIN)  # closing: read and unpolled at once

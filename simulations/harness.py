@@ -34,7 +34,7 @@ from typing import Any
 import msgpack
 
 from ringfs.dvv import DVVSet, from_stored
-from ringfs.node import HINT_PREFIX, LOCAL_PREFIX
+from ringfs.node import GC_THRESHOLDS, HINT_PREFIX, LOCAL_PREFIX
 from ringfs.storage.memory import MemoryEngine
 from ringfs.wire import Op
 from simulations.checkers import (
@@ -59,11 +59,10 @@ from simulations.world import SimClient, SimNode, SimWorld
 
 @contextmanager
 def roomy_gc() -> Iterator[None]:
-    """Collect garbage less often while a run lasts: a run allocates millions of
-    short-lived objects and few cycles, and the default thresholds spend ~15% of the
-    time in the collector."""
+    """Collect garbage less often while a run lasts (GC_THRESHOLDS, as `ringfs node`
+    does): a run allocates millions of short-lived objects and few cycles."""
     old = gc.get_threshold()
-    gc.set_threshold(50_000, 20, 100)
+    gc.set_threshold(*GC_THRESHOLDS)
     try:
         yield
     finally:

@@ -40,7 +40,15 @@ import trio
 from ringfs.config import NodeConfig, parse_address
 from ringfs.errors import ErrorCode
 from ringfs.gossip import Keyring, KeyringError, load_keyring_file, load_keys
-from ringfs.node import ClientReply, CloseConnection, Datagram, Node, PeerSend, RequestSync
+from ringfs.node import (
+    GC_THRESHOLDS,
+    ClientReply,
+    CloseConnection,
+    Datagram,
+    Node,
+    PeerSend,
+    RequestSync,
+)
 from ringfs.storage.engine import StorageEngine
 from ringfs.storage.memory import MemoryEngine
 from ringfs.wire import PROTOCOL_VERSION, FrameDecoder, Op, encode_error, encode_request
@@ -958,8 +966,5 @@ def serve_config(config: NodeConfig) -> Any:
 
                 nursery.start_soon(watch)
 
-    # A node allocates many short-lived objects per request and few cycles: with the
-    # default thresholds about 5% of its time under write load went to the collector,
-    # mostly full collections walking every long-lived object.
-    gc.set_threshold(50_000, 20, 100)
+    gc.set_threshold(*GC_THRESHOLDS)
     trio.run(main)

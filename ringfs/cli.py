@@ -134,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="membership preset: lan (default), local (one machine) or off")
     n.add_argument("--keyring", metavar="FILE",
                    help="gossip keys from `ringfs keygen` (mode 0600); SIGHUP reloads it")
+    n.add_argument("--lww-prefix", metavar="PREFIX", action="append",
+                   help="keys starting with PREFIX are last-write-wins: a get returns only the "
+                        "newest value and concurrent writes are lost (repeatable; every node "
+                        "needs the same ones; see docs/protocol.md)")
     n.set_defaults(func=cmd_node)
 
     # cluster
@@ -157,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--gossip", choices=("lan", "local", "off"), default="local",
                     help="membership preset for every node (default local)")
     up.add_argument("--keyring", metavar="FILE", help="gossip keyring for every node")
+    up.add_argument("--lww-prefix", metavar="PREFIX", action="append",
+                    help="a last-write-wins key prefix for every node (repeatable)")
     up.set_defaults(func=cmd_cluster_up)
 
     kg = sub.add_parser("keygen", help="create or extend a gossip keyring file",
@@ -300,6 +306,8 @@ def cmd_node(args: argparse.Namespace) -> int:
             values[key] = v
     if args.seeds:
         values["seeds"] = [s.strip() for s in args.seeds.split(",") if s.strip()]
+    if args.lww_prefix:
+        values["lww_prefixes"] = list(args.lww_prefix)
     config = build_config(values)
     _setup_logging(config.log_level)
     from ringfs.runtime.server import serve_config
@@ -327,6 +335,8 @@ def _wait_listening(host: str, port: int, proc: subprocess.Popen[bytes], timeout
 def cmd_cluster_up(args: argparse.Namespace) -> int:
     if args.base_port + args.nodes - 1 > 65535:
         raise CliError("--base-port + --nodes runs past port 65535")
+    if args.lww_prefix:  # refused here, before any node starts, as a node would refuse it
+        build_config({"name": "n1", "lww_prefixes": list(args.lww_prefix)})
     procs: list[tuple[str, str, subprocess.Popen[bytes]]] = []
     commands: dict[str, list[str]] = {}
     stopping = False
@@ -357,6 +367,8 @@ def cmd_cluster_up(args: argparse.Namespace) -> int:
             cmd += ["--gossip", args.gossip]
             if args.keyring:
                 cmd += ["--keyring", args.keyring]
+            for prefix in args.lww_prefix or ():
+                cmd += ["--lww-prefix", prefix]
             # Children ignore the terminal's Ctrl-C; this process stops them in order.
             proc = subprocess.Popen(cmd, start_new_session=True)
             procs.append((name, addr, proc))

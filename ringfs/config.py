@@ -90,6 +90,10 @@ class NodeConfig:
     """Sizes accepted from clients and peers."""
     max_siblings: int = 64
     """Writes that would leave a key with more siblings are refused (TOO_MANY_SIBLINGS)."""
+    lww_prefixes: tuple[str, ...] = ()
+    """Last-write-wins namespaces: keys starting with one of these (UTF-8) prefixes read
+    as one value, the newest written, instead of siblings (ringfs/lww.py has the data-loss
+    caveat). "" makes every key LWW. Every node of a cluster must list the same ones."""
     max_connections: int = 1024
     """Client connections beyond this are refused at accept time."""
     max_inflight_per_connection: int = 4096
@@ -161,6 +165,19 @@ class NodeConfig:
             raise ConfigError(f"engine {self.engine!r}: expected memory or log")
         if not 1 <= self.max_siblings <= 1024:
             raise ConfigError("max_siblings must be in 1..1024")
+        if len(self.lww_prefixes) > 64:
+            raise ConfigError("lww_prefixes: at most 64 prefixes")
+        for prefix in self.lww_prefixes:
+            if not isinstance(prefix, str):
+                raise ConfigError("lww_prefixes must be a list of strings")
+            try:
+                raw = prefix.encode()
+            except UnicodeEncodeError:
+                raise ConfigError("lww_prefixes: a prefix is not valid text") from None
+            if len(raw) > self.limits.max_key_bytes:
+                raise ConfigError(f"lww_prefixes: {prefix[:40]!r}... is longer than a key")
+            if raw.startswith(b"\x00"):
+                raise ConfigError("lww_prefixes: keys starting with byte 0x00 are reserved")
         if not 1 <= self.max_connections <= 1_000_000:
             raise ConfigError("max_connections must be in 1..1000000")
         if not 1 <= self.max_inflight_per_connection <= 1_000_000:
@@ -211,6 +228,7 @@ _SCALARS: dict[str, type | tuple[type, ...]] = {
     "engine": str,
     "durability": str,
     "max_siblings": int,
+    "lww_prefixes": list,
     "max_connections": int,
     "max_inflight_per_connection": int,
     "request_timeout_s": (int, float),
@@ -270,6 +288,10 @@ def build_config(values: dict[str, Any]) -> NodeConfig:
         elif key == "seeds":
             if not all(isinstance(s, str) for s in val):
                 raise ConfigError("seeds must be a list of HOST:PORT strings")
+            kwargs[key] = tuple(val)
+        elif key == "lww_prefixes":
+            if not all(isinstance(s, str) for s in val):
+                raise ConfigError("lww_prefixes must be a list of strings")
             kwargs[key] = tuple(val)
         elif key in ("request_timeout_s", "capacity", "tombstone_grace_s", "unreachable_s",
                      "anti_entropy_interval_s", "ownership_settle_s", "scrub_interval_s",

@@ -45,6 +45,7 @@ import contextlib
 import dataclasses
 import logging
 import random
+import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -61,6 +62,9 @@ from ringfs.errors import ErrorCode
 from ringfs.files import FileStore
 from ringfs.gossip import GossipConfig, Keyring, MemberInfo, SendPacket, Swim
 from ringfs.gossip.member import STATE_NAMES, MemberState
+from ringfs.lww import matches as lww_matches
+from ringfs.lww import newest as lww_newest
+from ringfs.lww import stamp as lww_stamp
 from ringfs.membership import Member, Membership
 from ringfs.peer import PeerMsg, frame_prefix, pack_message, parse_peer, peer_frame
 from ringfs.quorum import GetCoordinator, PutCoordinator, QuorumFailure
@@ -269,6 +273,7 @@ class Node:
         epoch: int = 1,
         faults: frozenset[str] = frozenset(),
         keyring: Keyring | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         unknown = faults - KNOWN_FAULTS
         if unknown:
@@ -288,6 +293,10 @@ class Node:
         self.rng = rng
         self.limits = config.limits
         self.durability = config.durability
+        self._wall_clock = wall_clock
+        """Seconds since the epoch by this node's clock: stamps last-write-wins values
+        (`now` is the driver's monotonic clock; the simulator hands in a skewed one)."""
+        self._lww = tuple(p.encode() for p in config.lww_prefixes)
         self.started_at = now
         self.read_only_reason: str | None = None
         self.counters: Counter[str] = Counter()
@@ -955,7 +964,7 @@ class Node:
             raise self._too_few_up(rid, len(apl), r)
         if len(apl) == 1 and apl[0].node == self.name and not whereis and then is None:
             # A one-replica ring: read locally, nothing to merge or repair.
-            return self._state_result(rid, self._load(key))
+            return self._state_result(rid, self._load(key), key)
         coord = GetCoordinator(key, apl, r, now + self.config.request_timeout_s)
         gid = self._next_id()
         self._gets[gid] = _ClientGet(conn, rid, coord, whereis, then=then)
@@ -975,21 +984,29 @@ class Node:
         self._advance_get(gid, now, failure)
         return None
 
-    def _state_result(self, rid: int, state: DVVSet | None) -> bytes:
+    def _state_result(self, rid: int, state: DVVSet | None, key: bytes) -> bytes:
         if state is None or not state.entries:
             return encode_response(rid, {"found": False, "values": [], "context": b""})
-        values = state.live_values()
+        values = self._read_values(key, state)
         return encode_response(rid, {"found": bool(values), "values": values,
                                      "context": encode_context(state.context())})
 
     def _get_result(self, rid: int, coord: GetCoordinator) -> bytes:
         state = coord.merged
-        values = state.live_values()
+        values = self._read_values(coord.key, state)
         return encode_response(rid, {
             "found": bool(values),
             "values": values,
             "context": encode_context(state.context()) if state.entries else b"",
         })
+
+    def _read_values(self, key: bytes, state: DVVSet) -> list[bytes]:
+        """The values a get answers with: every live sibling, or for a last-write-wins
+        key the newest one alone (the context still covers them all)."""
+        if self._lww and lww_matches(key, self._lww):
+            value = lww_newest(state)
+            return [] if value is None else [value]
+        return state.live_values()
 
     def _whereis_result(self, rid: int, coord: GetCoordinator) -> bytes:
         replicas = []
@@ -1212,6 +1229,11 @@ class Node:
                             f"node is read-only: {self.read_only_reason}", req_id=rid)
         if "ignore_context" in self.faults:
             ctx = {}  # injected defect: the client's context is dropped
+        if value is not None and self._lww and lww_matches(key, self._lww):
+            # Last-write-wins key: stamped, and written over what this replica holds
+            # without a read quorum; reads pick the newest stamp (ringfs/lww.py).
+            value = lww_stamp(value, self._wall_clock())
+            return self._coordinate(conn, rid, key, value, ctx, w, now, apl)
         if ctx is None and len(apl) > 1:
             # A blind write supersedes what a read quorum sees, not just this replica's
             # copy, which may be stale: read first, then write with the merged context.

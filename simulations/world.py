@@ -45,6 +45,8 @@ from simulations.network import LinkConfig, SimNetwork
 
 LEAVE_SPREAD_S = 5.0
 """How long a node that finished leaving runs on before it stops (as the runtime does)."""
+WALL_EPOCH_S = 1_800_000_000.0
+"""Wall-clock time (seconds since 1970) at the start of every simulation."""
 
 @dataclass(frozen=True)
 class DiskConfig:
@@ -154,7 +156,8 @@ class SimWorld:
         engine = MemoryEngine() if self.engine_factory is None else self.engine_factory(name)
         sn = SimNode(name, address, config, engine,
                      Node(config, engine, self._child_rng(), self.loop.now, epoch=1,
-                          faults=self.faults, keyring=self._keyring()))
+                          faults=self.faults, keyring=self._keyring(),
+                          wall_clock=partial(self._wall_time, name)))
         self.nodes[name] = sn
         self._by_address[address] = sn
         self.net.register(
@@ -185,7 +188,8 @@ class SimWorld:
         others = tuple(o.address for o in self.nodes.values() if o is not sn)
         sn.config = dataclasses.replace(sn.config, seeds=others)
         sn.node = Node(sn.config, sn.engine, self._child_rng(), self._now(sn), epoch=sn.epoch,
-                       faults=self.faults, keyring=self._keyring())
+                       faults=self.faults, keyring=self._keyring(),
+                       wall_clock=partial(self._wall_time, name))
         sn.up = True
         sn.syncing = sn.sync_again = False
         sn.decoders.clear()
@@ -237,6 +241,11 @@ class SimWorld:
 
     def _now(self, sn: SimNode) -> float:
         return self.loop.now + sn.skew_s
+
+    def _wall_time(self, name: str) -> float:
+        """A node's wall clock (for last-write-wins stamps): skewed like its other clock,
+        from a fixed date, so the same seed stamps the same values."""
+        return WALL_EPOCH_S + self.loop.now + self.nodes[name].skew_s
 
     def _keyring(self) -> Keyring | None:
         if self.gossip_key is None:

@@ -44,6 +44,8 @@ def test_put_get_delete_through_the_cli(tmp_path: Path) -> None:
         ["put", "k"],
         ["node", "--name", "bad name!", "--listen", "127.0.0.1:1"],
         ["node", "--name", "a", "--durability", "sometimes"],
+        ["node", "--name", "a", "--lww-prefix", "k" * 5000],
+        ["cluster", "up", "--lww-prefix", "k" * 5000],
         ["get", "k", "--timeout", "-1"],
         ["frobnicate"],
     ],
@@ -79,12 +81,22 @@ def test_cluster_up_starts_and_stops_all_nodes(tmp_path: Path) -> None:
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "ringfs", "cluster", "up", "--nodes", "1", "--base-port",
-         str(port), "--data-root", str(tmp_path)],
+         str(port), "--data-root", str(tmp_path), "--lww-prefix", "lww/"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
     try:
         wait_listening(port, proc)
-        assert ringfs("put", "k", "v", "--node", f"127.0.0.1:{port}").returncode == 0
+        node = ["--node", f"127.0.0.1:{port}"]
+        # The node took the flag: of two writes with one stale context, an LWW key
+        # reads as the later one, another key as both siblings.
+        for key in ("lww/k", "k"):
+            assert ringfs("put", key, "base", *node).returncode == 0
+            ctx = json.loads(ringfs("get", key, "--json", *node).stdout)["context"]
+            for value in ("a", "b"):
+                assert ringfs("put", key, value, "--context", ctx, *node).returncode == 0
+        assert json.loads(ringfs("get", "lww/k", "--json", *node).stdout)["values"] == ["b"]
+        assert sorted(json.loads(ringfs("get", "k", "--json", *node).stdout)["values"]) == [
+            "a", "b"]
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=20)

@@ -68,6 +68,23 @@ async def test_siblings_through_the_client(autojump_clock: MockClock, client: As
     assert (await client.get("k")).values == [b"merged"]
 
 
+async def test_an_lww_key_reads_as_its_newest_write(autojump_clock: MockClock,
+                                                    nursery: trio.Nursery) -> None:
+    srv = NodeServer(NodeConfig(name="n1", engine="memory", durability=Durability("group"),
+                                lww_prefixes=("lww/",)))
+    await nursery.start(partial(srv.serve, listen=False))
+    async with AsyncClient("n1:7001", connect=connector(srv, nursery)) as c:  # type: ignore[arg-type]
+        for key in ("lww/k", "k"):
+            await c.put(key, b"base")
+            ctx = (await c.get(key)).context
+            await c.put(key, b"a", ctx)
+            await c.put(key, b"b", ctx)  # concurrent with "a": neither saw the other
+        assert (await c.get("lww/k")).values == [b"b"]
+        assert sorted((await c.get("k")).values) == [b"a", b"b"]
+        await c.put("lww/k", b"blind")
+        assert (await c.get("lww/k")).values == [b"blind"]
+
+
 async def test_many_concurrent_requests_share_one_connection(
     autojump_clock: MockClock, client: AsyncClient
 ) -> None:

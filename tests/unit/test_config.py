@@ -22,6 +22,12 @@ def test_toml_round_trip(tmp_path: Path) -> None:
     assert cfg.limits.max_key_bytes == 100
 
 
+def test_lww_prefixes_from_toml(tmp_path: Path) -> None:
+    p = tmp_path / "n.toml"
+    p.write_text('[node]\nname = "a1"\nlww_prefixes = ["cache/", "sessions/"]\n')
+    assert build_config(load_toml(p)).lww_prefixes == ("cache/", "sessions/")
+
+
 @pytest.mark.parametrize(
     ("values", "needle"),
     [
@@ -37,6 +43,12 @@ def test_toml_round_trip(tmp_path: Path) -> None:
         ({"name": "a", "limits": {"max_key_bytes": 0}}, "limits"),
         ({"name": "a", "limits": {"nope": 1}}, "unknown limits"),
         ({"name": "a", "engine": "rocks"}, "engine"),
+        ({"name": "a", "lww_prefixes": "cache/"}, "wrong type"),
+        ({"name": "a", "lww_prefixes": ["ok", 3]}, "list of strings"),
+        ({"name": "a", "lww_prefixes": ["\x00x"]}, "reserved"),
+        ({"name": "a", "lww_prefixes": ["\ud800"]}, "not valid text"),
+        ({"name": "a", "lww_prefixes": ["k" * 5000]}, "longer than a key"),
+        ({"name": "a", "lww_prefixes": [str(i) for i in range(65)]}, "at most 64"),
     ],
 )
 def test_bad_settings_name_the_problem(values: dict[str, object], needle: str) -> None:

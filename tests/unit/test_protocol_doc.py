@@ -283,6 +283,8 @@ def test_settings_table_matches_defaults() -> None:
         shown = row[1].strip("`").split()[0]
         if isinstance(default, Durability):
             assert shown == str(default), row[0]
+        elif isinstance(default, tuple):
+            assert shown == "none" and default == (), row[0]
         else:
             assert float(shown.replace(",", "")) == float(default), row[0]
 

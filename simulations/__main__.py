@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--seeds", type=int, required=True, help="how many seeds")
     v.add_argument("--start", type=int, default=0, help="first seed")
     v.add_argument("--bug", action="append", help="inject a known defect (repeatable)")
+    v.add_argument("--lww", action="store_true",
+                   help="every key last-write-wins (lww_prefixes = [\"\"]), same faults")
     v.add_argument("-v", "--verbose", action="store_true", help="one line per seed")
     v.add_argument("--timing", action="store_true", help="also print wall-clock time")
     v.add_argument("--show-scenario", action="store_true",
@@ -90,13 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.show_scenario:
         from simulations.vopr import random_scenario
         for s in seeds:
-            sys.stdout.write(random_scenario(s).to_toml() + "\n")
+            sys.stdout.write(random_scenario(s, args.lww).to_toml() + "\n")
         return 0
     if args.seeds == 1:
         # One seed: the full report, as `run` prints it.
         from simulations.vopr import run_seed
         started = time.perf_counter()
-        report = run_seed(args.start, bugs)
+        report = run_seed(args.start, bugs, lww=args.lww)
         if args.timing:
             report.wall_s = time.perf_counter() - started
         sys.stdout.write(report.render())
@@ -104,10 +106,10 @@ def main(argv: list[str] | None = None) -> int:
             known = known_issue(report)
             if known is not None:
                 print(f"known issue {known.name}: {known.summary}")
-            print(f"replay: {replay_command(args.start, bugs)}")
+            print(f"replay: {replay_command(args.start, bugs, args.lww)}")
         return 0 if report.ok else 1
     started = time.perf_counter()
-    failed = run_seeds(seeds, bugs, out=sys.stdout, verbose=args.verbose)
+    failed = run_seeds(seeds, bugs, out=sys.stdout, verbose=args.verbose, lww=args.lww)
     print(f"{args.seeds} seeds from {args.start}: {len(failed)} failed"
           + (f" ({', '.join(str(s) for s in failed)})" if failed else ""))
     if args.timing:

@@ -68,6 +68,7 @@ from typing import NamedTuple
 import msgpack
 
 from ringfs.dvv import DVVSet, decode_context, from_stored
+from ringfs.lww import STAMP_MAGIC, unstamp
 from ringfs.node import LOCAL_PREFIX, parse_hint_key
 from simulations.workload import OK, PENDING, OpRecord
 
@@ -127,6 +128,16 @@ def show(b: bytes | None) -> str:
     return b.decode("ascii", "backslashreplace")
 
 
+def stored_state(meta: bytes) -> DVVSet:
+    """A replica state as stored, with the values clients wrote: last-write-wins
+    stamps (ringfs/lww.py) taken off, so values match the workload's history."""
+    st = from_stored(msgpack.unpackb(meta, raw=False))
+    if any(v is not None and v.startswith(STAMP_MAGIC) for _, _, v in st.dots()):
+        st = DVVSet(tuple((i, n, tuple(v if v is None else unstamp(v)[1] for v in vals))
+                          for i, n, vals in st.entries))
+    return st
+
+
 def main_key(stored: bytes) -> tuple[bytes, str | None]:
     """The client key a stored key belongs to, and the owner if it is a hint."""
     h = parse_hint_key(stored)
@@ -159,7 +170,7 @@ class DotIndex:
     def decode(self, meta: bytes) -> DVVSet:
         st = self._decoded.get(meta)
         if st is None:
-            st = from_stored(msgpack.unpackb(meta, raw=False))
+            st = stored_state(meta)
             self._decoded[meta] = st
         return st
 

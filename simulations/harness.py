@@ -31,9 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import msgpack
-
-from ringfs.dvv import DVVSet, from_stored
+from ringfs.dvv import DVVSet
 from ringfs.node import GC_THRESHOLDS, HINT_PREFIX, LOCAL_PREFIX
 from ringfs.storage.memory import MemoryEngine
 from ringfs.wire import Op
@@ -50,6 +48,7 @@ from simulations.checkers import (
     check_incarnations,
     main_key,
     show,
+    stored_state,
 )
 from simulations.loop import Handle
 from simulations.scenario import FaultEvent, Scenario, expand_all
@@ -575,7 +574,7 @@ class Simulation:
                 if stored[:2] == LOCAL_PREFIX:
                     continue  # node bookkeeping (the saved membership view), not data
                 key, owner = main_key(stored)
-                st = from_stored(msgpack.unpackb(rec.meta, raw=False))
+                st = stored_state(rec.meta)
                 keys.add(key)
                 if owner is None:
                     states.setdefault(key, {})[name] = st

@@ -48,6 +48,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from ringfs.config import ConfigError, NodeConfig
 from simulations.network import LinkConfig
 from simulations.workload import WorkloadConfig
 from simulations.world import DiskConfig
@@ -100,7 +101,7 @@ _TOP = {"description", "nodes", "duration_s", "liveness_s", "replication", "work
 _NODE_SETTINGS: dict[str, type | tuple[type, ...]] = {
     "request_timeout_s": (int, float), "unreachable_s": (int, float),
     "tombstone_grace_s": (int, float), "max_siblings": int,
-    "vnodes_per_capacity": int, "read_repair": bool}
+    "vnodes_per_capacity": int, "read_repair": bool, "lww_prefixes": list}
 """NodeConfig settings a scenario may change under [node]."""
 
 
@@ -362,6 +363,15 @@ def parse_scenario(data: Mapping[str, Any], name: str, where: str | None = None)
         _no_unknown(node, set(_NODE_SETTINGS), f"{where}: [node]")
         for k, v in node.items():
             _typed(v, _NODE_SETTINGS[k], where, f"node.{k}")
+        if "lww_prefixes" in node:
+            prefixes = node["lww_prefixes"]
+            if not all(isinstance(p, str) for p in prefixes):
+                raise ScenarioError(f"{where}: 'node.lww_prefixes' must be a list of strings")
+            try:
+                NodeConfig(name="n1", lww_prefixes=tuple(prefixes))
+            except ConfigError as exc:
+                raise ScenarioError(f"{where}: node.{exc}") from None
+            node = {**node, "lww_prefixes": tuple(prefixes)}
         kw["node_settings"] = dict(node)
     events = data.get("event", [])
     if not isinstance(events, list):

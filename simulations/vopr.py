@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TextIO
+from typing import Any, TextIO
 
 from simulations.harness import FEATURES, Features, Report, Simulation
 from simulations.network import LinkConfig
@@ -28,8 +28,9 @@ SAFETY_S = 20.0
 LIVENESS_S = 60.0
 
 
-def random_scenario(seed: int) -> Scenario:
-    """The scenario of one VOPR seed (a pure function of the seed)."""
+def random_scenario(seed: int, lww: bool = False) -> Scenario:
+    """The scenario of one VOPR seed (a pure function of the seed); `lww`: every key
+    last-write-wins (the same draws otherwise, so the same faults)."""
     rng = random.Random(f"vopr:{seed}")
     nodes = rng.randint(3, 6)
     n = min(nodes, rng.choice((2, 3, 3, 3, 4, 5)))
@@ -47,7 +48,9 @@ def random_scenario(seed: int) -> Scenario:
                          jitter_s=round(rng.uniform(0.0, 0.002), 5))
     disk = DiskConfig(fsync_latency_s=round(rng.uniform(0.001, 0.02), 4),
                       fsync_jitter_s=round(rng.uniform(0.0, 0.01), 4))
-    settings = {"tombstone_grace_s": float(rng.choice((2, 5, 10, 10, 30)))}
+    settings: dict[str, Any] = {"tombstone_grace_s": float(rng.choice((2, 5, 10, 10, 30)))}
+    if lww:
+        settings["lww_prefixes"] = ("",)
     names = [f"n{i + 1}" for i in range(nodes)]
     events = [_random_event(rng, names) for _ in range(rng.randint(2, 8))]
     events.sort(key=lambda e: e.at)
@@ -152,14 +155,15 @@ def known_issue(report: Report) -> KnownIssue | None:
     return matched[0]
 
 
-def run_seed(seed: int, bugs: Iterable[str] = (), features: Features = FEATURES) -> Report:
+def run_seed(seed: int, bugs: Iterable[str] = (), features: Features = FEATURES,
+             lww: bool = False) -> Report:
     """Run one VOPR seed."""
-    return Simulation(random_scenario(seed), seed, bugs=bugs, features=features).run()
+    return Simulation(random_scenario(seed, lww), seed, bugs=bugs, features=features).run()
 
 
-def replay_command(seed: int, bugs: Iterable[str] = ()) -> str:
+def replay_command(seed: int, bugs: Iterable[str] = (), lww: bool = False) -> str:
     bug = "".join(f" --bug {b}" for b in sorted(bugs))
-    return f"python -m simulations vopr --seeds 1 --start {seed}{bug}"
+    return f"python -m simulations vopr --seeds 1 --start {seed}{bug}{' --lww' if lww else ''}"
 
 
 def summary_line(seed: int, report: Report) -> str:
@@ -177,18 +181,18 @@ def summary_line(seed: int, report: Report) -> str:
 
 def run_seeds(seeds: Iterable[int], bugs: Iterable[str] = (), *, out: TextIO | None = None,
               verbose: bool = False, features: Features = FEATURES,
-              stop_after: int | None = None) -> list[int]:
+              stop_after: int | None = None, lww: bool = False) -> list[int]:
     """Run each seed; print failures (every seed when verbose) with replay commands."""
     bugs = frozenset(bugs)
     failed: list[int] = []
     for seed in seeds:
-        report = run_seed(seed, bugs, features)
+        report = run_seed(seed, bugs, features, lww)
         if not report.ok:
             failed.append(seed)
         if out is not None and (verbose or not report.ok):
             out.write(summary_line(seed, report) + "\n")
             if not report.ok:
-                out.write(f"  replay: {replay_command(seed, bugs)}\n")
+                out.write(f"  replay: {replay_command(seed, bugs, lww)}\n")
             out.flush()
         if stop_after is not None and len(failed) >= stop_after:
             break

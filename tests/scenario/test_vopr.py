@@ -16,7 +16,14 @@ from hypothesis import settings
 
 from ringfs.node import KNOWN_FAULTS
 from simulations.__main__ import main
-from simulations.vopr import KNOWN_ISSUES, known_issue, random_scenario, run_seed, run_seeds
+from simulations.vopr import (
+    KNOWN_ISSUES,
+    known_issue,
+    random_scenario,
+    replay_command,
+    run_seed,
+    run_seeds,
+)
 
 SEEDS_IN_MAKE_TEST = 200
 SEEDS_IN_SOAK = 10_000
@@ -84,6 +91,22 @@ def test_vopr_seeds_pass() -> None:
     assert not unexplained, "\n".join(unexplained)
     # Known issues are tolerated, not ignored: they must stay the exception.
     assert sum(len(v) for v in known.values()) <= SEEDS_IN_MAKE_TEST // 5, known
+
+
+LWW_SEEDS_IN_MAKE_TEST = 50
+
+
+def test_vopr_seeds_pass_with_every_key_last_write_wins() -> None:
+    """The same faults with lww_prefixes = [""]: versions stay causal under the stamps,
+    so every check holds for last-write-wins keys as well."""
+    for seed in range(LWW_SEEDS_IN_MAKE_TEST):
+        sc = random_scenario(seed, lww=True)
+        assert sc.node_settings["lww_prefixes"] == ("",)
+        assert sc.events == random_scenario(seed).events
+        report = run_seed(seed, lww=True)
+        assert report.ok or known_issue(report) is not None, (
+            f"seed {seed}: {', '.join(report.failed_checks())}: "
+            f"{report.violations[0].message}\n  replay: {replay_command(seed, lww=True)}")
 
 
 REGRESSION_SEEDS = {

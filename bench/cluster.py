@@ -19,6 +19,13 @@ Why linearizable gets: a ringfs get waits for R=2 of the N=3 replicas, a quorum,
 so it sees every write acknowledged by W=2. etcd's linearizable range is its
 quorum read; a serializable range answers from one member's copy, like R=1.
 
+`put` is ringfs's default: a put without a context reads a quorum first, so that
+it supersedes every write acknowledged before it. `put-lww` puts the same keys
+under a last-write-wins prefix (the nodes run with `--lww-prefix lww:`; keys are
+`lww:` + 12 digits, prefilled too), which skips that read (docs/protocol.md 4.10,
+with the data loss it accepts); it is compared with the same etcd put, measured
+again in turn with it.
+
 Keys are 16 bytes (`key:` + 12 digits, the same on both sides), values 100 bytes,
 keys drawn at random from `--keyspace` (default 100,000), and every key is
 written once on both clusters before measuring, so gets find values (checked:
@@ -69,6 +76,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.common import (
+    KEY_PREFIX,
     bench_key,
     bench_value,
     derive_row,
@@ -222,13 +230,28 @@ def hist_mean(hist: dict[int, int]) -> float:
 
 # -- ringfs ------------------------------------------------------------------------
 
+LWW_PREFIX = b"lww:"
+"""Keys of the put-lww measurements: a last-write-wins namespace on every node."""
+
+
 def ringfs_node_cmd(name: str, port: int, seeds: Sequence[int], data_dir: str) -> list[str]:
     return [sys.executable, "-m", "ringfs", "node", "--name", name,
             "--listen", f"{HOST}:{port}", "--data-dir", data_dir,
             "--seeds", ",".join(f"{HOST}:{p}" for p in seeds),
             "--engine", "log", "--durability", "group",
             "--n-replicas", "3", "--r", "2", "--w", "2",
-            "--gossip", "local", "--log-level", "warning"]
+            "--gossip", "local", "--log-level", "warning",
+            "--lww-prefix", LWW_PREFIX.decode()]
+
+
+def ringfs_op(op: str) -> tuple[str, bytes]:
+    """The loadgen op and key prefix of a measured op (put-lww: puts of LWW keys)."""
+    return ("put", LWW_PREFIX) if op == "put-lww" else (op, KEY_PREFIX)
+
+
+def etcd_op(op: str) -> str:
+    """What etcd runs to compare with a measured op (it has no LWW keys: a put is one)."""
+    return "put" if op == "put-lww" else op
 
 
 def tree_env(tree: str) -> dict[str, str]:
@@ -477,6 +500,11 @@ def compare(args: argparse.Namespace) -> int:
         print(f"bench.cluster: unknown system(s) {sorted(unknown)}; use ringfs, etcd",
               file=sys.stderr)
         return 2
+    bad_ops = {o.strip() for o in args.ops.split(",")} - {"put", "put-lww", "get"}
+    if bad_ops:
+        print(f"bench.cluster: unknown op(s) {sorted(bad_ops)}; use put, put-lww, get",
+              file=sys.stderr)
+        return 2
     if "etcd" in systems and not (shutil.which("etcd") and shutil.which("wrk")):
         print(f"bench.cluster: {INSTALL_HINT}", file=sys.stderr)
         return 2
@@ -535,11 +563,14 @@ def _compare(args: argparse.Namespace, systems: list[str]) -> int:
         for s in systems:
             t = time.monotonic()
             if s == "ringfs":
-                prefill(HOST, rports[0], args.keyspace, args.value_size)
-                counts = check_ringfs_keys(rports, env, args.keyspace)
-                if min(counts) < args.keyspace:
+                prefixes = sorted({ringfs_op(op)[1] for op in ops})
+                for prefix in prefixes:
+                    prefill(HOST, rports[0], args.keyspace, args.value_size, key_prefix=prefix)
+                want = args.keyspace * len(prefixes)
+                counts = check_ringfs_keys(rports, env, want)
+                if min(counts) < want:
                     raise RuntimeError(f"ringfs nodes hold {counts} keys after prefill, "
-                                       f"expected {args.keyspace} each")
+                                       f"expected {want} each")
                 detail = f"keys per node {counts}"
             else:
                 etcd_prefill(members[0].client_port, args.keyspace, args.value_size)
@@ -569,18 +600,21 @@ def _compare(args: argparse.Namespace, systems: list[str]) -> int:
                     round_no += 1
                     for s in order:
                         if s == "ringfs":
-                            r = run_load(HOST, rports[0], op=op, connections=c,
+                            lop, prefix = ringfs_op(op)
+                            r = run_load(HOST, rports[0], op=lop, connections=c,
                                          duration_s=args.duration, warmup_s=args.warmup,
                                          procs=args.procs, keyspace=args.keyspace,
                                          value_size=args.value_size,
                                          addrs=[(HOST, p) for p in rports],
-                                         server_pids=rpids, seed=rep + 1)
+                                         server_pids=rpids, seed=rep + 1, key_prefix=prefix)
                         else:
+                            eop = etcd_op(op)
                             if args.warmup > 0:
-                                run_wrk(members, script, op, c, 1, args.keyspace,
+                                run_wrk(members, script, eop, c, 1, args.keyspace,
                                         args.value_size, seed=1000 + rep)
-                            r = run_wrk(members, script, op, c, args.duration, args.keyspace,
+                            r = run_wrk(members, script, eop, c, args.duration, args.keyspace,
                                         args.value_size, seed=rep + 1)
+                        r["op"] = op  # put-lww: the loadgen and wrk both ran puts
                         if r["errors"]:
                             raise RuntimeError(f"{s} {op} c={c}: {r['errors']} error replies")
                         r["system"] = s
@@ -790,7 +824,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=0.5,
                    help="unmeasured seconds before each run (loadgen; wrk warms up for 1 s "
                    "when this is not 0)")
-    p.add_argument("--ops", default="put,get", help="comma-separated: put,get")
+    p.add_argument("--ops", default="put,put-lww,get",
+                   help="comma-separated: put,put-lww,get (default all three)")
     p.add_argument("--systems", default="ringfs,etcd", help="comma-separated subset of "
                    "ringfs,etcd")
     p.add_argument("--keyspace", type=int, default=None)

@@ -36,9 +36,10 @@ KEY_DIGITS = 12
 """redis-benchmark's `key:__rand_int__` expands to 'key:' + 12 digits: 16-byte keys."""
 
 
-def bench_key(i: int) -> bytes:
-    """The i-th benchmark key, byte-identical to redis-benchmark's -r keys (16 bytes)."""
-    return KEY_PREFIX + b"%012d" % i
+def bench_key(i: int, prefix: bytes = KEY_PREFIX) -> bytes:
+    """The i-th benchmark key, byte-identical to redis-benchmark's -r keys (16 bytes
+    with the default 4-byte prefix)."""
+    return prefix + b"%012d" % i
 
 
 def bench_value(size: int) -> bytes:

@@ -38,6 +38,7 @@ from typing import Any
 import msgpack
 
 from bench.common import (
+    KEY_PREFIX,
     bench_key,
     bench_value,
     machine_busy_s,
@@ -61,13 +62,14 @@ def _frame(obj: Any) -> bytes:
     return len(body).to_bytes(4, "big") + body
 
 
-def build_frames(op: int, keyspace: int, value_size: int, count: int, seed: int) -> list[bytes]:
+def build_frames(op: int, keyspace: int, value_size: int, count: int, seed: int,
+                 key_prefix: bytes = KEY_PREFIX) -> list[bytes]:
     """`count` request frames for `op` on random keys of bench_key(0..keyspace-1)."""
     rng = random.Random(seed)
     value = bench_value(value_size)
     frames = []
     for i in range(count):
-        key = bench_key(rng.randrange(keyspace))
+        key = bench_key(rng.randrange(keyspace), key_prefix)
         args: dict[str, bytes] = {"key": key} if op == OP_GET else {"key": key, "value": value}
         frames.append(_frame([0, i + 1, op, args]))
     return frames
@@ -204,9 +206,10 @@ def _loop_many(socks: list[socket.socket], frames: list[bytes], warm_end_ns: int
 
 def _worker(addrs: list[tuple[str, int]], first_conn: int, nconns: int, op: int,
             keyspace: int, value_size: int, seed: int, warmup_s: float,
-            duration_s: float | None, requests: int | None, pipe: Any) -> None:
+            duration_s: float | None, requests: int | None, pipe: Any,
+            key_prefix: bytes = KEY_PREFIX) -> None:
     try:
-        frames = build_frames(op, keyspace, value_size, FRAME_POOL, seed)
+        frames = build_frames(op, keyspace, value_size, FRAME_POOL, seed, key_prefix)
         socks = [connect(*addrs[(first_conn + j) % len(addrs)]) for j in range(nconns)]
         pipe.send("ready")
         t0_ns: int = pipe.recv()
@@ -255,7 +258,8 @@ def run_load(host: str, port: int, *, op: str, connections: int,
              warmup_s: float = 0.5, procs: int = 1, keyspace: int = 100_000,
              value_size: int = 100, server_pid: int | None = None,
              seed: int = 1, addrs: Sequence[tuple[str, int]] | None = None,
-             server_pids: Sequence[int] | None = None) -> dict[str, Any]:
+             server_pids: Sequence[int] | None = None,
+             key_prefix: bytes = KEY_PREFIX) -> dict[str, Any]:
     """Drive host:port with `connections` closed-loop connections; returns the result.
 
     Exactly one of `duration_s` / `requests` decides when to stop. With
@@ -280,7 +284,8 @@ def run_load(host: str, port: int, *, op: str, connections: int,
         parent, child = ctx.Pipe()
         p = ctx.Process(target=_worker, args=(targets, sum(per[:w]), per[w], opcode, keyspace,
                                               value_size, seed * 1000 + w, warmup_s,
-                                              duration_s, per_req, child), daemon=True)
+                                              duration_s, per_req, child, key_prefix),
+                        daemon=True)
         p.start()
         child.close()
         workers.append((p, parent))
@@ -351,7 +356,8 @@ def run_load(host: str, port: int, *, op: str, connections: int,
     return out
 
 
-def prefill(host: str, port: int, keyspace: int, value_size: int, batch: int = 2000) -> float:
+def prefill(host: str, port: int, keyspace: int, value_size: int, batch: int = 2000,
+            key_prefix: bytes = KEY_PREFIX) -> float:
     """Write every key 0..keyspace-1 once (pipelined); returns the seconds it took."""
     t = time.monotonic()
     value = bench_value(value_size)
@@ -359,7 +365,8 @@ def prefill(host: str, port: int, keyspace: int, value_size: int, batch: int = 2
     try:
         for lo in range(0, keyspace, batch):
             hi = min(keyspace, lo + batch)
-            s.sendall(b"".join(_frame([0, k + 1, OP_PUT, {"key": bench_key(k), "value": value}])
+            s.sendall(b"".join(_frame([0, k + 1, OP_PUT,
+                                       {"key": bench_key(k, key_prefix), "value": value}])
                                for k in range(lo, hi)))
             buf = b""
             got = 0

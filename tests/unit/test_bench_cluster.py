@@ -7,12 +7,15 @@ import math
 import pytest
 
 from bench.cluster import (
+    etcd_op,
     hist_mean,
     hist_percentile,
     parse_wrk_output,
+    ringfs_node_cmd,
+    ringfs_op,
     spread,
 )
-from bench.common import percentile
+from bench.common import bench_key, percentile
 
 
 def test_spread_deals_connections_round_robin() -> None:
@@ -43,3 +46,12 @@ def test_parse_wrk_output_merges_latency_lines() -> None:
     with pytest.raises(RuntimeError):
         parse_wrk_output("wrk: connection refused\n")
 
+
+
+def test_put_lww_puts_lww_keys_and_compares_with_an_etcd_put() -> None:
+    assert ringfs_op("put-lww") == ("put", b"lww:")
+    assert ringfs_op("put") == ("put", b"key:") and ringfs_op("get") == ("get", b"key:")
+    assert etcd_op("put-lww") == "put" and etcd_op("get") == "get"
+    cmd = ringfs_node_cmd("n1", 7001, [7002], "/d")
+    assert cmd[cmd.index("--lww-prefix") + 1] == "lww:"
+    assert len(bench_key(7, b"lww:")) == len(bench_key(7)) == 16

@@ -26,7 +26,9 @@ and removes what it saw; a put concurrent with it survives.
 
 from __future__ import annotations
 
+import hashlib
 import struct
+from collections.abc import Iterable
 
 from ringfs.dvv import DVVSet
 
@@ -67,9 +69,18 @@ def newest(state: DVVSet) -> bytes | None:
     return found
 
 
+def digest(prefixes: Iterable[str]) -> str:
+    """A short fingerprint of a node's LWW prefixes, announced in its membership
+    metadata so that nodes can tell when their lists differ; "" for none."""
+    unique = sorted(set(prefixes))
+    if not unique:
+        return ""
+    return hashlib.sha256("\0".join(unique).encode()).hexdigest()[:16]
+
+
 def matches(key: bytes, prefixes: tuple[bytes, ...]) -> bool:
     """Whether `key` lies in one of the LWW namespaces `prefixes`."""
     return bool(prefixes) and key.startswith(prefixes)
 
 
-__all__ = ["STAMP_BYTES", "STAMP_MAGIC", "matches", "newest", "stamp", "unstamp"]
+__all__ = ["STAMP_BYTES", "STAMP_MAGIC", "digest", "matches", "newest", "stamp", "unstamp"]

@@ -47,7 +47,7 @@ import logging
 import random
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, NamedTuple
@@ -62,6 +62,7 @@ from ringfs.errors import ErrorCode
 from ringfs.files import FileStore
 from ringfs.gossip import GossipConfig, Keyring, MemberInfo, SendPacket, Swim
 from ringfs.gossip.member import STATE_NAMES, MemberState
+from ringfs.lww import digest as lww_digest
 from ringfs.lww import matches as lww_matches
 from ringfs.lww import newest as lww_newest
 from ringfs.lww import stamp as lww_stamp
@@ -297,6 +298,10 @@ class Node:
         """Seconds since the epoch by this node's clock: stamps last-write-wins values
         (`now` is the driver's monotonic clock; the simulator hands in a skewed one)."""
         self._lww = tuple(p.encode() for p in config.lww_prefixes)
+        self._lww_digest = lww_digest(config.lww_prefixes)
+        self._lww_warned: dict[str, str] = {}
+        """Members whose LWW prefixes differ from this node's, with the fingerprint
+        warned about (logged once per member and fingerprint)."""
         self.started_at = now
         self.read_only_reason: str | None = None
         self.counters: Counter[str] = Counter()
@@ -304,6 +309,8 @@ class Node:
         """Key -> the clock (counters, no values) of the tombstone reaped here, oldest
         first; each is also kept on disk under REAPED_PREFIX, so a restart remembers."""
         meta: dict[str, str | int | float] = {"capacity": config.capacity}
+        if self._lww_digest:
+            meta["lww"] = self._lww_digest
         if config.zone:
             meta["zone"] = config.zone
         self.membership = Membership(
@@ -651,7 +658,12 @@ class Node:
             "members": members,
             "ring": {"n_replicas": self.config.n_replicas, "r": self.config.r,
                      "w": self.config.w, "vnodes": len(self.membership.ring.vnodes),
-                     "digest": self.membership.ring.digest.hex()},
+                     "digest": self.membership.ring.digest.hex(),
+                     "lww_prefixes": list(self.config.lww_prefixes),
+                     "lww_prefixes_differ": sorted(
+                         m.name for m in self.membership.members.values()
+                         if m.name != self.name
+                         and m.meta.get("lww", "") != self._lww_digest)},
             "storage": {
                 "engine": self.config.engine,
                 "durability": str(self.durability),
@@ -1490,6 +1502,7 @@ class Node:
         known = self.membership.members.get(name)
         if name != self.name:
             self.membership.merge_wire([[name, address, meta]])
+            self._check_lww_prefixes(name, meta)
             if known is not None and known.address != address:
                 self.membership.upsert(Member(name, address, meta=known.meta))
             self.membership.mark_reachable(name)
@@ -1502,6 +1515,19 @@ class Node:
                 if m.name not in (self.name, name):
                     self._send(m.name, PeerMsg.MEMBERS, {"members": [[name, address, meta]]})
 
+    def _check_lww_prefixes(self, name: str, meta: Mapping[str, Any]) -> None:
+        """Warn (once per member and list) when a member announces other LWW prefixes:
+        the node coordinating a write or read applies its own list, so keys would be
+        written and read differently depending on the node a client reached."""
+        theirs = meta.get("lww", "")
+        if theirs == self._lww_digest or self._lww_warned.get(name) == theirs:
+            return
+        self._lww_warned[name] = theirs
+        self.counters["lww_prefixes_differ"] += 1
+        log.warning("member %s lists other lww_prefixes than this node (%s): every node "
+                    "must list the same ones", name,
+                    ", ".join(map(repr, self.config.lww_prefixes)) or "none")
+
     def on_members(self, sender: str, body: dict[str, Any], now: float) -> None:
         entries = body["members"]
         if type(entries) is not list or len(entries) > 10_000:
@@ -1511,6 +1537,7 @@ class Node:
         if self.membership.merge_wire(entries):
             for name in sorted(set(self.membership.members) - before):
                 log.info("learned of member %s", name)
+                self._check_lww_prefixes(name, self.membership.members[name].meta)
                 addr = self.membership.address_of(name)
                 if addr is not None:
                     self._send_address(addr, PeerMsg.JOIN, self._join_body())
@@ -1739,6 +1766,7 @@ class Node:
                 state = str(m.state)  # gossip's belief after the event
                 changed = ms.upsert(Member(m.name, m.address, state, m.incarnation,
                                            dict(m.meta)))
+                self._check_lww_prefixes(m.name, m.meta)
                 if state == "alive":
                     ms.mark_reachable(m.name)
                     if self._hint_index.get(m.name):

@@ -99,3 +99,20 @@ def test_a_delete_reads_a_quorum_and_removes_what_it_saw() -> None:
     for n in w.nodes:
         got = ok(client(w, n, "r").call(Op.GET, {"key": key, "r": 3}))
         assert got["found"] is False and got["values"] == []
+
+
+def test_nodes_with_other_lww_prefixes_are_named_in_status() -> None:
+    w = SimWorld(3)
+    w.add_node("n1", lww_prefixes=("lww/",))
+    w.add_node("n2", lww_prefixes=("lww/",))
+    w.add_node("n3")
+    w.run_for(5.0)
+    differ = {n: sn.node.status(w.loop.now)["ring"]["lww_prefixes_differ"]
+              for n, sn in w.nodes.items()}
+    assert differ == {"n1": ["n3"], "n2": ["n3"], "n3": ["n1", "n2"]}
+    assert all(sn.node.counters["lww_prefixes_differ"] == len(differ[n])
+               for n, sn in w.nodes.items())  # warned once per member
+    same = lww_cluster()
+    same.run_for(5.0)
+    assert all(sn.node.status(same.loop.now)["ring"]["lww_prefixes_differ"] == []
+               for sn in same.nodes.values())

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ringfs.dvv import DVVSet
-from ringfs.lww import STAMP_BYTES, STAMP_MAGIC, matches, newest, stamp, unstamp
+from ringfs.lww import STAMP_BYTES, STAMP_MAGIC, digest, matches, newest, stamp, unstamp
 
 values = st.binary(max_size=40)
 times = st.floats(min_value=0, max_value=4e9, allow_nan=False)
@@ -72,3 +72,9 @@ def test_matches() -> None:
     assert matches(b"cache/x", (b"cache/",))
     assert not matches(b"cach", (b"cache/",))
     assert matches(b"anything", (b"",))
+
+
+def test_the_prefix_fingerprint_ignores_order_and_repeats() -> None:
+    assert digest([]) == ""
+    assert digest(["a/", "b/"]) == digest(["b/", "a/", "a/"]) != digest(["a/"])
+    assert digest([""]) != "" and len(digest(["x"])) == 16

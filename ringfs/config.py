@@ -165,6 +165,8 @@ class NodeConfig:
             raise ConfigError(f"engine {self.engine!r}: expected memory or log")
         if not 1 <= self.max_siblings <= 1024:
             raise ConfigError("max_siblings must be in 1..1024")
+        if not isinstance(self.lww_prefixes, tuple):
+            raise ConfigError("lww_prefixes must be a list of strings")
         if len(self.lww_prefixes) > 64:
             raise ConfigError("lww_prefixes: at most 64 prefixes")
         for prefix in self.lww_prefixes:
@@ -290,9 +292,7 @@ def build_config(values: dict[str, Any]) -> NodeConfig:
                 raise ConfigError("seeds must be a list of HOST:PORT strings")
             kwargs[key] = tuple(val)
         elif key == "lww_prefixes":
-            if not all(isinstance(s, str) for s in val):
-                raise ConfigError("lww_prefixes must be a list of strings")
-            kwargs[key] = tuple(val)
+            kwargs[key] = tuple(val)  # NodeConfig checks the items
         elif key in ("request_timeout_s", "capacity", "tombstone_grace_s", "unreachable_s",
                      "anti_entropy_interval_s", "ownership_settle_s", "scrub_interval_s",
                      "gc_grace_s",

@@ -364,14 +364,12 @@ def parse_scenario(data: Mapping[str, Any], name: str, where: str | None = None)
         for k, v in node.items():
             _typed(v, _NODE_SETTINGS[k], where, f"node.{k}")
         if "lww_prefixes" in node:
-            prefixes = node["lww_prefixes"]
-            if not all(isinstance(p, str) for p in prefixes):
-                raise ScenarioError(f"{where}: 'node.lww_prefixes' must be a list of strings")
-            try:
-                NodeConfig(name="n1", lww_prefixes=tuple(prefixes))
+            prefixes = tuple(node["lww_prefixes"])
+            try:  # checked as a node checks it
+                NodeConfig(name="n1", lww_prefixes=prefixes)
             except ConfigError as exc:
                 raise ScenarioError(f"{where}: node.{exc}") from None
-            node = {**node, "lww_prefixes": tuple(prefixes)}
+            node = {**node, "lww_prefixes": prefixes}
         kw["node_settings"] = dict(node)
     events = data.get("event", [])
     if not isinstance(events, list):

@@ -105,7 +105,7 @@ duration_s = 10.0
     ("[network]\nloss = 1.5", "network.loss is a probability"),
     ("[node]\ngossip = 'off'", "[node]: unknown key(s) 'gossip'"),
     ("[node]\nlww_prefixes = 'a/'", "'node.lww_prefixes' must be a list"),
-    ("[node]\nlww_prefixes = [1]", "'node.lww_prefixes' must be a list of strings"),
+    ("[node]\nlww_prefixes = [1]", "node.lww_prefixes must be a list of strings"),
     ('[node]\nlww_prefixes = ["\\u0000x"]', "node.lww_prefixes: keys starting with byte"),
     ("[[event]]\nat = 1.0\naction = 'explode'", "unknown action 'explode'"),
     ("[[event]]\naction = 'heal'", "'at' (simulated seconds) is required"),

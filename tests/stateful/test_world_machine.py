@@ -14,6 +14,7 @@ are tolerated at the end, as in the VOPR campaign.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -48,6 +49,7 @@ class WorldMachine(RuleBasedStateMachine):
     """Hypothesis picks the operations and the faults; the checkers judge."""
 
     bugs: frozenset[str] = frozenset()
+    scenario = SCENARIO
     steps = 0
 
     def __init__(self) -> None:
@@ -57,7 +59,7 @@ class WorldMachine(RuleBasedStateMachine):
 
     @initialize(seed=st.integers(0, 2**32 - 1))
     def start(self, seed: int) -> None:
-        self.sim = Simulation(SCENARIO, seed, bugs=self.bugs)
+        self.sim = Simulation(self.scenario, seed, bugs=self.bugs)
         self.sim.setup(auto=False)
         assert self.sim.workload is not None
         self.checker = IncrementalChecker(self.sim.workload.history, self.sim.disk_log)
@@ -133,6 +135,12 @@ class IgnoreContextMachine(WorldMachine):
     bugs = frozenset({"ignore_context"})
 
 
+class LastWriteWinsMachine(WorldMachine):
+    """Every key last-write-wins: reads show one value, versions stay causal."""
+
+    scenario = replace(SCENARIO, name="machine-lww", node_settings={"lww_prefixes": ("",)})
+
+
 def _run(max_examples: int, steps: int, machine: type[WorldMachine] = WorldMachine,
          **changes: Any) -> None:
     profile = settings()
@@ -146,6 +154,12 @@ def test_world_machine() -> None:
     before = WorldMachine.steps
     _run(max_examples=40, steps=40)
     assert WorldMachine.steps - before > 50, "the machine issued almost no operations"
+
+
+def test_world_machine_with_last_write_wins_keys() -> None:
+    before = WorldMachine.steps
+    _run(max_examples=20, steps=40, machine=LastWriteWinsMachine)
+    assert WorldMachine.steps - before > 25, "the machine issued almost no operations"
 
 
 def test_world_machine_catches_an_injected_bug() -> None:

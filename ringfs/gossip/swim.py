@@ -988,11 +988,15 @@ class Swim:
         src = msg.address
         members = self._members
         limits = self._limits
+        me = self._self
         for raw in msg.states:
-            # Fast path: an entry that matches our record changes nothing.
+            # Fast path: an entry that matches our record changes nothing. Not for our
+            # own entry: the same incarnation with other metadata or another address
+            # (what we announced before a restart with other settings) is refuted.
             if type(raw) is list and len(raw) == 5 and type(raw[0]) is str:
                 m = members.get(raw[0])
-                if m is not None and raw[2] == m.incarnation and raw[3] == m.state:
+                if (m is not None and m is not me and raw[2] == m.incarnation
+                        and raw[3] == m.state):
                     continue
             try:
                 e = wire.parse_state_entry(raw, limits)

@@ -4,6 +4,7 @@ blind put no longer needs."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from ringfs.lww import unstamp
@@ -116,3 +117,18 @@ def test_nodes_with_other_lww_prefixes_are_named_in_status() -> None:
     same.run_for(5.0)
     assert all(sn.node.status(same.loop.now)["ring"]["lww_prefixes_differ"] == []
                for sn in same.nodes.values())
+
+
+def test_a_node_restarted_with_other_prefixes_is_noticed_by_the_others() -> None:
+    """Back at the incarnation it had, with other metadata: the first full-state
+    exchange that shows it its old entry makes it refute with the new metadata."""
+    w = lww_cluster()
+    w.run_for(5.0)
+    w.crash("n3")
+    sn = w.nodes["n3"]
+    sn.config = dataclasses.replace(sn.config, lww_prefixes=())
+    w.restart("n3")
+    w.run_for(120.0)
+    differ = {n: s.node.status(w.loop.now)["ring"]["lww_prefixes_differ"]
+              for n, s in w.nodes.items()}
+    assert differ == {"n1": ["n3"], "n2": ["n3"], "n3": ["n1", "n2"]}

@@ -27,6 +27,7 @@ and removes what it saw; a put concurrent with it survives.
 from __future__ import annotations
 
 import hashlib
+import json
 import struct
 from collections.abc import Iterable
 
@@ -75,12 +76,14 @@ def digest(prefixes: Iterable[str]) -> str:
     unique = sorted(set(prefixes))
     if not unique:
         return ""
-    return hashlib.sha256("\0".join(unique).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(unique).encode()).hexdigest()[:16]
 
 
 def matches(key: bytes, prefixes: tuple[bytes, ...]) -> bool:
-    """Whether `key` lies in one of the LWW namespaces `prefixes`."""
-    return bool(prefixes) and key.startswith(prefixes)
+    """Whether `key` lies in one of the LWW namespaces `prefixes`. Reserved keys
+    (first byte 0x00: file manifests and the nodes' own) never do, whatever the
+    prefixes: the empty prefix makes every client key LWW, not a file's manifest."""
+    return bool(prefixes) and key.startswith(prefixes) and key[:1] != b"\x00"
 
 
 __all__ = ["STAMP_BYTES", "STAMP_MAGIC", "digest", "matches", "newest", "stamp", "unstamp"]

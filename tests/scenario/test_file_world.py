@@ -372,3 +372,15 @@ def test_a_slow_replica_is_left_behind_not_buffered_for(monkeypatch: Any) -> Non
     assert download(client(w, "n3"), "slow/a.bin") == data
     w.run_for(60.0)  # anti-entropy brings n3 the chunks it was never sent
     assert all("n3" in holders(w, sha(x)) for x in split(data))
+
+
+def test_files_work_when_every_key_is_last_write_wins() -> None:
+    """A file's manifest is a reserved key, never last-write-wins: with the empty
+    prefix it must still be found, listed and keep its chunks from collection."""
+    w = cluster(3, lww_prefixes=("",), **GC)
+    c = client(w, "n1")
+    data = payload(5 * CS + 3)
+    upload(c, "docs/lww.bin", data)
+    w.run_for(GC["gc_grace_s"] + 4 * GC["gc_interval_s"])
+    assert download(client(w, "n2"), "docs/lww.bin") == data
+    assert all(sn.node.counters["manifest_undecodable"] == 0 for sn in w.nodes.values())

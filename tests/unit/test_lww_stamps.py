@@ -78,3 +78,9 @@ def test_the_prefix_fingerprint_ignores_order_and_repeats() -> None:
     assert digest([]) == ""
     assert digest(["a/", "b/"]) == digest(["b/", "a/", "a/"]) != digest(["a/"])
     assert digest([""]) != "" and len(digest(["x"])) == 16
+    assert digest(["a", "b"]) != digest(["a\x00b"])
+
+
+def test_reserved_keys_are_never_lww() -> None:
+    assert not matches(b"\x00fdocs/a.bin", (b"",))
+    assert not matches(b"\x00c" + bytes(32), (b"",))

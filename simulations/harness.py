@@ -31,7 +31,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ringfs.dvv import DVVSet
+import msgpack
+
+from ringfs.dvv import DVVSet, from_stored
+from ringfs.lww import matches as lww_matches
+from ringfs.lww import newest as lww_newest
 from ringfs.node import GC_THRESHOLDS, HINT_PREFIX, LOCAL_PREFIX
 from ringfs.storage.memory import MemoryEngine
 from ringfs.wire import Op
@@ -307,6 +311,7 @@ class Simulation:
         self.faults: NetworkFaults | None = None
         self.rng: random.Random | None = None
         self._sweepers: dict[str, SimClient] = {}
+        self._lww_check: CheckResult | None = None
         self.sweep_failures: list[str] = []
 
     def _observe_views(self, sn: SimNode) -> None:
@@ -399,6 +404,8 @@ class Simulation:
             w.run_for(1.0)
             self.note(f"liveness: read every key with R={self.scenario.n} "
                       f"(read repair); {len(self.sweep_failures)} unreadable")
+        if self.converged():
+            self._lww_check = self._read_lww_keys()
         self.note("final state taken; checks run")
         return self.report()
 
@@ -451,6 +458,43 @@ class Simulation:
                 done = outcome == OK
             if not done:
                 self.sweep_failures.append(show(key))
+
+    def _read_lww_keys(self) -> CheckResult | None:
+        """With last-write-wins keys, once converged: every up node must answer a GET
+        of each such key with the newest stamped value the replicas hold, unstamped
+        (the checks above see stamps taken off, so only this one judges LWW reads)."""
+        prefixes = tuple(p.encode() for p in self.scenario.node_settings.get(
+            "lww_prefixes", ()))
+        if not prefixes:
+            return None
+        assert self.workload is not None
+        res = CheckResult("lww-reads")
+        w = self.world
+        up = [n for n in self.names if w.nodes[n].up]
+        keys = [k for k in self.workload.keys if lww_matches(k, prefixes)]
+        reads = 0
+        for key in keys:
+            merged = DVVSet()
+            for n in up:
+                rec = w.nodes[n].engine.get(key)
+                if rec is not None:
+                    merged = merged.sync(from_stored(msgpack.unpackb(rec.meta, raw=False)))
+            newest = lww_newest(merged)
+            want = [] if newest is None else [newest]
+            for n in up:
+                c = self._sweeper(n)
+                if c is None:
+                    continue
+                outcome, result = c.call(Op.GET, {"key": key, "r": self.scenario.n})
+                reads += 1
+                got = result.get("values") if outcome == OK else outcome
+                if got != want:
+                    res.violations.append(Violation(
+                        res.name, f"GET {show(key)} through {n} returned "
+                        f"{got if isinstance(got, str) else [show(v) for v in got]}, "
+                        f"the newest stamped value is {[show(v) for v in want]}", key))
+        res.detail = f"{reads} reads of {len(keys)} keys after convergence"
+        return res
 
     def _sweeper(self, node: str) -> SimClient | None:
         c = self._sweepers.get(node)
@@ -608,7 +652,8 @@ class Simulation:
                 "liveness", f"{self.workload.inflight} client operations still in flight"))
         inv = CheckResult("node-invariants", list(self.violations),
                           detail="Node.check_invariants every simulated second")
-        checks = [inv, check_incarnations(self.views), *checks, live]
+        checks = [inv, check_incarnations(self.views), *checks,
+                  *([self._lww_check] if self._lww_check is not None else []), live]
         stats = self._stats(final)
         return Report(self.seed, self.scenario, self.bugs, list(self.timeline),
                       self.workload.history, self.safety_end - self.t0, checks, stats)

@@ -7,8 +7,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import pytest
+
+from ringfs.dvv import DVVSet
 from ringfs.lww import unstamp
 from ringfs.wire import Op
+from simulations.harness import Simulation
+from simulations.scenario import load_scenario
 from simulations.world import SimWorld
 from tests.scenario.test_replication import client, ok, prefs, stored_values
 
@@ -132,3 +137,17 @@ def test_a_node_restarted_with_other_prefixes_is_noticed_by_the_others() -> None
     differ = {n: s.node.status(w.loop.now)["ring"]["lww_prefixes_differ"]
               for n, s in w.nodes.items()}
     assert differ == {"n1": ["n3"], "n2": ["n3"], "n3": ["n1", "n2"]}
+
+
+def test_the_simulators_lww_read_check_can_fail(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node that answered LWW reads with a stored value as it is (stamp and all)
+    fails the lww-reads check of the shipped LWW scenario; the real one passes."""
+    assert Simulation(load_scenario("lww_split_brain"), 1).run().ok
+
+    def stored_oldest(state: DVVSet) -> bytes | None:
+        vals = [v for _, _, v in state.dots() if v is not None]
+        return min(vals) if vals else None
+
+    monkeypatch.setattr("ringfs.node.lww_newest", stored_oldest)
+    report = Simulation(load_scenario("lww_split_brain"), 1).run()
+    assert report.failed_checks() == ["lww-reads"]

@@ -1245,8 +1245,7 @@ class Node:
             # Last-write-wins key: stamped, and written over what this replica holds
             # without a read quorum; reads pick the newest stamp (ringfs/lww.py).
             value = lww_stamp(value, self._wall_clock())
-            return self._coordinate(conn, rid, key, value, ctx, w, now, apl)
-        if ctx is None and len(apl) > 1:
+        elif ctx is None and len(apl) > 1:
             # A blind write supersedes what a read quorum sees, not just this replica's
             # copy, which may be stale: read first, then write with the merged context.
             self._track(conn, rid)

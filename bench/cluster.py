@@ -19,12 +19,14 @@ Why linearizable gets: a ringfs get waits for R=2 of the N=3 replicas, a quorum,
 so it sees every write acknowledged by W=2. etcd's linearizable range is its
 quorum read; a serializable range answers from one member's copy, like R=1.
 
-`put` is ringfs's default: a put without a context reads a quorum first, so that
-it supersedes every write acknowledged before it. `put-lww` puts the same keys
+`put` is ringfs's default: a put without a context, written as a checked write
+(one round trip; replicas holding versions it has not seen refuse it, and it is
+written again over them), so that it supersedes every write acknowledged before
+it (docs/protocol.md 4.7). `put-lww` (not in the default --ops) puts the same keys
 under a last-write-wins prefix (the nodes run with `--lww-prefix lww:`; keys are
-`lww:` + 12 digits, prefilled too), which skips that read (docs/protocol.md 4.10,
-with the data loss it accepts); it is compared with the same etcd put, measured
-again in turn with it.
+`lww:` + 12 digits, prefilled too), stamped and needing W acceptances rather than
+max(W, R) (docs/protocol.md 4.10, with the data loss it accepts); it is compared
+with the same etcd put, measured again in turn with it.
 
 Keys are 16 bytes (`key:` + 12 digits, the same on both sides), values 100 bytes,
 keys drawn at random from `--keyspace` (default 100,000), and every key is
@@ -824,8 +826,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=0.5,
                    help="unmeasured seconds before each run (loadgen; wrk warms up for 1 s "
                    "when this is not 0)")
-    p.add_argument("--ops", default="put,put-lww,get",
-                   help="comma-separated: put,put-lww,get (default all three)")
+    p.add_argument("--ops", default="put,get",
+                   help="comma-separated: put,put-lww,get (default put,get)")
     p.add_argument("--systems", default="ringfs,etcd", help="comma-separated subset of "
                    "ringfs,etcd")
     p.add_argument("--keyspace", type=int, default=None)

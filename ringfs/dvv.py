@@ -124,6 +124,12 @@ class DVVSet:
         mine = self.context()
         return all(mine.get(i, 0) >= n for i, n, _ in other.entries)
 
+    def covers_values(self, other: DVVSet) -> bool:
+        """Whether merging `other` in adds no sibling: every value of `other` has a dot
+        this state's clock covers (so it is superseded here, or held here too)."""
+        mine = {i: n for i, n, _ in self.entries}
+        return all(not vals or mine.get(i, 0) >= n for i, n, vals in other.entries)
+
     def dominates(self, other: DVVSet) -> bool:
         """Strictly newer: descends `other` and has seen something `other` has not."""
         return self.descends(other) and not other.descends(self)

@@ -57,7 +57,14 @@ import msgpack
 from ringfs import __version__
 from ringfs.antientropy import is_local_key
 from ringfs.config import NodeConfig
-from ringfs.dvv import DVVSet, Value, decode_context, encode_context, from_stored
+from ringfs.dvv import (
+    DVVSet,
+    Value,
+    decode_context,
+    encode_context,
+    from_stored,
+    merge_contexts,
+)
 from ringfs.errors import ErrorCode
 from ringfs.files import FileStore
 from ringfs.gossip import GossipConfig, Keyring, MemberInfo, SendPacket, Swim
@@ -237,6 +244,7 @@ class _ClientPut:
     conn: int
     rid: int
     coord: PutCoordinator
+    value: Value
     timer: Timer | None = None
 
 
@@ -1241,13 +1249,22 @@ class Node:
                             f"node is read-only: {self.read_only_reason}", req_id=rid)
         if "ignore_context" in self.faults:
             ctx = {}  # injected defect: the client's context is dropped
+        # A blind put supersedes what a read quorum would see, not just this replica's
+        # copy, which may be stale: it is written with this copy's context, and
+        # replicas apply it only when that covers what they hold; a replica holding
+        # more answers with it, and the put is made again over that (PutCoordinator).
+        # It needs R acceptances (W if more); a last-write-wins key's needs only W.
+        check = min(self.config.r, len(apl))
         if value is not None and self._lww and lww_matches(key, self._lww):
-            # Last-write-wins key: stamped, and written over what this replica holds
-            # without a read quorum; reads pick the newest stamp (ringfs/lww.py).
+            # Last-write-wins key: stamped; reads pick the newest stamp (ringfs/lww.py).
             value = lww_stamp(value, self._wall_clock())
-        elif ctx is None and len(apl) > 1:
-            # A blind write supersedes what a read quorum sees, not just this replica's
-            # copy, which may be stale: read first, then write with the merged context.
+            check = 1
+        if ctx is None and len(apl) > 1:
+            if value is not None:
+                return self._coordinate(conn, rid, key, value, None, w, now, apl,
+                                        check=check)
+            # A blind delete removes what a read quorum sees: read first, then write
+            # with the merged context.
             self._track(conn, rid)
             r = min(self.config.r, len(apl))
 
@@ -1276,10 +1293,13 @@ class Node:
 
     def _coordinate(self, conn: int, rid: int, key: bytes, value: Value,
                     ctx: dict[str, int] | None, w: int, now: float,
-                    apl: tuple[Replica, ...] | None = None) -> bytes | None:
+                    apl: tuple[Replica, ...] | None = None, *, check: int = 0,
+                    deadline: float | None = None) -> bytes | None:
         """Apply a write to this primary's copy and replicate it (see the module docstring);
         `apl`: the key's preference list at `now`, when the caller has it (checked
-        against W already)."""
+        against W already). `check`: a blind put's R, written with this copy's
+        context as a checked write (PutCoordinator); `deadline`: the request's, when
+        it started earlier."""
         if apl is None:
             apl = self._apl(key, now, rid)
             if len(apl) < w:
@@ -1314,9 +1334,11 @@ class Node:
                             req_id=rid) from None
         if len(apl) == 1 and not self.durability.acks_after_sync:
             return self._put_result(rid, new, summary)  # one replica, acked before sync: done
-        coord = PutCoordinator(key, new, apl, w, now + self.config.request_timeout_s)
+        if deadline is None:
+            deadline = now + self.config.request_timeout_s
+        coord = PutCoordinator(key, new, apl, w, deadline, check)
         pid = self._next_id()
-        put = self._puts[pid] = _ClientPut(conn, rid, coord)
+        put = self._puts[pid] = _ClientPut(conn, rid, coord, value)
         self._track(conn, rid)
         wire_state = None
         unknown: list[str] = []
@@ -1328,6 +1350,8 @@ class Node:
             body: dict[str, Any] = {"id": pid, "key": key, "state": wire_state}
             if rep.hint_for is not None:
                 body["hint_for"] = rep.hint_for
+            if check:
+                body["check"] = True
             if not self._send(rep.node, PeerMsg.REPLICA_PUT, body):
                 unknown.append(rep.node)
         put.timer = self._after(coord.deadline, partial(self.on_put_timeout, pid))
@@ -1364,20 +1388,81 @@ class Node:
             return
         if p.coord.on_ack(node):
             self._finish(p.conn, p.rid, self._put_result(p.rid, p.coord.state))
+            for other in p.coord.conflicts:
+                self._write_over_conflict(p.coord, other)
+        elif p.coord.rewrite is not None:
+            self._rewrite_put(pid, p)
+            return
         self._retire_put(pid, p)
 
     def _retire_put(self, pid: int, p: _ClientPut) -> None:
         """Forget a put once its outcome is sent: later acks change nothing (the
-        replicas that were slow still get the write, or anti-entropy brings it)."""
-        if p.coord.finished:
+        replicas that were slow still get the write, or anti-entropy brings it). A
+        checked write that succeeded is kept until every replica answered, so that a
+        replica answering with a conflict still gets the write."""
+        coord = p.coord
+        if coord.finished and not (coord.check and coord.succeeded and not coord.answered):
             self._puts.pop(pid, None)
             self._cancel_timer(p.timer)
+
+    def _put_conflict(self, pid: int, node: str, state: DVVSet) -> None:
+        """A replica did not apply a checked write: it holds `state`, versions the
+        write's context did not cover."""
+        p = self._puts.get(pid)
+        if p is None:
+            return
+        coord = p.coord
+        self.counters["put_conflicts"] += 1
+        if coord.succeeded:
+            coord.conflicts[node] = state
+            self._write_over_conflict(coord, node)
+        else:
+            failure = coord.on_conflict(node, state)
+            if failure is not None:
+                self._finish(p.conn, p.rid, self._quorum_error(p.rid, failure))
+            elif coord.rewrite is not None:
+                self._rewrite_put(pid, p)
+                return
+        self._retire_put(pid, p)
+
+    def _write_over_conflict(self, coord: PutCoordinator, node: str) -> None:
+        """Give a replica that refused a checked write the write all the same, once it
+        succeeded: acknowledged by replicas its context covered, it has seen every
+        write acknowledged before it, so what this replica holds more is concurrent
+        with it (or was never acknowledged) and stays beside it as a sibling."""
+        hint_for = next((r.hint_for for r in coord.replicas if r.node == node), None)
+        body: dict[str, Any] = {"id": 0, "key": coord.key, "state": coord.state.packable()}
+        if hint_for is not None:
+            body["hint_for"] = hint_for
+        self._send(node, PeerMsg.REPLICA_PUT, body)
+
+    def _rewrite_put(self, pid: int, p: _ClientPut) -> None:
+        """Make a checked write again, over what the replicas that refused it hold
+        and over its own first version: an ordinary write to the same replicas, in
+        the time the request has left."""
+        self._puts.pop(pid, None)
+        self._cancel_timer(p.timer)
+        coord = p.coord
+        assert coord.rewrite is not None
+        self.counters["put_rewrites"] += 1
+        ctx = merge_contexts(coord.state.context(), coord.rewrite.context())
+        try:
+            frame = self._coordinate(p.conn, p.rid, coord.key, p.value, ctx, coord.w,
+                                     coord.deadline - self.config.request_timeout_s,
+                                     coord.replicas, deadline=coord.deadline)
+        except WireError as exc:
+            frame = encode_error(p.rid, exc.code, exc.message, **exc.details)
+        if frame is not None:
+            self._finish(p.conn, p.rid, frame)
 
     def _put_refused(self, pid: int, node: str, reason: str) -> None:
         p = self._puts.get(pid)
         if p is None:
             return
         failure = p.coord.on_refused(node, reason)
+        if p.coord.rewrite is not None:
+            self._rewrite_put(pid, p)
+            return
         if failure is not None:
             if node == self.name and self.read_only_reason is not None:
                 # This node's own disk failed: say so rather than blame the quorum.
@@ -1556,6 +1641,15 @@ class Node:
             return
         try:
             state = DVVSet.from_wire(body["state"], max_siblings=self.config.max_siblings * 2)
+            if body.get("check") is True and pid:
+                # A checked write: applied only over versions its context covers.
+                held = self._load(self._stored_key(key, hint_for))
+                if held is not None and not state.covers_values(held):
+                    self.counters["replica_put_conflicts"] += 1
+                    self._send(sender, PeerMsg.REPLICA_PUT_ACK,
+                               {"id": pid, "ok": False, "reason": "holds versions the "
+                                "write had not seen", "state": held.to_wire()})
+                    return
             seq = self._merge_local(key, state, hint_for)
         except WireError as exc:
             if pid:
@@ -1583,8 +1677,17 @@ class Node:
             return
         if ok is True:
             self._put_acked(pid, sender)
-        else:
-            self._put_refused(pid, sender, str(body.get("reason", "refused"))[:200])
+            return
+        held = body.get("state")
+        if held is not None:
+            try:
+                state = DVVSet.from_wire(held, max_siblings=self.config.max_siblings * 2)
+            except ValueError:
+                self._put_refused(pid, sender, "malformed state")
+                return
+            self._put_conflict(pid, sender, state)
+            return
+        self._put_refused(pid, sender, str(body.get("reason", "refused"))[:200])
 
     def on_replica_get(self, sender: str, body: dict[str, Any], now: float) -> None:
         gid, key = body["id"], body["key"]

@@ -7,7 +7,14 @@ send anything themselves, which keeps them trivially testable.
 
 PutCoordinator: succeeds once W replicas acknowledged a durable write; fails as
 soon as W has become unreachable (too many refusals), or at the deadline, with
-the number that did acknowledge.
+the number that did acknowledge. A *checked* write (a blind put, written with
+its coordinator's own context) is applied by a replica only when that context
+covers every version the replica holds; a replica holding more answers with
+its state instead (a conflict). Such a write needs max(W, R) acceptances, so
+that, as with a read quorum, any write acknowledged before it met one of them;
+when conflicts put that out of reach and R replicas have answered, the
+coordinator is told to write again over the merge of what the conflicting
+replicas hold (`rewrite`).
 
 GetCoordinator: answers once R replicas replied, with the causal merge of what
 they returned; keeps collecting until every replica answered or the deadline
@@ -42,39 +49,95 @@ class PutCoordinator:
     replicas: tuple[Replica, ...]
     w: int
     deadline: float
+    check: int = 0
+    """For a checked write, R: the replicas whose versions must have been heard
+    (accepted or answered with a conflict) before it may be written again; 0 for
+    an ordinary write, which replicas apply whatever they hold."""
     acked: set[str] = field(default_factory=set)
     refused: dict[str, str] = field(default_factory=dict)
+    conflicts: dict[str, DVVSet] = field(default_factory=dict)
+    """Replicas that did not apply a checked write, with the states they hold."""
+    rewrite: DVVSet | None = None
+    """Set (with `finished`) when a checked write must be made again: the merge of
+    the conflicting replicas' states, which the new write's context must cover."""
     finished: bool = False
-    """The outcome is decided (W acks, W out of reach, or timed out): later answers
-    change nothing. With w <= len(replicas), every replica having answered implies it."""
+    """The outcome is decided (W acks, W out of reach, a rewrite, or timed out):
+    later answers change nothing. With w <= len(replicas), every replica having
+    answered implies it."""
+
+    @property
+    def need(self) -> int:
+        """Acceptances that make the write succeed."""
+        return self.w if self.w >= self.check else self.check
+
+    @property
+    def succeeded(self) -> bool:
+        return self.finished and self.rewrite is None and len(self.acked) >= self.need
+
+    @property
+    def answered(self) -> bool:
+        """Every replica addressed has accepted, refused or answered with a conflict."""
+        return len(self.acked) + len(self.refused) + len(self.conflicts) >= len(self.replicas)
 
     def on_ack(self, node: str) -> bool:
-        """A replica made the write durable. True when this completes the quorum."""
-        if self.finished or node in self.refused:
+        """A replica made the write durable. True when this completes the quorum (see
+        `rewrite` for the other outcome an acceptance can bring)."""
+        if self.finished or node in self.refused or node in self.conflicts:
             return False
         self.acked.add(node)
-        if len(self.acked) >= self.w:
+        if len(self.acked) >= self.need:
             self.finished = True
             return True
+        if self.conflicts:
+            self._settle()
         return False
 
     def on_refused(self, node: str, reason: str) -> QuorumFailure | None:
-        """A replica refused or cannot be reached; a failure when W is now out of reach."""
-        if self.finished or node in self.acked:
+        """A replica refused or cannot be reached; a failure when W is now out of reach
+        (or a `rewrite`, for a checked write that heard enough conflicts)."""
+        if self.finished or node in self.acked or node in self.conflicts:
             return None
         self.refused[node] = reason
-        if len(self.replicas) - len(self.refused) < self.w:
-            self.finished = True
-            return QuorumFailure(len(self.acked), self.w, len(self.replicas),
-                                 f"{len(self.refused)} replica(s) failed: "
-                                 + ", ".join(f"{n} ({r})" for n, r in sorted(self.refused.items())))
-        return None
+        return self._settle()
+
+    def on_conflict(self, node: str, state: DVVSet) -> QuorumFailure | None:
+        """A replica did not apply a checked write: it holds `state`, which the write's
+        context does not cover. A failure when neither success nor a rewrite can be
+        reached any more; sets `rewrite` when the write must be made again."""
+        if self.finished or node in self.acked or node in self.refused:
+            return None
+        self.conflicts[node] = state
+        return self._settle()
+
+    def _settle(self) -> QuorumFailure | None:
+        """Decide once success is out of reach: write again, wait, or fail."""
+        acked, conflicts = len(self.acked), len(self.conflicts)
+        waiting = len(self.replicas) - acked - len(self.refused) - conflicts
+        if acked + waiting >= self.need:
+            return None
+        if conflicts:
+            heard = acked + conflicts
+            if heard >= self.check:
+                self.finished = True
+                merged = DVVSet()
+                for state in self.conflicts.values():
+                    merged = merged.sync(state)
+                self.rewrite = merged
+                return None
+            if heard + waiting >= self.check:
+                return None
+        self.finished = True
+        parts = [f"{n} ({r})" for n, r in sorted(self.refused.items())]
+        parts += [f"{n} (holds versions the write had not seen)" for n in sorted(self.conflicts)]
+        return QuorumFailure(acked, self.need, len(self.replicas),
+                             f"{len(self.refused) + conflicts} replica(s) failed: "
+                             + ", ".join(parts))
 
     def on_timeout(self) -> QuorumFailure | None:
         if self.finished:
             return None
         self.finished = True
-        return QuorumFailure(len(self.acked), self.w, len(self.replicas),
+        return QuorumFailure(len(self.acked), self.need, len(self.replicas),
                              "timed out waiting for replicas")
 
 

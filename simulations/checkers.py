@@ -19,11 +19,13 @@ have reflected d: for a write that carried a context, the context covers d and
 the result it came from ended after d was first stored (a context older than d
 cannot know d even if its counters are high, as happens when a coordinator
 issues counters again). A blind write's context is chosen by its coordinator
-(what a read quorum returned, or its own copy), so for a blind put x saw d when
-the state x's dot was first stored in had seen d and dropped it; for a blind
-delete, the same for the tombstone dot(s) first stored while the delete was in
-flight (any of them in the lenient direction, only when there is exactly one in
-the strict direction).
+(its own copy, merged with what stale replicas held when it writes the value
+again; a delete's, what a read quorum returned), so for a blind put x saw d when
+the state x's dot was first stored in had seen d and dropped it (for a value
+issued twice: either issuance in the lenient direction, both in the strict); for
+a blind delete, the same for the tombstone dot(s) first stored while the delete
+was in flight (any of them in the lenient direction, only when there is exactly
+one in the strict direction).
 
 The rules (each one a `check_*` function):
 
@@ -159,6 +161,10 @@ class DotIndex:
         self.issued: dict[tuple[bytes, str, int], DotInfo] = {}
         """The latest issuance of each dot."""
         self.by_value: dict[tuple[bytes, bytes], DotInfo] = {}
+        """The latest issuance of each value."""
+        self.issuances: dict[tuple[bytes, bytes], list[DotInfo]] = defaultdict(list)
+        """Every issuance of each value, in time order: a blind put that a replica
+        refused as stale is issued again, over what that replica held."""
         self.tombstones: dict[bytes, list[DotInfo]] = defaultdict(list)
         """Per key, the issuances of tombstone dots, in time order."""
         self.count = 0
@@ -235,6 +241,7 @@ class DotIndex:
                     self.tombstones[key].append(info)
                 else:
                     self.by_value[(key, value)] = info
+                    self.issuances[(key, value)].append(info)
                 break
         self._pos = len(log)
         return new
@@ -318,11 +325,19 @@ class Causality:
                 return False
             return self._context(x).get(d.actor, 0) >= d.counter
         # A blind write's context is whatever its coordinator merged before applying it
-        # (a read quorum, or its own copy): judge by the state its dot first appeared in.
+        # (its own copy, or that and what stale replicas held when it wrote the value
+        # again): judge by the state its dot first appeared in; of a value issued twice,
+        # by any issuance in the lenient direction, by every one in the strict (the
+        # first may meet d as a sibling before the second supersedes both).
         if x.op == "PUT":
             assert x.value is not None
-            xi = self.dots.by_value.get((x.key, x.value))
-            return xi is not None and self.dots.superseded_in_first_state(xi, d)
+            issued = self.dots.issuances.get((x.key, x.value))
+            if not issued:
+                return False
+            first = self.dots.superseded_in_first_state
+            if strict:
+                return all(first(xi, d) for xi in issued)
+            return any(first(xi, d) for xi in issued)
         end = x.end if x.outcome == OK else float("inf")
         tombs = self.dots.tombstones.get(x.key, [])
         times = self._tomb_times.get(x.key, [])

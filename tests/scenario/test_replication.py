@@ -221,7 +221,8 @@ def test_whereis_reports_each_replica() -> None:
                for r in res["replicas"])
 
 
-def test_blind_writes_supersede_what_a_read_quorum_sees() -> None:
+def test_a_blind_put_at_a_stale_coordinator_is_written_again_over_what_replicas_hold(
+) -> None:
     w = cluster(3)
     key = b"blind"
     coordinator = prefs(w, key)[0]
@@ -236,14 +237,22 @@ def test_blind_writes_supersede_what_a_read_quorum_sees() -> None:
     w.net.heal()
     w.run_for(3.0)
     assert stored_values(w, coordinator, key) is None
+    node = w.nodes[coordinator].node
     ok(c.call(Op.PUT, {"key": key, "value": b"new"}))  # blind, at the stale coordinator
+    # Both other replicas refused the first version (they hold "old", which it had not
+    # seen); the second, written over what they answered with, replaced it everywhere.
+    assert node.counters["put_conflicts"] == 2
+    assert node.counters["put_rewrites"] == 1
     assert ok(c.call(Op.GET, {"key": key, "r": 3}))["values"] == [b"new"]
+    w.run_for(0.5)
+    for n in prefs(w, key):
+        assert stored_values(w, n, key) == [b"new"], n
     ok(c.call(Op.DELETE, {"key": key}))
     w.run_for(0.5)
     assert ok(other.call(Op.GET, {"key": key, "r": 3}))["values"] == []
 
 
-def test_a_blind_writes_read_ends_at_r_and_repairs_nothing_the_write_does() -> None:
+def test_a_blind_put_asks_no_replica_to_read_and_covers_an_older_stale_copy() -> None:
     w = cluster(3)
     key = b"stale-third"
     pl = prefs(w, key)
@@ -254,12 +263,40 @@ def test_a_blind_writes_read_ends_at_r_and_repairs_nothing_the_write_does() -> N
     w.net.heal()
     w.run_for(3.0)
     assert stored_values(w, pl[2], key) == [b"v1"]
-    repairs = w.nodes[pl[0]].node.counters["read_repairs"]
-    ok(c.call(Op.PUT, {"key": key, "value": b"v3"}))  # blind: read at R, then write
+    node = w.nodes[pl[0]].node
+    before = [sn.node.counters["replica_gets"] for sn in w.nodes.values()]
+    ok(c.call(Op.PUT, {"key": key, "value": b"v3"}))  # blind: no read, one round trip
     w.run_for(0.5)
-    assert w.nodes[pl[0]].node.counters["read_repairs"] == repairs
+    assert [sn.node.counters["replica_gets"] for sn in w.nodes.values()] == before
+    # The coordinator's copy (v2) covers v1, so the stale third replica took it as is.
+    assert node.counters["put_conflicts"] == 0
     for n in pl:
         assert stored_values(w, n, key) == [b"v3"], n
+
+
+def test_a_blind_put_acknowledged_before_a_replica_refuses_still_reaches_it() -> None:
+    """A replica holding a write that only it took (W=1) refuses a later blind put
+    whose coordinator never saw that write; the put succeeds on the other two, and
+    the refusing replica is given it anyway: the two writes end as siblings, since
+    neither saw the other (R + W = N for the first, so no read quorum would have)."""
+    w = cluster(3)
+    key = b"lonely"
+    pl = prefs(w, key)
+    lone = client(w, pl[0], "l")
+    w.net.partition([w.nodes[pl[0]].address], [w.nodes[n].address for n in pl[1:]])
+    ok(lone.call(Op.PUT, {"key": key, "value": b"only-on-first", "w": 1, "context": b""}))
+    w.net.heal()
+    w.run_for(1.0)
+    assert stored_values(w, pl[1], key) is None and stored_values(w, pl[2], key) is None
+    c = client(w, pl[1])
+    ok(c.call(Op.PUT, {"key": key, "value": b"blind"}))
+    w.run_for(0.2)
+    node = w.nodes[pl[1]].node
+    assert node.counters["put_conflicts"] == 1 and node.counters["put_rewrites"] == 0
+    assert sorted(stored_values(w, pl[0], key) or []) == [b"blind", b"only-on-first"]
+    assert stored_values(w, pl[2], key) == [b"blind"]
+    assert sorted(ok(c.call(Op.GET, {"key": key, "r": 3}))["values"]) == [
+        b"blind", b"only-on-first"]
 
 
 def test_a_blind_delete_at_a_coordinator_without_the_key_still_deletes() -> None:

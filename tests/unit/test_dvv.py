@@ -245,6 +245,17 @@ def test_sync_is_the_least_upper_bound(data: st.DataObject) -> None:
     assert context_descends(a.context(), b.context()) == a.descends(b)
 
 
+@settings(max_examples=60)
+@given(st.data())
+def test_covers_values_means_a_merge_adds_no_sibling(data: st.DataObject) -> None:
+    pool = list(dict.fromkeys(run(data, read_your_writes=False, steps=30).pool))
+    a, b = (data.draw(st.sampled_from(pool)) for _ in range(2))
+    assert a.covers_values(b) == (set(a.sync(b).dots()) <= set(a.dots()))
+    assert a.covers_values(a)
+    if a.descends(b):
+        assert a.covers_values(b)
+
+
 # -- encodings ---------------------------------------------------------------------------
 
 

@@ -24,8 +24,10 @@ replies that come later still count for read repair. A put is coordinated by a
 primary replica (a node that is none forwards it to one): the coordinator
 applies the write to its own copy, creating a new dot, then ships the resulting
 state to the other replicas, which merge it; the client is answered after W
-replicas made it durable. A fallback keeps what it receives for the down
-primary as a hint, stored apart from its own data under a reserved key prefix.
+replicas made it durable. A put without a context is a checked write (the
+replicas merge it only over values its context covers; see PutCoordinator). A
+fallback keeps what it receives for the down primary as a hint, stored apart
+from its own data under a reserved key prefix.
 
 Dots are stamped with an *actor* id, `name@epoch`, where the driver bumps the
 epoch durably at every start. A crash can lose writes the node had not synced
@@ -239,6 +241,14 @@ class _ClientGet:
     timer: Timer | None = None
 
 
+class _Stale(Exception):
+    """A checked write met values its context does not cover: those `held` here."""
+
+    def __init__(self, held: DVVSet) -> None:
+        super().__init__("the local copy holds values the write has not seen")
+        self.held = held
+
+
 @dataclass(eq=False)
 class _ClientPut:
     conn: int
@@ -361,7 +371,8 @@ class Node:
         self._solo_apl = (Replica(config.name, "primary", None),)
         self._states: dict[bytes, tuple[bytes, DVVSet]] = {}
         """stored key -> (its stored meta bytes, their decoded DVVSet): a write reads
-        its key up to twice (the read quorum, then the write) and a replica once more."""
+        its key up to twice (a blind delete's read quorum, then the write) and a replica
+        once or twice more (a checked write reads before it merges)."""
         self._states_bytes = 0
         """About what the cached states hold, in bytes (see STATE_CACHE_BYTES)."""
         self._handlers: dict[int, Callable[[int, int, dict[str, Any], float], bytes | None]] = {
@@ -771,16 +782,20 @@ class Node:
             if k.startswith(HINT_PREFIX):
                 yield k
 
-    def _merge_local(self, key: bytes, incoming: DVVSet, hint_for: str | None) -> int | None:
+    def _merge_local(self, key: bytes, incoming: DVVSet, hint_for: str | None, *,
+                     checked: bool = False) -> int | None:
         """Merge `incoming` into the local copy; the write's seq, or None if nothing changed.
 
-        Raises WireError when the node cannot take the write.
+        Raises WireError when the node cannot take the write, and, for a `checked`
+        write, _Stale when the local copy holds values its clock does not cover.
         """
         if self.read_only_reason is not None:
             raise WireError(ErrorCode.STORAGE_ERROR, f"node is read-only: {self.read_only_reason}")
         self.files.check_incoming(key, incoming)
         sk = self._stored_key(key, hint_for)
         rec, local = self._read(sk)
+        if checked and local is not None and not incoming.covers_values(local):
+            raise _Stale(local)
         if hint_for is None and self._reaped_clocks:
             gone = self._reaped_clocks.get(key)
             if gone is not None:
@@ -1641,16 +1656,15 @@ class Node:
             return
         try:
             state = DVVSet.from_wire(body["state"], max_siblings=self.config.max_siblings * 2)
-            if body.get("check") is True and pid:
-                # A checked write: applied only over versions its context covers.
-                held = self._load(self._stored_key(key, hint_for))
-                if held is not None and not state.covers_values(held):
-                    self.counters["replica_put_conflicts"] += 1
-                    self._send(sender, PeerMsg.REPLICA_PUT_ACK,
-                               {"id": pid, "ok": False, "reason": "holds versions the "
-                                "write had not seen", "state": held.to_wire()})
-                    return
-            seq = self._merge_local(key, state, hint_for)
+            # A checked write (a blind put) is taken only over values its clock covers.
+            seq = self._merge_local(key, state, hint_for,
+                                    checked=pid != 0 and body.get("check") is True)
+        except _Stale as stale:
+            self.counters["replica_put_conflicts"] += 1
+            self._send(sender, PeerMsg.REPLICA_PUT_ACK,
+                       {"id": pid, "ok": False, "reason": "holds versions the write had "
+                        "not seen", "state": stale.held.to_wire()})
+            return
         except WireError as exc:
             if pid:
                 self._send(sender, PeerMsg.REPLICA_PUT_ACK,

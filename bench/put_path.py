@@ -5,7 +5,7 @@ static membership) are driven in this one process the way the runtime drives the
 every step, each connection's pending bytes are handed over at once (split by
 the same FrameDecoder), each node's effects are carried out after it handled them,
 syncs requested during a step complete at its end, timers fire when due. Closed-loop
-clients (one put in flight each, no context, so every put reads a quorum first)
+clients (one put in flight each, no context, so every put is a checked write)
 are spread round-robin over the nodes; keys are random over `--keyspace`.
 
 No scheduler, sockets or other processes take part, so the figure is the node

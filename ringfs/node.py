@@ -520,7 +520,9 @@ class Node:
         return len(c.inflight) if c is not None and c.inflight else 0
 
     def _track(self, conn: int, rid: int) -> None:
-        c = self._conns[conn]
+        c = self._conns.get(conn)
+        if c is None:
+            return  # the client went away; a write made again for it still goes on
         if c.inflight is None:
             c.inflight = set()
         c.inflight.add(rid)

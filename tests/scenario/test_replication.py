@@ -394,3 +394,25 @@ def test_a_hint_delivered_after_its_key_was_deleted_and_reaped_stays_deleted(
     assert w.nodes[holder].node.hints == 0, "the hint was handed off"
     got = ok(c.call(Op.GET, {"key": key, "r": 3}))
     assert got["values"] == [] and not got["found"], "the deleted value came back"
+
+
+def test_a_stale_blind_put_is_written_again_after_its_client_went_away() -> None:
+    w = cluster(3)
+    key = b"orphan"
+    pl = prefs(w, key)
+    other = client(w, pl[1], "o")
+    w.net.partition([w.nodes[pl[0]].address], [w.nodes[n].address for n in pl[1:]])
+    ok(other.call(Op.PUT, {"key": key, "value": b"old"}))  # the coordinator misses it
+    w.net.heal()
+    w.run_for(3.0)
+    c = client(w, pl[0])
+    node = w.nodes[pl[0]].node
+    c.request(Op.PUT, {"key": key, "value": b"new"}, lambda o, p: None)
+    w.loop.run_while(lambda: not node._puts, w.now + 1.0)  # taken and sent to replicas
+    for conn in [k for k, cn in node._conns.items() if cn.peer is None and k >= 0]:
+        node.client_disconnected(conn, w.now)
+    w.run_for(1.0)
+    assert node.counters["put_rewrites"] == 1
+    assert node.counters["peer_malformed"] == 0 and node.counters["internal_errors"] == 0
+    for n in pl:
+        assert stored_values(w, n, key) == [b"new"], n

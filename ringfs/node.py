@@ -1431,7 +1431,7 @@ class Node:
         coord = p.coord
         self.counters["put_conflicts"] += 1
         if coord.succeeded:
-            coord.conflicts[node] = state
+            coord.on_conflict(node, state)  # counted toward `answered`
             self._write_over_conflict(coord, node)
         else:
             failure = coord.on_conflict(node, state)

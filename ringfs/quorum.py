@@ -62,17 +62,15 @@ class PutCoordinator:
     the conflicting replicas' states, which the new write's context must cover."""
     finished: bool = False
     """The outcome is decided (W acks, W out of reach, a rewrite, or timed out):
-    later answers change nothing. With w <= len(replicas), every replica having
-    answered implies it."""
+    later answers change nothing but `answered`. With w <= len(replicas), every
+    replica having answered implies it."""
+    succeeded: bool = False
+    """The outcome was success."""
 
     @property
     def need(self) -> int:
         """Acceptances that make the write succeed."""
         return self.w if self.w >= self.check else self.check
-
-    @property
-    def succeeded(self) -> bool:
-        return self.finished and self.rewrite is None and len(self.acked) >= self.need
 
     @property
     def answered(self) -> bool:
@@ -82,11 +80,13 @@ class PutCoordinator:
     def on_ack(self, node: str) -> bool:
         """A replica made the write durable. True when this completes the quorum (see
         `rewrite` for the other outcome an acceptance can bring)."""
-        if self.finished or node in self.refused or node in self.conflicts:
+        if node in self.refused or node in self.conflicts:
             return False
         self.acked.add(node)
+        if self.finished:
+            return False  # late: it only counts toward `answered`
         if len(self.acked) >= self.need:
-            self.finished = True
+            self.finished = self.succeeded = True
             return True
         if self.conflicts:
             self._settle()
@@ -95,19 +95,19 @@ class PutCoordinator:
     def on_refused(self, node: str, reason: str) -> QuorumFailure | None:
         """A replica refused or cannot be reached; a failure when W is now out of reach
         (or a `rewrite`, for a checked write that heard enough conflicts)."""
-        if self.finished or node in self.acked or node in self.conflicts:
+        if node in self.acked or node in self.conflicts:
             return None
         self.refused[node] = reason
-        return self._settle()
+        return None if self.finished else self._settle()
 
     def on_conflict(self, node: str, state: DVVSet) -> QuorumFailure | None:
         """A replica did not apply a checked write: it holds `state`, which the write's
         context does not cover. A failure when neither success nor a rewrite can be
         reached any more; sets `rewrite` when the write must be made again."""
-        if self.finished or node in self.acked or node in self.refused:
+        if node in self.acked or node in self.refused:
             return None
         self.conflicts[node] = state
-        return self._settle()
+        return None if self.finished else self._settle()
 
     def _settle(self) -> QuorumFailure | None:
         """Decide once success is out of reach: write again, wait, or fail."""

@@ -270,6 +270,8 @@ def test_a_blind_put_asks_no_replica_to_read_and_covers_an_older_stale_copy() ->
     assert [sn.node.counters["replica_gets"] for sn in w.nodes.values()] == before
     # The coordinator's copy (v2) covers v1, so the stale third replica took it as is.
     assert node.counters["put_conflicts"] == 0
+    # Every replica answered, so the put is forgotten (not kept until its deadline).
+    assert not node._puts
     for n in pl:
         assert stored_values(w, n, key) == [b"v3"], n
 

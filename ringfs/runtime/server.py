@@ -245,7 +245,10 @@ class NodeServer:
                     self._epoll.close()
                     self._epoll = None
                     self._polled.clear()
-                engine.close()
+                try:
+                    engine.close()
+                except Exception as exc:
+                    log.error("closing the store failed: %s", exc)
                 log.info("node %s stopped", self.config.name)
 
     async def _accept_loop(self, listeners: list[trio.SocketListener],
@@ -528,6 +531,9 @@ class NodeServer:
         node = self.node
         assert engine is not None and node is not None
         while True:
+            if node.read_only_reason is not None:
+                await trio.sleep(MERGE_IDLE_S)  # a failed store takes no more maintenance
+                continue
             try:
                 busy = engine.maybe_merge()
             except Exception:

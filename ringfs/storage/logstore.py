@@ -88,6 +88,9 @@ MiB = 1024 * KiB
 
 FORMAT_FILE = "FORMAT"
 LOCK_FILE = "LOCK"
+EPOCH_FILE = "EPOCH"
+"""Not the store's: the node's run counter, kept in the same directory
+(ringfs/runtime/server.py, next_epoch). The store leaves it alone."""
 _FORMAT_TAG = "ringfs-logstore"
 _FORMAT_VERSION = 1
 _SEG_NAME = re.compile(r"^([0-9a-f]{16})\.seg$")
@@ -167,7 +170,7 @@ class _HintInconsistent(StorageError):
     """A hint passed its checksum but its entries do not fit its length (never expected)."""
 
 
-class StoreFailedError(StorageError):
+class StoreFailedError(StorageError, OSError):
     """An fsync or write failed; the store refuses further writes until it is reopened.
 
     After a failed fsync the kernel may have dropped the dirty pages, so retrying
@@ -876,6 +879,9 @@ class LogStore:
                     os.fdatasync(flush.fd)
                 if dir_dirty:
                     os.fsync(self._dir_fd)
+                if os.fstat(self._dir_fd).st_nlink == 0:
+                    # fsyncs of files in a removed directory succeed but keep nothing.
+                    raise FileNotFoundError(errno.ENOENT, "data directory was removed", self._dir)
             except OSError as exc:
                 self._failed = exc
                 log.error("fsync failed in %s: %s; store needs reopening", self._dir, exc)
@@ -996,7 +1002,7 @@ class LogStore:
         seg_names: dict[int, str] = {}
         hint_names: dict[int, str] = {}
         for name in names:
-            if name in (FORMAT_FILE, LOCK_FILE) or name.startswith("."):
+            if name in (FORMAT_FILE, LOCK_FILE, EPOCH_FILE) or name.startswith("."):
                 continue
             if m := _SEG_NAME.match(name):
                 seg_names[int(m.group(1), 16)] = name
@@ -1079,7 +1085,8 @@ class LogStore:
         path = os.path.join(self._dir, FORMAT_FILE)
         if FORMAT_FILE not in names:
             others = [
-                n for n in names if n != LOCK_FILE and not n.startswith(".") and n != "FORMAT.tmp"
+                n for n in names
+                if n not in (LOCK_FILE, EPOCH_FILE, "FORMAT.tmp") and not n.startswith(".")
             ]
             if others:
                 shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
@@ -1788,11 +1795,15 @@ class LogStore:
                     active, self._active = self._active, None
                 if active is not None:
                     self._hint_jobs.append(_HintJob(active))
-                for _ in range(1_000_000):
-                    if not self._hint_jobs:
-                        break
-                    if not self._hint_step():
-                        self._sync(data=False)
+                try:
+                    for _ in range(1_000_000):
+                        if not self._hint_jobs:
+                            break
+                        if not self._hint_step():
+                            self._sync(data=False)
+                except OSError as exc:
+                    # Hints only speed up the next open, which scans segments without one.
+                    log.warning("could not write hint files at close: %s", exc)
         finally:
             self._abort_merge_quietly()
             with self._lock:

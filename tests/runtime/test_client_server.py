@@ -6,8 +6,10 @@ Every test takes `autojump_clock`: timeouts and backoffs cost no wall time.
 from __future__ import annotations
 
 import itertools
+import shutil
 from collections.abc import AsyncIterator, Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -250,3 +252,29 @@ async def test_a_write_refused_as_not_executed_is_retried(
         with pytest.raises(ServerError):
             await c.put("k", b"v")
     assert len(answers) == 1
+
+
+async def test_a_node_whose_data_directory_is_removed_refuses_writes_and_stops_cleanly(
+        tmp_path: Path) -> None:
+    """Writes after the directory is gone can never be durable: the first sync finds
+    out, the node turns read-only, and shutting down still works (real threads and
+    clock: the syncs run on the runtime's sync thread)."""
+    data = tmp_path / "data"
+    srv = NodeServer(NodeConfig(name="n1", engine="log", data_dir=str(data),
+                                durability=Durability("group")))
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(partial(srv.serve, listen=False))
+            async with AsyncClient("n1:7001", connect=connector(srv, nursery),  # type: ignore[arg-type]
+                                   retries=0) as c:
+                await c.put(b"before", b"1")
+                shutil.rmtree(data)
+                codes = []
+                for i in range(3):
+                    with pytest.raises(ServerError) as ei:
+                        await c.put(b"after%d" % i, b"2")
+                    codes.append(ei.value.code)
+                assert set(codes) == {ErrorCode.STORAGE_ERROR}
+                assert srv.node is not None and srv.node.read_only_reason is not None
+                assert (await c.get(b"before")).values == [b"1"]  # reads still work
+            nursery.cancel_scope.cancel()  # and the node stops without an error

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -652,6 +653,38 @@ def test_torn_append_is_cut_back_at_once(store_dir: Path, monkeypatch: pytest.Mo
         assert again.recovery.truncated_bytes == 0
         assert again.stats().corrupt_records == 0
         assert again.get(b"c") == Record(b"3", b"", False, 2)
+
+
+def test_a_removed_directory_fails_the_next_sync_and_close_still_closes(
+    store_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    s = LogStore(store_dir)
+    s.put(b"durable", b"1")
+    s.sync()
+    shutil.rmtree(store_dir)
+    s.put(b"lost", b"2")  # lands in the unlinked segment: no error yet ...
+    with pytest.raises(StoreFailedError):
+        s.sync()  # ... but it can never become durable, and the store says so
+    with pytest.raises(OSError):  # what the node catches to answer STORAGE_ERROR
+        s.put(b"x", b"y")
+    assert s.durable_seq == 1
+    with caplog.at_level(logging.WARNING):
+        s.close()  # the hint files it cannot write any more are only an optimisation
+    assert not store_dir.exists()
+
+
+def test_the_nodes_epoch_file_beside_the_store_is_left_alone(
+    store_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store_dir.mkdir(exist_ok=True)
+    (store_dir / "EPOCH").write_text("1\n")  # a node may record its run first
+    with caplog.at_level(logging.WARNING):
+        with LogStore(store_dir) as s:
+            s.put(b"k", b"v")
+        with LogStore(store_dir) as s:
+            assert s.get(b"k") is not None
+    assert not [r for r in caplog.records if "EPOCH" in r.getMessage()]
+    assert (store_dir / "EPOCH").read_text() == "1\n"
 
 
 def test_merge_and_hint_writes_resume_after_a_failed_write(

@@ -130,6 +130,21 @@ class DVVSet:
         mine = {i: n for i, n, _ in self.entries}
         return all(not vals or mine.get(i, 0) >= n for i, n, vals in other.entries)
 
+    def reuses_dots_of(self, other: DVVSet) -> bool:
+        """Whether some dot holds a value here and another value in `other`: one dot
+        issued twice, for two writes (the merge would keep one and drop the other)."""
+        theirs = {i: (n, vals) for i, n, vals in other.entries if vals}
+        for i, n, vals in self.entries:
+            t = theirs.get(i)
+            if t is None or not vals:
+                continue
+            m, tvals = t
+            for k, v in enumerate(vals):
+                j = m - (n - k)  # the dot (i, n - k) in their values, newest first
+                if 0 <= j < len(tvals) and tvals[j] != v:
+                    return True
+        return False
+
     def dominates(self, other: DVVSet) -> bool:
         """Strictly newer: descends `other` and has seen something `other` has not."""
         return self.descends(other) and not other.descends(self)

@@ -796,7 +796,10 @@ class Node:
         self.files.check_incoming(key, incoming)
         sk = self._stored_key(key, hint_for)
         rec, local = self._read(sk)
-        if checked and local is not None and not incoming.covers_values(local):
+        if checked and local is not None and (not incoming.covers_values(local)
+                                              or incoming.reuses_dots_of(local)):
+            # Values the write has not seen, or a dot of it already naming another
+            # value here (a coordinator that lost count): write again over them.
             raise _Stale(local)
         if hint_for is None and self._reaped_clocks:
             gone = self._reaped_clocks.get(key)
@@ -1143,12 +1146,19 @@ class Node:
             self.counters["tombstones_reaped"] += 1
             # Forgetting the key must not let this actor issue its old dots again: a
             # client holding a context from before the delete would cover them.
-            mine = tomb.counter(self.actor)
-            if mine:
-                if len(self._reaped) >= MAX_REAPED_REMEMBERED:
-                    self._new_actor_generation()
-                else:
-                    self._reaped[key] = mine
+            self.remember_counter(key, tomb)
+
+    def remember_counter(self, key: bytes, state: DVVSet) -> None:
+        """This node drops `state`, its copy of `key` (reaped, or handed to the key's
+        new owners): keep this actor's counter for the key, so that a write it
+        coordinates later continues above it instead of issuing the old dots again
+        (other replicas, or a client's context, may still hold them)."""
+        mine = state.counter(self.actor)
+        if mine:
+            if len(self._reaped) >= MAX_REAPED_REMEMBERED:
+                self._new_actor_generation()
+            elif mine > self._reaped.get(key, 0):
+                self._reaped[key] = mine
 
     def _remember_reaped(self, key: bytes, clock: DVVSet) -> None:
         """Keep the clock of a tombstone reaped here, in memory and on disk, forgetting
@@ -1321,6 +1331,9 @@ class Node:
             apl = self._apl(key, now, rid)
             if len(apl) < w:
                 raise self._too_few_up(rid, len(apl), w)
+        if self.read_only_reason is not None:  # (a write made again, a delete's read)
+            raise WireError(ErrorCode.STORAGE_ERROR,
+                            f"node is read-only: {self.read_only_reason}", req_id=rid)
         rec, local = self._read(key)  # tells the repairer of damage it finds
         if key in self._lost:
             self._new_actor_generation()

@@ -12,9 +12,8 @@ its coordinator's own context) is applied by a replica only when that context
 covers every version the replica holds; a replica holding more answers with
 its state instead (a conflict). Such a write needs max(W, R) acceptances, so
 that, as with a read quorum, any write acknowledged before it met one of them;
-when conflicts put that out of reach and R replicas have answered, the
-coordinator is told to write again over the merge of what the conflicting
-replicas hold (`rewrite`).
+once a conflict is in hand and R replicas have answered, the coordinator is told
+to write again over the merge of what the conflicting replicas hold (`rewrite`).
 
 GetCoordinator: answers once R replicas replied, with the causal merge of what
 they returned; keeps collecting until every replica answered or the deadline
@@ -110,22 +109,21 @@ class PutCoordinator:
         return None if self.finished else self._settle()
 
     def _settle(self) -> QuorumFailure | None:
-        """Decide once success is out of reach: write again, wait, or fail."""
+        """Decide what is not a success: write again, wait, or fail. A conflict in hand
+        once R replicas have answered means writing again at once, as a read quorum
+        would have seen it (whether or not W acceptances could still come)."""
         acked, conflicts = len(self.acked), len(self.conflicts)
         waiting = len(self.replicas) - acked - len(self.refused) - conflicts
-        if acked + waiting >= self.need:
+        heard = acked + conflicts
+        if conflicts and heard >= self.check:
+            self.finished = True
+            merged = DVVSet()
+            for state in self.conflicts.values():
+                merged = merged.sync(state)
+            self.rewrite = merged
             return None
-        if conflicts:
-            heard = acked + conflicts
-            if heard >= self.check:
-                self.finished = True
-                merged = DVVSet()
-                for state in self.conflicts.values():
-                    merged = merged.sync(state)
-                self.rewrite = merged
-                return None
-            if heard + waiting >= self.check:
-                return None
+        if acked + waiting >= self.need or (conflicts and heard + waiting >= self.check):
+            return None
         self.finished = True
         parts = [f"{n} ({r})" for n, r in sorted(self.refused.items())]
         parts += [f"{n} (holds versions the write had not seen)" for n in sorted(self.conflicts)]

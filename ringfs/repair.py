@@ -523,6 +523,7 @@ class Repairer:
         self._queued.discard(t.key)
         node = self.node
         if node._load(t.key) == t.state:
+            node.remember_counter(t.key, t.state)
             node._drop_local(t.key)
             self.moved_keys += 1
             self.moved_bytes += t.size

@@ -317,8 +317,12 @@ class Causality:
             self._ctx[rec.id] = ctx
         return ctx
 
-    def saw(self, x: OpRecord, d: DotInfo, strict: bool) -> bool:
-        """Whether write x's effective context covered dot d (see the module docstring)."""
+    def saw(self, x: OpRecord, d: DotInfo, strict: bool,
+            issuance: DotInfo | None = None, last: bool = False) -> bool:
+        """Whether write x's effective context covered dot d (see the module docstring);
+        for a blind put whose value was issued twice, `issuance` names the one to
+        judge by (the one whose dot is live where it was found), `last` the last one
+        (the one acknowledged), else strict means all of them, lenient any."""
         if x.context_sent is not None:
             src = x.context_source
             if src is None or self.history[src].end < d.t:
@@ -331,6 +335,12 @@ class Causality:
         # first may meet d as a sibling before the second supersedes both).
         if x.op == "PUT":
             assert x.value is not None
+            if issuance is None and last:
+                issuance = self.dots.by_value.get((x.key, x.value))
+                if issuance is None:
+                    return False
+            if issuance is not None:
+                return self.dots.superseded_in_first_state(issuance, d)
             issued = self.dots.issuances.get((x.key, x.value))
             if not issued:
                 return False
@@ -347,7 +357,7 @@ class Causality:
         return any(self.dots.superseded_in_first_state(t, d) for t in cands)
 
     def superseder(self, d: DotInfo, exclude: int | None, *, acked_only: bool,
-                   strict: bool) -> OpRecord | None:
+                   strict: bool, last: bool = False) -> OpRecord | None:
         """A write (other than `exclude`) that saw d, if any."""
         writes = self.writes.get(d.key)
         if not writes:
@@ -357,7 +367,7 @@ class Causality:
             x = writes[i]
             if x.id == exclude or (acked_only and x.outcome != OK):
                 continue
-            if self.saw(x, d, strict):
+            if self.saw(x, d, strict, last=last):
                 return x
         return None
 
@@ -432,11 +442,14 @@ def check_resurrection(history: list[OpRecord], dots: DotIndex, final: FinalStat
         for actor, counter, value in f.dots():
             if value is None:
                 continue
-            d = dots.info(key, actor, counter, value)
-            if d is None or (d.actor, d.counter) != (actor, counter):
+            d = dots.issued.get((key, actor, counter))
+            if d is None or d.value != value:
                 continue  # reported by dots-unique, or issued by no disk we saw
-            x = causal.superseder(d, None, acked_only=True, strict=True)
-            if x is not None and (x.op != "PUT" or x.value != value):
+            # (its own put, written again, supersedes its first issuance: not a revival)
+            own = causal.put_by_value.get((key, value))
+            x = causal.superseder(d, None if own is None else own.id, acked_only=True,
+                                  strict=True, last=True)
+            if x is not None:
                 res.violations.append(Violation(
                     res.name, f"{show(value)} is live in the final state of key {show(key)} "
                     f"though the acknowledged {_describe(x)} had seen it", key))
@@ -481,7 +494,8 @@ def check_hints_drained(final: FinalState) -> CheckResult:
 
 def sibling_pairs(values: list[bytes], key: bytes, causal: Causality,
                   dots: DotIndex) -> Iterator[tuple[bytes, OpRecord]]:
-    """(u, writer of v) for siblings u, v where v's writer saw u."""
+    """(u, writer of v) for siblings u, v (values, as a GET returns them) where v's
+    writer saw u."""
     for v in values:
         writer = causal.put_by_value.get((key, v))
         if writer is None:
@@ -491,6 +505,21 @@ def sibling_pairs(values: list[bytes], key: bytes, causal: Causality,
                 continue
             du = dots.by_value.get((key, u))
             if du is not None and causal.saw(writer, du, strict=True):
+                yield u, writer
+
+
+def live_sibling_pairs(state: DVVSet, key: bytes, causal: Causality,
+                       dots: DotIndex) -> Iterator[tuple[bytes, OpRecord]]:
+    """As sibling_pairs, for a stored state: each value judged by the issuance whose
+    dot is live in it (a value issued twice may be live under either)."""
+    live = [(dots.issued.get((key, a, c)), v) for a, c, v in state.dots() if v is not None]
+    known = [(d, v) for d, v in live if d is not None and d.value == v]
+    for dv, v in known:
+        writer = causal.put_by_value.get((key, v))
+        if writer is None:
+            continue
+        for du, u in known:
+            if u != v and causal.saw(writer, du, strict=True, issuance=dv):
                 yield u, writer
 
 
@@ -517,9 +546,8 @@ def check_siblings(history: list[OpRecord], dots: DotIndex, final: FinalState | 
             for node, st in final.states[key].items():
                 if st is None:
                     continue
-                vals = st.live_values()
-                most = max(most, len(vals))
-                for u, writer in sibling_pairs(vals, key, causal, dots):
+                most = max(most, len(st.live_values()))
+                for u, writer in live_sibling_pairs(st, key, causal, dots):
                     res.violations.append(Violation(
                         res.name, f"{node} holds siblings {show(u)} and {show(writer.value)} "
                         f"of {show(key)}, but {_describe(writer)} had seen {show(u)}", key))

@@ -16,6 +16,7 @@ from simulations.checkers import (
     IncrementalChecker,
     ViewRecorder,
     check_acked_writes,
+    check_all,
     check_convergence,
     check_dots_unique,
     check_hints_drained,
@@ -346,3 +347,41 @@ def test_incarnations_never_go_back_in_a_view() -> None:
     assert [v.message for v in res.violations] == [
         "at 8.000s n1 took n2 from alive at incarnation 1 back to suspect at incarnation 0: "
         "news about an older incarnation overrode newer news"]
+
+
+def rewritten(outcome: str = "ok") -> History:
+    """A blind put of "new" at a stale coordinator (actor b): its first issuance
+    (b, 1) did not see "old"; written again as (b, 2), it did."""
+    h = History()
+    h.put(b"old", 1.0, 1.1)
+    h.disk(1.05, state(("a", 1, (b"old",))), node="n2", actor="a")
+    h.put(b"new", 1.2, 1.4, client="c1", outcome=outcome)
+    h.disk(1.25, state(("b", 1, (b"new",))), node="n1", actor="b")
+    h.disk(1.3, state(("a", 1, ()), ("b", 2, (b"new",))), node="n1", actor="b")
+    return h
+
+
+def test_a_value_written_again_is_judged_by_the_issuance_that_is_live() -> None:
+    h = rewritten()
+    # The second issuance saw "old": both live beside it is a sibling it should
+    # have removed, and "old" is revived.
+    bad = state(("a", 1, (b"old",)), ("b", 2, (b"new",)))
+    failed = {r.name for r in check_all(h.ops, h.dots(), final(everywhere(bad)),
+                                        hinted_handoff=True) if not r.ok}
+    assert {"siblings", "resurrection"} <= failed
+    # The first issuance had not seen it: as siblings, they were concurrent (the
+    # second issuance went nowhere, so the put was not acknowledged).
+    h = rewritten(outcome="timeout")
+    fine = state(("a", 1, (b"old",)), ("b", 1, (b"new",)))
+    results = {r.name: r for r in check_all(h.ops, h.dots(), final(everywhere(fine)),
+                                            hinted_handoff=True)}
+    assert results["siblings"].ok and results["resurrection"].ok
+
+
+def test_a_get_may_see_the_first_issuance_beside_what_the_second_supersedes() -> None:
+    h = rewritten()
+    h.get(1.26, 1.27, [b"old", b"new"], ctx(a=1, b=1))  # between the two writes
+    final_state = state(("a", 1, ()), ("b", 2, (b"new",)))
+    results = {r.name: r for r in check_all(h.ops, h.dots(), final(everywhere(final_state)),
+                                            hinted_handoff=True)}
+    assert results["siblings"].ok, results["siblings"].violations

@@ -278,9 +278,11 @@ def test_a_blind_put_asks_no_replica_to_read_and_covers_an_older_stale_copy() ->
 
 def test_a_blind_put_acknowledged_before_a_replica_refuses_still_reaches_it() -> None:
     """A replica holding a write that only it took (W=1) refuses a later blind put
-    whose coordinator never saw that write; the put succeeds on the other two, and
-    the refusing replica is given it anyway: the two writes end as siblings, since
-    neither saw the other (R + W = N for the first, so no read quorum would have)."""
+    whose coordinator never saw that write, after the put succeeded on the other two
+    (it answers late); it is given the write anyway: the two writes end as
+    siblings, since neither saw the other (R + W = N for the first, so a read quorum
+    of the other two would not have either). Had the refusal come first, the put
+    would have been written again over it."""
     w = cluster(3)
     key = b"lonely"
     pl = prefs(w, key)
@@ -291,8 +293,9 @@ def test_a_blind_put_acknowledged_before_a_replica_refuses_still_reaches_it() ->
     w.run_for(1.0)
     assert stored_values(w, pl[1], key) is None and stored_values(w, pl[2], key) is None
     c = client(w, pl[1])
+    w.pause(pl[0], 0.1)  # it answers after the other two
     ok(c.call(Op.PUT, {"key": key, "value": b"blind"}))
-    w.run_for(0.2)
+    w.run_for(0.3)
     node = w.nodes[pl[1]].node
     assert node.counters["put_conflicts"] == 1 and node.counters["put_rewrites"] == 0
     assert sorted(stored_values(w, pl[0], key) or []) == [b"blind", b"only-on-first"]
@@ -416,5 +419,104 @@ def test_a_stale_blind_put_is_written_again_after_its_client_went_away() -> None
     w.run_for(1.0)
     assert node.counters["put_rewrites"] == 1
     assert node.counters["peer_malformed"] == 0 and node.counters["internal_errors"] == 0
+    for n in pl:
+        assert stored_values(w, n, key) == [b"new"], n
+
+
+def stale_coordinator(w: SimWorld, key: bytes) -> tuple[str, ...]:
+    """Write "old" through the key's second primary while the first is cut off."""
+    pl = prefs(w, key)
+    other = client(w, pl[1], "o")
+    w.net.partition([w.nodes[pl[0]].address], [w.nodes[n].address for n in pl[1:]])
+    ok(other.call(Op.PUT, {"key": key, "value": b"old"}))  # the coordinator misses it
+    w.net.heal()
+    w.run_for(3.0)
+    assert stored_values(w, pl[0], key) is None
+    return pl
+
+
+def test_a_stale_blind_put_is_written_again_without_waiting_for_a_silent_replica() -> None:
+    w = cluster(3)
+    key = b"stale-slow"
+    pl = stale_coordinator(w, key)
+    c = client(w, pl[0])
+    w.pause(pl[2], 8.0)  # silent, not unreachable
+    t0 = w.now
+    ok(c.call(Op.PUT, {"key": key, "value": b"new"}, timeout_s=10.0))
+    # Itself and the refusing replica are R: written again at once, acknowledged by
+    # the two of them, as a read quorum of those two would have allowed.
+    assert w.now - t0 < 1.0
+    assert w.nodes[pl[0]].node.counters["put_rewrites"] == 1
+    assert stored_values(w, pl[1], key) == [b"new"]
+
+
+def test_a_read_only_coordinator_does_not_write_a_stale_blind_put_again() -> None:
+    w = cluster(3)
+    key = b"ro"
+    pl = stale_coordinator(w, key)
+    c = client(w, pl[0])
+    node = w.nodes[pl[0]].node
+    out: list[tuple[str, Any]] = []
+    c.request(Op.PUT, {"key": key, "value": b"new"}, lambda o, p: out.append((o, p)))
+    w.loop.run_while(lambda: not node._puts, w.now + 1.0)
+    node.on_sync_failed("injected", w.now)
+    w.run_for(2.0)
+    assert out and out[0][0] == "error" and out[0][1]["name"] == "STORAGE_ERROR", out
+    assert stored_values(w, pl[1], key) == [b"old"]  # no second version went out
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_a_blind_put_through_a_fallback_still_supersedes_what_a_primary_answers(
+        seed: int) -> None:
+    """"old" was acknowledged by two primaries; one of them is down and a fallback
+    stands in. The stale coordinator's blind put hears the other primary's refusal
+    and writes again over it, whichever of the fallback's acceptance and the
+    refusal comes first."""
+    w = SimWorld(seed, node_defaults={"anti_entropy_interval_s": 0})
+    for i in range(4):
+        w.add_node(f"n{i + 1}")
+    w.run_for(2.0)
+    key = b"sloppy"
+    a, b, p = prefs(w, key)
+    other = client(w, b, "o")
+    w.net.isolate(w.nodes[a].address)
+    ok(other.call(Op.PUT, {"key": key, "value": b"old"}))
+    w.net.heal()
+    w.run_for(2.0)
+    assert stored_values(w, a, key) is None
+    w.crash(p)
+    w.run_for(15.0)  # p is declared dead: a fallback stands in
+    ok(client(w, a).call(Op.PUT, {"key": key, "value": b"new"}))
+    w.run_for(1.0)
+    assert stored_values(w, b, key) == [b"new"]
+
+
+def test_a_key_handed_off_and_regained_gets_new_dots_from_its_old_coordinator() -> None:
+    """n1 coordinates writes of some keys, hands them to n4 when n4 joins and drops
+    its copies, then owns them again when n4 leaves before handing them back. Its
+    next blind put must not issue its first dot again: the other replicas still
+    hold that dot, for the old value (they would keep it and ignore the new one)."""
+    cfg: dict[str, Any] = {"anti_entropy_interval_s": 0, "ownership_settle_s": 1.0,
+                           "vnodes_per_capacity": 64, "read_repair": False}
+    w = cluster(3, **cfg)
+    c1 = client(w, "n1")
+    keys = [b"g%d" % i for i in range(60)]
+    for k in keys:
+        ok(c1.call(Op.PUT, {"key": k, "value": b"v1-" + k}))  # dot (n1@.., 1)
+    w.run_for(1.0)
+    w.add_node("n4", **cfg)
+    w.run_for(20.0)  # n1 hands off what it no longer replicates, and drops it
+    ring = w.nodes["n1"].node.membership.ring
+    moved = [k for k in keys
+             if "n1" not in ring.preference_list(k, 3) and stored_values(w, "n1", k) is None]
+    assert moved, "no key moved off n1"
+    key = moved[0]
+    w.net.partition([w.nodes["n4"].address], [w.nodes["n1"].address])
+    ok(client(w, "n4", "x").call(Op.LEAVE, {}))  # its handoff back to n1 is blocked
+    w.run_for(3.0)
+    pl = w.nodes["n1"].node.membership.ring.preference_list(key, 3)
+    assert "n1" in pl and stored_values(w, "n1", key) is None
+    ok(c1.call(Op.PUT, {"key": key, "value": b"new"}))
+    w.run_for(1.0)
     for n in pl:
         assert stored_values(w, n, key) == [b"new"], n

@@ -256,6 +256,22 @@ def test_covers_values_means_a_merge_adds_no_sibling(data: st.DataObject) -> Non
         assert a.covers_values(b)
 
 
+@settings(max_examples=60)
+@given(st.data())
+def test_states_of_one_history_never_reuse_each_others_dots(data: st.DataObject) -> None:
+    pool = list(dict.fromkeys(run(data, read_your_writes=False, steps=30).pool))
+    a, b = (data.draw(st.sampled_from(pool)) for _ in range(2))
+    assert not a.reuses_dots_of(b)
+
+
+def test_a_dot_issued_twice_for_two_values_is_found() -> None:
+    old = DVVSet.new("a", b"v1").update({}, b"v2", "b")  # (a, 1) v1 and (b, 1) v2
+    again = DVVSet.new("a", b"other")  # (a, 1) issued again, for another value
+    assert again.reuses_dots_of(old) and old.reuses_dots_of(again)
+    assert not DVVSet.new("a", b"v1").reuses_dots_of(old)  # the same write: fine
+    assert again.covers_values(DVVSet.new("a", b"v1"))  # what covers_values misses
+
+
 # -- encodings ---------------------------------------------------------------------------
 
 

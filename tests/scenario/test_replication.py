@@ -9,7 +9,7 @@ import msgpack
 import pytest
 
 from ringfs.dvv import from_stored
-from ringfs.node import hint_key
+from ringfs.node import Node, hint_key
 from ringfs.wire import Op
 from simulations.world import SimClient, SimWorld
 
@@ -401,28 +401,6 @@ def test_a_hint_delivered_after_its_key_was_deleted_and_reaped_stays_deleted(
     assert got["values"] == [] and not got["found"], "the deleted value came back"
 
 
-def test_a_stale_blind_put_is_written_again_after_its_client_went_away() -> None:
-    w = cluster(3)
-    key = b"orphan"
-    pl = prefs(w, key)
-    other = client(w, pl[1], "o")
-    w.net.partition([w.nodes[pl[0]].address], [w.nodes[n].address for n in pl[1:]])
-    ok(other.call(Op.PUT, {"key": key, "value": b"old"}))  # the coordinator misses it
-    w.net.heal()
-    w.run_for(3.0)
-    c = client(w, pl[0])
-    node = w.nodes[pl[0]].node
-    c.request(Op.PUT, {"key": key, "value": b"new"}, lambda o, p: None)
-    w.loop.run_while(lambda: not node._puts, w.now + 1.0)  # taken and sent to replicas
-    for conn in [k for k, cn in node._conns.items() if cn.peer is None and k >= 0]:
-        node.client_disconnected(conn, w.now)
-    w.run_for(1.0)
-    assert node.counters["put_rewrites"] == 1
-    assert node.counters["peer_malformed"] == 0 and node.counters["internal_errors"] == 0
-    for n in pl:
-        assert stored_values(w, n, key) == [b"new"], n
-
-
 def stale_coordinator(w: SimWorld, key: bytes) -> tuple[str, ...]:
     """Write "old" through the key's second primary while the first is cut off."""
     pl = prefs(w, key)
@@ -433,6 +411,32 @@ def stale_coordinator(w: SimWorld, key: bytes) -> tuple[str, ...]:
     w.run_for(3.0)
     assert stored_values(w, pl[0], key) is None
     return pl
+
+
+def blind_put_in_flight(w: SimWorld, node_name: str, key: bytes,
+                        value: bytes) -> tuple[Node, list[tuple[str, Any]]]:
+    """Send a blind put to `node_name` and run until it was taken and sent to the
+    replicas; the node, and where the outcome will be."""
+    node = w.nodes[node_name].node
+    out: list[tuple[str, Any]] = []
+    client(w, node_name).request(Op.PUT, {"key": key, "value": value},
+                                 lambda o, p: out.append((o, p)))
+    w.loop.run_while(lambda: not node._puts, w.now + 1.0)
+    return node, out
+
+
+def test_a_stale_blind_put_is_written_again_after_its_client_went_away() -> None:
+    w = cluster(3)
+    key = b"orphan"
+    pl = stale_coordinator(w, key)
+    node, _ = blind_put_in_flight(w, pl[0], key, b"new")
+    for conn in [k for k, cn in node._conns.items() if cn.peer is None and k >= 0]:
+        node.client_disconnected(conn, w.now)
+    w.run_for(1.0)
+    assert node.counters["put_rewrites"] == 1
+    assert node.counters["peer_malformed"] == 0 and node.counters["internal_errors"] == 0
+    for n in pl:
+        assert stored_values(w, n, key) == [b"new"], n
 
 
 def test_a_stale_blind_put_is_written_again_without_waiting_for_a_silent_replica() -> None:
@@ -454,11 +458,7 @@ def test_a_read_only_coordinator_does_not_write_a_stale_blind_put_again() -> Non
     w = cluster(3)
     key = b"ro"
     pl = stale_coordinator(w, key)
-    c = client(w, pl[0])
-    node = w.nodes[pl[0]].node
-    out: list[tuple[str, Any]] = []
-    c.request(Op.PUT, {"key": key, "value": b"new"}, lambda o, p: out.append((o, p)))
-    w.loop.run_while(lambda: not node._puts, w.now + 1.0)
+    node, out = blind_put_in_flight(w, pl[0], key, b"new")
     node.on_sync_failed("injected", w.now)
     w.run_for(2.0)
     assert out and out[0][0] == "error" and out[0][1]["name"] == "STORAGE_ERROR", out

@@ -3,9 +3,9 @@
 Keys under a prefix listed in the `lww_prefixes` setting trade causal siblings for
 a single value. What changes for them (docs/protocol.md, "Last-write-wins keys"):
 
-- A put without a context skips the read quorum that a causal blind write does: the
-  coordinator writes over what it holds itself, and stamps the value with its wall
-  clock (microseconds since the epoch).
+- A put without a context is a checked write like a causal blind put (ringfs/quorum.py),
+  but W acceptances suffice where a causal one needs R as well; the coordinator
+  stamps the value with its wall clock (microseconds since the epoch).
 - A get answers with one value: among the live siblings, the one with the newest
   stamp (ties broken by the dot, the same choice on every node), and the context of
   them all, so a put with that context discards every sibling it read.
@@ -19,7 +19,7 @@ The data-loss caveat: of writes made concurrently (neither coordinator had seen 
 other), reads show only the one with the newest stamp and the next write removes the
 rest, although each was acknowledged. Clocks decide: a write coordinated by a node
 whose clock runs behind loses to an earlier write stamped by a node whose clock runs
-ahead. A put also overwrites a value acknowledged but not yet on its coordinator.
+ahead. A put also overwrites a value acknowledged but not on the replicas it heard.
 Deletes are not ordered by stamps: a delete reads a quorum first, as a causal one,
 and removes what it saw; a put concurrent with it survives.
 """

@@ -19,7 +19,8 @@ The data-loss caveat: of writes made concurrently (neither coordinator had seen 
 other), reads show only the one with the newest stamp and the next write removes the
 rest, although each was acknowledged. Clocks decide: a write coordinated by a node
 whose clock runs behind loses to an earlier write stamped by a node whose clock runs
-ahead. A put also overwrites a value acknowledged but not on the replicas it heard.
+ahead. A blind put leaves a value acknowledged only by replicas it did not hear as
+a sibling, to win or lose by its stamp.
 Deletes are not ordered by stamps: a delete reads a quorum first, as a causal one,
 and removes what it saw; a put concurrent with it survives.
 """

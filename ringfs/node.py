@@ -464,7 +464,18 @@ class Node:
 
     def _send_address(self, address: str, msg: PeerMsg, body: dict[str, Any]) -> None:
         """Queue a message for the peer at `address`; `drain_outbox` frames the queue."""
-        packed = pack_message(msg, body)
+        self._queue_packed(address, pack_message(msg, body))
+
+    def _send_packed(self, node: str, packed: bytes) -> bool:
+        """Like _send, for a message from pack_message: one may go to several peers."""
+        addr = self.membership.address_of(node)
+        if addr is None:
+            self.counters["peer_unknown_destination"] += 1
+            return False
+        self._queue_packed(addr, packed)
+        return True
+
+    def _queue_packed(self, address: str, packed: bytes) -> None:
         queue = self._peer_out.get(address)
         if queue is None:
             self._peer_out[address] = [packed]
@@ -1370,19 +1381,24 @@ class Node:
         pid = self._next_id()
         put = self._puts[pid] = _ClientPut(conn, rid, coord, value)
         self._track(conn, rid)
-        wire_state = None
+        body: dict[str, Any] | None = None
+        packed: bytes | None = None  # the same message for every primary
         unknown: list[str] = []
         for rep in apl:
             if rep.node == self.name:
                 continue
-            if wire_state is None:
-                wire_state = new.packable()
-            body: dict[str, Any] = {"id": pid, "key": key, "state": wire_state}
+            if body is None:
+                body = {"id": pid, "key": key, "state": new.packable()}
+                if check:
+                    body["check"] = True
             if rep.hint_for is not None:
-                body["hint_for"] = rep.hint_for
-            if check:
-                body["check"] = True
-            if not self._send(rep.node, PeerMsg.REPLICA_PUT, body):
+                sent = self._send(rep.node, PeerMsg.REPLICA_PUT,
+                                  {**body, "hint_for": rep.hint_for})
+            else:
+                if packed is None:
+                    packed = pack_message(PeerMsg.REPLICA_PUT, body)
+                sent = self._send_packed(rep.node, packed)
+            if not sent:
                 unknown.append(rep.node)
         put.timer = self._after(coord.deadline, partial(self.on_put_timeout, pid))
         self._hold_until_durable(seq, partial(self._put_acked, pid, self.name))

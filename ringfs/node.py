@@ -1292,7 +1292,7 @@ class Node:
         # replicas apply it only when that covers what they hold; a replica holding
         # more answers with it, and the put is made again over that (PutCoordinator).
         # It needs R acceptances (W if more); a last-write-wins key's needs only W.
-        check = min(self.config.r, len(apl))
+        r = check = min(self.config.r, len(apl))
         if value is not None and self._lww and lww_matches(key, self._lww):
             # Last-write-wins key: stamped; reads pick the newest stamp (ringfs/lww.py).
             value = lww_stamp(value, self._wall_clock())
@@ -1304,7 +1304,6 @@ class Node:
             # A blind delete removes what a read quorum sees: read first, then write
             # with the merged context.
             self._track(conn, rid)
-            r = min(self.config.r, len(apl))
 
             def then(coord: GetCoordinator | None, failure: QuorumFailure | None,
                      when: float) -> None:
@@ -1331,13 +1330,12 @@ class Node:
 
     def _coordinate(self, conn: int, rid: int, key: bytes, value: Value,
                     ctx: dict[str, int] | None, w: int, now: float,
-                    apl: tuple[Replica, ...] | None = None, *, check: int = 0,
-                    deadline: float | None = None) -> bytes | None:
+                    apl: tuple[Replica, ...] | None = None, *,
+                    check: int = 0) -> bytes | None:
         """Apply a write to this primary's copy and replicate it (see the module docstring);
-        `apl`: the key's preference list at `now`, when the caller has it (checked
-        against W already). `check`: a blind put's R, written with this copy's
-        context as a checked write (PutCoordinator); `deadline`: the request's, when
-        it started earlier."""
+        `now`: when the request started; `apl`: the key's preference list then, when
+        the caller has it (checked against W already). `check`: a blind put's R,
+        written with this copy's context as a checked write (PutCoordinator)."""
         if apl is None:
             apl = self._apl(key, now, rid)
             if len(apl) < w:
@@ -1375,9 +1373,7 @@ class Node:
                             req_id=rid) from None
         if len(apl) == 1 and not self.durability.acks_after_sync:
             return self._put_result(rid, new, summary)  # one replica, acked before sync: done
-        if deadline is None:
-            deadline = now + self.config.request_timeout_s
-        coord = PutCoordinator(key, new, apl, w, deadline, check)
+        coord = PutCoordinator(key, new, apl, w, now + self.config.request_timeout_s, check)
         pid = self._next_id()
         put = self._puts[pid] = _ClientPut(conn, rid, coord, value)
         self._track(conn, rid)
@@ -1433,9 +1429,9 @@ class Node:
         if p is None:
             return
         if p.coord.on_ack(node):
+            # (No refusal can be in hand: one, with the acceptances before this one,
+            # would have made R answers, and the put would have been written again.)
             self._finish(p.conn, p.rid, self._put_result(p.rid, p.coord.state))
-            for other in p.coord.conflicts:
-                self._write_over_conflict(p.coord, other)
         elif p.coord.rewrite is not None:
             self._rewrite_put(pid, p)
             return
@@ -1492,10 +1488,10 @@ class Node:
         assert coord.rewrite is not None
         self.counters["put_rewrites"] += 1
         ctx = merge_contexts(coord.state.context(), coord.rewrite.context())
+        started = coord.deadline - self.config.request_timeout_s
         try:
             frame = self._coordinate(p.conn, p.rid, coord.key, p.value, ctx, coord.w,
-                                     coord.deadline - self.config.request_timeout_s,
-                                     coord.replicas, deadline=coord.deadline)
+                                     started, coord.replicas)
         except WireError as exc:
             frame = encode_error(p.rid, exc.code, exc.message, **exc.details)
         if frame is not None:

@@ -49,7 +49,7 @@ from ringfs.node import (
     PeerSend,
     RequestSync,
 )
-from ringfs.storage.engine import StorageEngine
+from ringfs.storage.engine import EPOCH_FILE, StorageEngine
 from ringfs.storage.memory import MemoryEngine
 from ringfs.wire import PROTOCOL_VERSION, FrameDecoder, Op, encode_error, encode_request
 
@@ -79,7 +79,7 @@ def next_epoch(data_dir: str) -> int:
     a crash is never issued again (see ringfs/node.py).
     """
     os.makedirs(data_dir, exist_ok=True)
-    path = os.path.join(data_dir, "EPOCH")
+    path = os.path.join(data_dir, EPOCH_FILE)
     epoch = 0
     try:
         with open(path) as f:

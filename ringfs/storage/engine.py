@@ -21,6 +21,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol, cast, runtime_checkable
 
+EPOCH_FILE = "EPOCH"
+"""The node's run counter (ringfs/runtime/server.py, next_epoch), a file it keeps in
+its data directory beside the engine's own; an engine leaves it alone."""
+
 
 class Record(NamedTuple):
     """One stored version of a key, as the engine returns it."""

@@ -46,7 +46,13 @@ from dataclasses import dataclass
 
 from ringfs.hashing import TOKEN_SPACE, key_token
 from ringfs.storage.checksum import crc32
-from ringfs.storage.engine import EngineStats, Record, TombstonePolicy, new_record
+from ringfs.storage.engine import (
+    EPOCH_FILE,
+    EngineStats,
+    Record,
+    TombstonePolicy,
+    new_record,
+)
 from ringfs.storage.segment import (
     CRC_RESIDUE,
     FLAG_PURGE,
@@ -88,9 +94,6 @@ MiB = 1024 * KiB
 
 FORMAT_FILE = "FORMAT"
 LOCK_FILE = "LOCK"
-EPOCH_FILE = "EPOCH"
-"""Not the store's: the node's run counter, kept in the same directory
-(ringfs/runtime/server.py, next_epoch). The store leaves it alone."""
 _FORMAT_TAG = "ringfs-logstore"
 _FORMAT_VERSION = 1
 _SEG_NAME = re.compile(r"^([0-9a-f]{16})\.seg$")

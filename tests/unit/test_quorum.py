@@ -72,6 +72,10 @@ def test_the_outcome_is_decided_once_and_as_the_model_says(
                else "rewrite" if coord.rewrite is not None else None)
         assert got == expected, (acked, refused, conflicts)
         outcome = got
+        if got == "done":
+            # No refusal is ever in hand at success (it would have meant a rewrite):
+            # the node gives late refusers the write, never ones heard before.
+            assert not conflicts
         if got == "failed":
             assert failure is not None
             assert failure.needed == need and failure.replied == len(acked)

@@ -145,6 +145,7 @@ KNOWN_FAULTS = frozenset({
     "skip_hinted_handoff",  # never deliver hints to their owners
     "skip_anti_entropy",   # never run Merkle-tree exchanges
     "wrong_incarnation_precedence",  # gossip: accept suspect/dead of an older incarnation
+    "skip_write_check",    # replicas take a checked write (a blind put) without checking it
 })
 """Defects the simulator can inject to prove its checkers can fail. Never set in production."""
 
@@ -1684,8 +1685,9 @@ class Node:
         try:
             state = DVVSet.from_wire(body["state"], max_siblings=self.config.max_siblings * 2)
             # A checked write (a blind put) is taken only over values its clock covers.
+            checked = pid != 0 and body.get("check") is True
             seq = self._merge_local(key, state, hint_for,
-                                    checked=pid != 0 and body.get("check") is True)
+                                    checked=checked and "skip_write_check" not in self.faults)
         except _Stale as stale:
             self.counters["replica_put_conflicts"] += 1
             self._send(sender, PeerMsg.REPLICA_PUT_ACK,

@@ -37,6 +37,9 @@ resurrection  No value that an acknowledged write saw is live in the final state
               of the primaries. This is "a deleted key stays deleted" in its
               general form: a key whose last acknowledged write was a delete that
               saw every earlier value reads as absent.
+blind-puts    A blind put that succeeded saw every put acknowledged before it
+              started, where checked writes promise it: strict quorums (R + W > N,
+              2W > N, no fallback took either value), no reap or bit rot between.
 convergence   After heal and the liveness phase, the primaries of every key hold
               equal states (a tombstone-only state and a reaped key read alike and
               count as equal).
@@ -63,7 +66,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -71,6 +74,7 @@ import msgpack
 
 from ringfs.dvv import DVVSet, decode_context, from_stored
 from ringfs.lww import STAMP_MAGIC, unstamp
+from ringfs.lww import matches as lww_matches
 from ringfs.node import LOCAL_PREFIX, parse_hint_key
 from simulations.workload import OK, PENDING, OpRecord
 
@@ -169,6 +173,9 @@ class DotIndex:
         """Per key, the issuances of tombstone dots, in time order."""
         self.count = 0
         self.purges: dict[bytes, list[float]] = defaultdict(list)
+        self.hinted: set[tuple[bytes, bytes]] = set()
+        """(key, value) of every value a fallback took for another node (stored in
+        a hint state that did not hold it before): a write of a sloppy quorum."""
         self.reuses: list[Violation] = []
         self._decoded: dict[bytes, DVVSet] = {}
         self._pos = 0
@@ -207,7 +214,11 @@ class DotIndex:
                 self.purges[key].append(t)
                 continue
             if owner is not None:
-                continue  # hints hold copies; dots are issued under the key itself
+                # Hints hold copies; dots are issued under the key itself.
+                before = set(self.decode(prev).values()) if prev is not None else set()
+                self.hinted.update((key, v) for v in self.decode(meta).values()
+                                   if v is not None and v not in before)
+                continue
             state = self.decode(meta)
             n = state.counter(actor)
             if not n or (prev is not None and self.decode(prev).counter(actor) >= n):
@@ -457,6 +468,65 @@ def check_resurrection(history: list[OpRecord], dots: DotIndex, final: FinalStat
     return res
 
 
+def check_blind_puts(history: list[OpRecord], dots: DotIndex, *, n: int, r: int, w: int,
+                     lww_prefixes: tuple[bytes, ...] = (),
+                     damaged: Mapping[bytes, list[float]] | None = None,
+                     causal: Causality | None = None) -> CheckResult:
+    """A blind put that succeeded saw every put acknowledged before it started.
+
+    What checked writes promise (docs/protocol.md 4.7) under strict quorums, so it is
+    judged only where that holds: R + W > N, and 2W > N as well (a blind put needs
+    max(W, R) acceptances, but R counts the replicas up: with fewer up it may need
+    only W, and W of them meet the W replicas of every acknowledged write only when
+    2W > N), neither
+    value ever taken by a fallback for another node (a sloppy quorum), the key not
+    reaped (purged) or damaged by bit rot (`damaged`: key -> times) in between, and
+    not a last-write-wins key (those are checked against one replica only)."""
+    res = CheckResult("blind-puts")
+    causal = causal or Causality(history, dots)
+    acked: dict[bytes, list[OpRecord]] = defaultdict(list)
+    for rec in history:
+        if rec.op == "PUT" and rec.outcome == OK and rec.value is not None:
+            acked[rec.key].append(rec)
+    judged = pairs = 0
+    strict = r + w > n and 2 * w > n
+    for key, puts in sorted(acked.items()):
+        if lww_prefixes and lww_matches(key, lww_prefixes):
+            continue
+        by_end = sorted(puts, key=lambda rec: rec.end)
+        ends = [rec.end for rec in by_end]
+        gone = [*dots.purges.get(key, ()), *(damaged or {}).get(key, ())]
+        for x in puts:
+            if x.context_sent is not None or not strict:
+                continue
+            assert x.value is not None
+            if (key, x.value) in dots.hinted:
+                continue
+            judged += 1
+            mine = dots.issuances.get((key, x.value), [])
+            for u in by_end[:bisect_left(ends, x.start)]:
+                assert u.value is not None
+                if (key, u.value) in dots.hinted or any(u.start <= t <= x.start for t in gone):
+                    continue
+                # u's issuances stored by the time it was acknowledged (a late one gives
+                # a replica that refused it the value as a sibling, after x may have begun).
+                issued = [d for d in dots.issuances.get((key, u.value), []) if d.t <= u.end]
+                if not issued:
+                    continue  # acked-writes reports a put no disk stored
+                pairs += 1
+                if any(causal.saw(x, d, strict=False, issuance=xi)
+                       for d in issued for xi in mine):
+                    continue
+                d = issued[-1]
+                res.violations.append(Violation(
+                    res.name, f"{_describe(x)} did not supersede {_describe(u)}, "
+                    f"acknowledged before it started: dot ({d.actor}, {d.counter}) first "
+                    f"stored on {d.node} at {d.t:.3f}s", key))
+    res.detail = (f"{judged} blind puts under strict quorums, {pairs} earlier acknowledged "
+                  "puts judged" if strict else f"not judged: N={n} R={r} W={w}")
+    return res
+
+
 def check_convergence(final: FinalState) -> CheckResult:
     """All primaries of every key hold equal states (tombstones and reaped keys alike)."""
     res = CheckResult("convergence")
@@ -653,7 +723,8 @@ def check_history_complete(history: list[OpRecord]) -> CheckResult:
 
 
 def check_all(history: list[OpRecord], dots: DotIndex, final: FinalState, *,
-              hinted_handoff: bool) -> list[CheckResult]:
+              hinted_handoff: bool, r: int, w: int, lww_prefixes: tuple[bytes, ...] = (),
+              damaged: Mapping[bytes, list[float]] | None = None) -> list[CheckResult]:
     """Every checker, in the order the report prints them."""
     causal = Causality(history, dots)
     return [
@@ -661,6 +732,8 @@ def check_all(history: list[OpRecord], dots: DotIndex, final: FinalState, *,
         check_coordinators(dots, final),
         check_acked_writes(history, dots, final, hints_count=not hinted_handoff, causal=causal),
         check_resurrection(history, dots, final, causal),
+        check_blind_puts(history, dots, n=final.n, r=r, w=w, lww_prefixes=lww_prefixes,
+                         damaged=damaged, causal=causal),
         check_convergence(final),
         *([check_hints_drained(final)] if hinted_handoff else []),
         check_siblings(history, dots, final, causal),

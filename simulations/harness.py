@@ -25,7 +25,7 @@ from __future__ import annotations
 import gc
 import random
 import textwrap
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -313,6 +313,8 @@ class Simulation:
         self._sweepers: dict[str, SimClient] = {}
         self._lww_check: CheckResult | None = None
         self.sweep_failures: list[str] = []
+        self.damaged: defaultdict[bytes, list[float]] = defaultdict(list)
+        """Keys whose record bit rot damaged on some disk, with when."""
 
     def _observe_views(self, sn: SimNode) -> None:
         """A view observer (the world calls it when the node's gossip view changed)."""
@@ -459,12 +461,14 @@ class Simulation:
             if not done:
                 self.sweep_failures.append(show(key))
 
+    def _lww_prefixes(self) -> tuple[bytes, ...]:
+        return tuple(p.encode() for p in self.scenario.node_settings.get("lww_prefixes", ()))
+
     def _read_lww_keys(self) -> CheckResult | None:
         """With last-write-wins keys, once converged: every up node must answer a GET
         of each such key with the newest stamped value the replicas hold, unstamped
         (the checks above see stamps taken off, so only this one judges LWW reads)."""
-        prefixes = tuple(p.encode() for p in self.scenario.node_settings.get(
-            "lww_prefixes", ()))
+        prefixes = self._lww_prefixes()
         if not prefixes:
             return None
         assert self.workload is not None
@@ -559,7 +563,9 @@ class Simulation:
         elif a == "rot":
             for n in ev.nodes:
                 hit = w.rot(n, ev.probability, self.rng)
-                self.note(f"{hit} records of {n} damaged")
+                for stored in hit:
+                    self.damaged[main_key(stored)[0]].append(w.now)
+                self.note(f"{len(hit)} records of {n} damaged")
         elif a == "flap":
             assert ev.duration_s is not None
             self._flap(ev, f.new_id(), self.world.now + ev.duration_s, 0)
@@ -641,7 +647,9 @@ class Simulation:
         dots = DotIndex()
         dots.ingest(self.disk_log)
         checks = check_all(self.workload.history, dots, final,
-                           hinted_handoff=self.features.hinted_handoff)
+                           hinted_handoff=self.features.hinted_handoff,
+                           r=self.scenario.r, w=self.scenario.w,
+                           lww_prefixes=self._lww_prefixes(), damaged=self.damaged)
         live = CheckResult("liveness", detail=f"bound {self.scenario.liveness_s:g}s")
         for key in self.sweep_failures:
             live.violations.append(Violation(

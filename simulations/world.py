@@ -202,14 +202,13 @@ class SimWorld:
         self.log(f"node {name} restarted with {len(sn.engine)} keys")
         self._pump(sn)
 
-    def rot(self, name: str, probability: float, rng: random.Random) -> int:
-        """Bit rot: damage each record on `name`'s disk with `probability`; how many."""
+    def rot(self, name: str, probability: float, rng: random.Random) -> list[bytes]:
+        """Bit rot: damage each record on `name`'s disk with `probability`; the stored
+        keys damaged."""
         engine = self.nodes[name].engine
-        hit = 0
-        for key in sorted(k for k, _ in engine.iter_range(0, 0)):
-            if rng.random() < probability and engine.rot(key):
-                hit += 1
-        self.log(f"bit rot on {name}: {hit} records damaged")
+        hit = [key for key in sorted(k for k, _ in engine.iter_range(0, 0))
+               if rng.random() < probability and engine.rot(key)]
+        self.log(f"bit rot on {name}: {len(hit)} records damaged")
         return hit
 
     def _stop(self, sn: SimNode) -> bool:

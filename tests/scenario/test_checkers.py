@@ -9,6 +9,7 @@ import msgpack
 import pytest
 
 from ringfs.dvv import DVVSet, Entry, encode_context
+from ringfs.node import hint_key
 from simulations.checkers import (
     DiskWrite,
     DotIndex,
@@ -17,6 +18,7 @@ from simulations.checkers import (
     ViewRecorder,
     check_acked_writes,
     check_all,
+    check_blind_puts,
     check_convergence,
     check_dots_unique,
     check_hints_drained,
@@ -367,15 +369,71 @@ def test_a_value_written_again_is_judged_by_the_issuance_that_is_live() -> None:
     # have removed, and "old" is revived.
     bad = state(("a", 1, (b"old",)), ("b", 2, (b"new",)))
     failed = {r.name for r in check_all(h.ops, h.dots(), final(everywhere(bad)),
-                                        hinted_handoff=True) if not r.ok}
+                                        hinted_handoff=True, r=2, w=2) if not r.ok}
     assert {"siblings", "resurrection"} <= failed
     # The first issuance had not seen it: as siblings, they were concurrent (the
     # second issuance went nowhere, so the put was not acknowledged).
     h = rewritten(outcome="timeout")
     fine = state(("a", 1, (b"old",)), ("b", 1, (b"new",)))
     results = {r.name: r for r in check_all(h.ops, h.dots(), final(everywhere(fine)),
-                                            hinted_handoff=True)}
+                                            hinted_handoff=True, r=2, w=2)}
     assert results["siblings"].ok and results["resurrection"].ok
+
+
+def blind_after(*, seen: bool, old_end: float = 1.1) -> History:
+    """"old" is acknowledged (or not yet, with a later `old_end`), then a blind put
+    of "new" starts; its coordinator n1 stores it over a copy that had seen "old"
+    or not."""
+    h = History()
+    h.put(b"old", 1.0, old_end)
+    h.disk(1.05, state(("a", 1, (b"old",))), node="n2", actor="a")
+    h.put(b"new", 1.2, 1.3, client="c1")
+    h.disk(1.25, state(("a", 1, ()), ("b", 1, (b"new",))) if seen
+           else state(("b", 1, (b"new",))), node="n1", actor="b")
+    return h
+
+
+def blind_puts_ok(h: History, **kw: Any) -> bool:
+    args: dict[str, Any] = {"n": 3, "r": 2, "w": 2, **kw}
+    return check_blind_puts(h.ops, h.dots(), **args).ok
+
+
+def test_a_blind_put_must_supersede_what_was_acknowledged_before_it() -> None:
+    assert blind_puts_ok(blind_after(seen=True))
+    h = blind_after(seen=False)
+    res = check_blind_puts(h.ops, h.dots(), n=3, r=2, w=2)
+    assert not res.ok
+    assert "did not supersede #0 c0 PUT old" in res.violations[0].message
+    # Still running when the blind put began: the two were concurrent.
+    assert blind_puts_ok(blind_after(seen=False, old_end=1.22))
+
+
+def test_blind_puts_are_judged_under_strict_quorums_only() -> None:
+    h = blind_after(seen=False)
+    # R + W <= N, or 2W <= N (with fewer than R replicas up a put needs only W).
+    assert blind_puts_ok(h, r=1, w=2)
+    assert blind_puts_ok(h, r=3, w=1)
+    assert "not judged" in check_blind_puts(h.ops, h.dots(), n=3, r=3, w=1).detail
+    assert not blind_puts_ok(h, r=3, w=2)
+    # A last-write-wins key is checked against one replica.
+    assert blind_puts_ok(h, lww_prefixes=(K,))
+    # A fallback took "old" for n3 (a sloppy quorum): it may survive as a sibling.
+    sloppy = blind_after(seen=False)
+    sloppy.disk(1.06, state(("a", 1, (b"old",))), node="n4", key=hint_key("n3", K), actor="a")
+    assert blind_puts_ok(sloppy)
+    # Taken for another node itself.
+    sloppy = blind_after(seen=False)
+    sloppy.disk(1.27, state(("b", 1, (b"new",))), node="n4", key=hint_key("n3", K), actor="b")
+    assert blind_puts_ok(sloppy)
+    # The key was reaped, or a copy damaged by bit rot, in between.
+    reaped = blind_after(seen=False)
+    reaped.log.append(DiskWrite(1.15, "n2", K, reaped.log[0].meta, None, "a"))
+    assert blind_puts_ok(reaped)
+    assert blind_puts_ok(h, damaged={K: [1.15]})
+    assert not blind_puts_ok(h, damaged={K: [0.5]})
+    # A put with a context is judged by the other checks.
+    h.ops[1].context_sent = ctx(a=1)
+    assert blind_puts_ok(h)
 
 
 def test_a_get_may_see_the_first_issuance_beside_what_the_second_supersedes() -> None:
@@ -383,5 +441,5 @@ def test_a_get_may_see_the_first_issuance_beside_what_the_second_supersedes() ->
     h.get(1.26, 1.27, [b"old", b"new"], ctx(a=1, b=1))  # between the two writes
     final_state = state(("a", 1, ()), ("b", 2, (b"new",)))
     results = {r.name: r for r in check_all(h.ops, h.dots(), final(everywhere(final_state)),
-                                            hinted_handoff=True)}
+                                            hinted_handoff=True, r=2, w=2)}
     assert results["siblings"].ok, results["siblings"].violations

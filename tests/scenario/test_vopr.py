@@ -48,6 +48,7 @@ BUGS = [
     BugCase(("skip_anti_entropy",), 20, frozenset({"convergence"})),
     BugCase(("skip_hinted_handoff",), 5, frozenset({"hints", "acked-writes"})),
     BugCase(("wrong_incarnation_precedence",), 5, frozenset({"incarnations"})),
+    BugCase(("skip_write_check",), 25, frozenset({"blind-puts"})),
 ]
 
 

@@ -320,6 +320,8 @@ def decode_context(data: bytes, *, max_entries: int = 1024) -> VersionVector:
     return out
 
 
-def from_stored(obj: list[list[Any]]) -> DVVSet:
-    """Rebuild a DVVSet from our own checksummed storage, skipping validation."""
-    return DVVSet(tuple((e[0], e[1], tuple(e[2])) for e in obj), obj)
+def decode_stored(meta: bytes) -> DVVSet:
+    """Rebuild a DVVSet from our own checksummed storage (the msgpack bytes of
+    `packable()`), skipping validation: msgpack's arrays come back as tuples, which
+    are the entries as they are held."""
+    return DVVSet(msgpack.unpackb(meta, raw=False, use_list=False))

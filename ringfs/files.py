@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 
 from ringfs.antientropy import CONTENT_ADDRESSED_PREFIX
-from ringfs.dvv import DVVSet, from_stored
+from ringfs.dvv import DVVSet
 from ringfs.errors import ErrorCode
 from ringfs.peer import PeerMsg, encode_peer
 from ringfs.quorum import PutCoordinator, QuorumFailure
@@ -1223,11 +1223,6 @@ def _encode_ctx(state: DVVSet) -> bytes:
     from ringfs.dvv import encode_context
 
     return encode_context(state.context()) if state.entries else b""
-
-
-def decode_stored(meta: bytes) -> DVVSet:
-    """A stored record's version set (for tests and tools)."""
-    return from_stored(msgpack.unpackb(meta, raw=False))
 
 
 __all__ = ["CHUNK_PREFIX", "DEFAULT_CHUNK_BYTES", "MANIFEST_PREFIX", "FileStore", "Manifest",

@@ -63,8 +63,8 @@ from ringfs.dvv import (
     DVVSet,
     Value,
     decode_context,
+    decode_stored,
     encode_context,
-    from_stored,
     merge_contexts,
 )
 from ringfs.errors import ErrorCode
@@ -741,7 +741,7 @@ class Node:
         if hit is not None and hit[0] == meta:
             # The decoded form depends on nothing but these bytes: reuse it.
             return rec, hit[1]
-        state = from_stored(msgpack.unpackb(meta, raw=False))
+        state = decode_stored(meta)
         self._remember_state(stored_key, meta, state)
         return rec, state
 

@@ -70,9 +70,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-import msgpack
-
-from ringfs.dvv import DVVSet, decode_context, from_stored
+from ringfs.dvv import DVVSet, decode_context, decode_stored
 from ringfs.lww import STAMP_MAGIC, unstamp
 from ringfs.lww import matches as lww_matches
 from ringfs.node import LOCAL_PREFIX, parse_hint_key
@@ -137,7 +135,7 @@ def show(b: bytes | None) -> str:
 def stored_state(meta: bytes) -> DVVSet:
     """A replica state as stored, with the values clients wrote: last-write-wins
     stamps (ringfs/lww.py) taken off, so values match the workload's history."""
-    st = from_stored(msgpack.unpackb(meta, raw=False))
+    st = decode_stored(meta)
     if any(v is not None and v.startswith(STAMP_MAGIC) for _, _, v in st.dots()):
         st = DVVSet(tuple((i, n, tuple(v if v is None else unstamp(v)[1] for v in vals))
                           for i, n, vals in st.entries))

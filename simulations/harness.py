@@ -31,9 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import msgpack
-
-from ringfs.dvv import DVVSet, from_stored
+from ringfs.dvv import DVVSet, decode_stored
 from ringfs.lww import matches as lww_matches
 from ringfs.lww import newest as lww_newest
 from ringfs.node import GC_THRESHOLDS, HINT_PREFIX, LOCAL_PREFIX
@@ -482,7 +480,7 @@ class Simulation:
             for n in up:
                 rec = w.nodes[n].engine.get(key)
                 if rec is not None:
-                    merged = merged.sync(from_stored(msgpack.unpackb(rec.meta, raw=False)))
+                    merged = merged.sync(decode_stored(rec.meta))
             newest = lww_newest(merged)
             want = [] if newest is None else [newest]
             for n in up:

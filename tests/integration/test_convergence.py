@@ -20,13 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import pytest
 import trio
 
 from ringfs import AsyncClient, Client
 from ringfs.antientropy import is_local_key
-from ringfs.dvv import from_stored
+from ringfs.dvv import decode_stored
 from ringfs.errors import RingfsError
 from ringfs.ring import Ring, RingMember
 from ringfs.storage.logstore import LogStore
@@ -131,7 +130,7 @@ def open_store_values(data_dir: Path) -> dict[bytes, list[bytes]]:
     with LogStore(data_dir) as store:
         for key, rec in store.iter_range(0, 0):
             if not is_local_key(key):
-                out[key] = from_stored(msgpack.unpackb(rec.meta, raw=False)).live_values()
+                out[key] = decode_stored(rec.meta).live_values()
     return out
 
 

@@ -16,7 +16,7 @@ import msgpack
 import pytest
 
 from ringfs.antientropy import is_local_key
-from ringfs.dvv import DVVSet, from_stored
+from ringfs.dvv import DVVSet, decode_stored
 from ringfs.storage.memory import MemoryEngine
 from ringfs.wire import Op
 from simulations.world import SimClient, SimWorld
@@ -54,7 +54,7 @@ def put_all(w: SimWorld, c: SimClient, items: dict[bytes, bytes], w_: int = 2,
 
 def state(w: SimWorld, node: str, key: bytes) -> DVVSet | None:
     rec = w.nodes[node].engine.get(key)
-    return None if rec is None else from_stored(msgpack.unpackb(rec.meta, raw=False))
+    return None if rec is None else decode_stored(rec.meta)
 
 
 def values(w: SimWorld, node: str, key: bytes) -> list[bytes] | None:

@@ -10,13 +10,13 @@ from typing import Any
 
 import msgpack
 
+from ringfs.dvv import decode_stored
 from ringfs.files import (
     CHUNK_PREFIX,
     Manifest,
     chunk_data,
     chunk_key,
     chunk_state,
-    decode_stored,
     pick_version,
 )
 from ringfs.storage.memory import MemoryEngine

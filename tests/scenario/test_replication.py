@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgpack
 import pytest
 
-from ringfs.dvv import from_stored
+from ringfs.dvv import decode_stored
 from ringfs.node import Node, hint_key
 from ringfs.wire import Op
 from simulations.world import SimClient, SimWorld
@@ -40,7 +39,7 @@ def stored_values(w: SimWorld, node: str, key: bytes) -> list[bytes] | None:
     rec = w.nodes[node].engine.get(key)
     if rec is None:
         return None
-    return from_stored(msgpack.unpackb(rec.meta)).live_values()
+    return decode_stored(rec.meta).live_values()
 
 
 def prefs(w: SimWorld, key: bytes) -> tuple[str, ...]:

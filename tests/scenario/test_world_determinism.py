@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import msgpack
-
-from ringfs.dvv import context_descends, decode_context, from_stored
+from ringfs.dvv import context_descends, decode_context, decode_stored
 from ringfs.wire import Op
 from simulations.network import LinkConfig
 from simulations.workload import Workload
@@ -55,7 +53,7 @@ def test_acknowledged_writes_survive_a_crash() -> None:
     for e in acked:
         rec = restart_state.get(e.key)
         assert rec is not None, e
-        stored = from_stored(msgpack.unpackb(rec.meta)).context()
+        stored = decode_stored(rec.meta).context()
         assert context_descends(stored, decode_context(e.result["context"])), e
 
 

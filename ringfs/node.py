@@ -995,6 +995,11 @@ class Node:
         key = self._client_key(args, rid)
         r = self._quorum_arg(args, "r", rid)
         self.counters["get"] += 1
+        m = self.membership
+        if r == 1 and len(m.ring) == 1 and len(m.members) == 1:
+            # This node alone is the ring (what _start_get finds for a one-replica list).
+            self.require_cluster(rid)
+            return self._state_result(rid, self._read(key)[1], key)
         return self._start_get(conn, rid, key, r, now, whereis=False)
 
     def _on_whereis(self, conn: int, rid: int, args: dict[str, Any], now: float) -> bytes | None:
@@ -1039,9 +1044,16 @@ class Node:
     def _state_result(self, rid: int, state: DVVSet | None, key: bytes) -> bytes:
         if state is None or not state.entries:
             return encode_response(rid, {"found": False, "values": [], "context": b""})
-        values = self._read_values(key, state)
-        return encode_response(rid, {"found": bool(values), "values": values,
-                                     "context": encode_context(state.context())})
+        entries = state.entries
+        if len(entries) == 1 and not self._lww:
+            # One writer's entry (the usual state): its values and a one-pair context.
+            actor, counter, vals = entries[0]
+            values = [v for v in vals if v is not None]
+            ctx = pack([[actor, counter]])
+        else:
+            values = self._read_values(key, state)
+            ctx = encode_context(state.context())
+        return encode_response(rid, {"found": bool(values), "values": values, "context": ctx})
 
     def _get_result(self, rid: int, coord: GetCoordinator) -> bytes:
         state = coord.merged

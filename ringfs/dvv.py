@@ -106,6 +106,13 @@ class DVVSet:
         """The version vector of everything this state has seen (the read context)."""
         return {i: n for i, n, _ in self.entries}
 
+    def encoded_context(self) -> bytes:
+        """encode_context(self.context()): the opaque context a client is handed."""
+        entries = self.entries
+        if len(entries) == 1:  # the usual state: one writer's entry, no dict to build
+            return _packb([[entries[0][0], entries[0][1]]])  # type: ignore[no-any-return]
+        return encode_context(self.context())
+
     def dots(self) -> Iterator[tuple[str, int, Value]]:
         """Every live (node, counter, value) triple."""
         for i, n, vals in self.entries:

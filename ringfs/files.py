@@ -860,7 +860,7 @@ class FileStore:
                     node.counters["manifest_undecodable"] += 1
             node._finish(conn, rid, encode_response(rid, {
                 "found": bool(versions), "versions": versions,
-                "context": _encode_ctx(state)}))
+                "context": state.encoded_context()}))
 
         try:
             frame = node._start_get(conn, rid, key, r, now, whereis=False, then=then)
@@ -1217,12 +1217,6 @@ def _skeleton(state: DVVSet) -> DVVSet:
     """The version set with every live value replaced by b"": enough to merge liveness."""
     return DVVSet(tuple((i, n, tuple(None if v is None else b"" for v in vals))
                         for i, n, vals in state.entries))
-
-
-def _encode_ctx(state: DVVSet) -> bytes:
-    from ringfs.dvv import encode_context
-
-    return encode_context(state.context()) if state.entries else b""
 
 
 __all__ = ["CHUNK_PREFIX", "DEFAULT_CHUNK_BYTES", "MANIFEST_PREFIX", "FileStore", "Manifest",

@@ -1046,14 +1046,12 @@ class Node:
             return encode_response(rid, {"found": False, "values": [], "context": b""})
         entries = state.entries
         if len(entries) == 1 and not self._lww:
-            # One writer's entry (the usual state): its values and a one-pair context.
-            actor, counter, vals = entries[0]
-            values = [v for v in vals if v is not None]
-            ctx = pack([[actor, counter]])
+            # One writer's entry (the usual state): its values, without the general path.
+            values = [v for v in entries[0][2] if v is not None]
         else:
             values = self._read_values(key, state)
-            ctx = encode_context(state.context())
-        return encode_response(rid, {"found": bool(values), "values": values, "context": ctx})
+        return encode_response(rid, {"found": bool(values), "values": values,
+                                     "context": state.encoded_context()})
 
     def _get_result(self, rid: int, coord: GetCoordinator) -> bytes:
         state = coord.merged
@@ -1061,7 +1059,7 @@ class Node:
         return encode_response(rid, {
             "found": bool(values),
             "values": values,
-            "context": encode_context(state.context()) if state.entries else b"",
+            "context": state.encoded_context(),
         })
 
     def _read_values(self, key: bytes, state: DVVSet) -> list[bytes]:
@@ -1082,7 +1080,7 @@ class Node:
                 "present": st is not None and bool(st.live_values()),
                 "siblings": len(st.live_values()) if st is not None else 0,
                 "tombstone": st is not None and st.is_tombstone(),
-                "context": encode_context(st.context()) if st is not None else b"",
+                "context": st.encoded_context() if st is not None else b"",
             }
             if rep.node in coord.failed:
                 entry["error"] = coord.failed[rep.node]
@@ -1434,7 +1432,7 @@ class Node:
         # A context is only handed back when it covers nothing but what this writer saw
         # plus its own write: with siblings left, writing again with the full context
         # would silently discard values the writer never read.
-        ctx = encode_context(state.context()) if siblings == 1 else b""
+        ctx = state.encoded_context() if siblings == 1 else b""
         return encode_response(rid, {"context": ctx, "siblings": live})
 
     def _put_acked(self, pid: int, node: str) -> None:

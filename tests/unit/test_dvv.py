@@ -31,6 +31,7 @@ from ringfs.dvv import (
     Value,
     context_descends,
     decode_context,
+    decode_stored,
     encode_context,
     merge_contexts,
 )
@@ -285,6 +286,11 @@ def test_wire_and_context_round_trip(data: st.DataObject) -> None:
     assert msgpack.packb(fresh.packable(), use_bin_type=True) == packed
     assert msgpack.packb(state.packable(), use_bin_type=True) == packed
     assert decode_context(encode_context(state.context())) == state.context()
+    assert state.encoded_context() == encode_context(state.context())
+    # What storage gives back (decode_stored) is the state it was packed from.
+    stored = decode_stored(packed)
+    assert stored == state and stored.entries == fresh.entries
+    assert msgpack.packb(stored.packable(), use_bin_type=True) == packed
     clock = DVVSet.clock(state.context())
     assert clock.context() == state.context() and clock.values() == []
     # Having seen every dot of the state, the clock supersedes all its values (what a

@@ -984,21 +984,26 @@ class Node:
     def _apl(self, key: bytes, now: float, rid: int | None = None) -> tuple[Replica, ...]:
         """The annotated preference list of a key a client request names (`rid`: the
         request's id, for the error a node that knows no cluster yet answers)."""
+        if self._alone(rid):
+            # A one-member ring is this node alone: every key's list is just us.
+            return self._solo_apl
+        m = self.membership
+        return m.ring.apl(key, self.config.n_replicas, m.up(now))
+
+    def _alone(self, rid: int | None) -> bool:
+        """Whether this node alone is the ring (see require_cluster, which it applies)."""
         m = self.membership
         if len(m.ring) == 1 and len(m.members) == 1:
             self.require_cluster(rid)
-            # A one-member ring is this node alone: every key's list is just us.
-            return self._solo_apl
-        return m.ring.apl(key, self.config.n_replicas, m.up(now))
+            return True
+        return False
 
     def _on_get(self, conn: int, rid: int, args: dict[str, Any], now: float) -> bytes | None:
         key = self._client_key(args, rid)
         r = self._quorum_arg(args, "r", rid)
         self.counters["get"] += 1
-        m = self.membership
-        if r == 1 and len(m.ring) == 1 and len(m.members) == 1:
-            # This node alone is the ring (what _start_get finds for a one-replica list).
-            self.require_cluster(rid)
+        if r == 1 and self._alone(rid):
+            # The local copy is the answer (what _start_get finds for a one-replica list).
             return self._state_result(rid, self._read(key)[1], key)
         return self._start_get(conn, rid, key, r, now, whereis=False)
 
@@ -1044,12 +1049,7 @@ class Node:
     def _state_result(self, rid: int, state: DVVSet | None, key: bytes) -> bytes:
         if state is None or not state.entries:
             return encode_response(rid, {"found": False, "values": [], "context": b""})
-        entries = state.entries
-        if len(entries) == 1 and not self._lww:
-            # One writer's entry (the usual state): its values, without the general path.
-            values = [v for v in entries[0][2] if v is not None]
-        else:
-            values = self._read_values(key, state)
+        values = self._read_values(key, state) if self._lww else state.live_values()
         return encode_response(rid, {"found": bool(values), "values": values,
                                      "context": state.encoded_context()})
 

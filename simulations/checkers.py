@@ -39,7 +39,8 @@ resurrection  No value that an acknowledged write saw is live in the final state
               saw every earlier value reads as absent.
 blind-puts    A blind put that succeeded saw every put acknowledged before it
               started, where checked writes promise it: strict quorums (R + W > N,
-              2W > N, no fallback took either value), no reap or bit rot between.
+              2W > N, no fallback took either value while it was written), no reap
+              or bit rot between.
 convergence   After heal and the liveness phase, the primaries of every key hold
               equal states (a tombstone-only state and a reaped key read alike and
               count as equal).
@@ -171,9 +172,10 @@ class DotIndex:
         """Per key, the issuances of tombstone dots, in time order."""
         self.count = 0
         self.purges: dict[bytes, list[float]] = defaultdict(list)
-        self.hinted: set[tuple[bytes, bytes]] = set()
-        """(key, value) of every value a fallback took for another node (stored in
-        a hint state that did not hold it before): a write of a sloppy quorum."""
+        self.hinted: dict[tuple[bytes, bytes], list[float]] = defaultdict(list)
+        """(key, value) -> when a fallback took the value for another node (stored it
+        in a hint state that did not hold it before); while the value's own write was
+        in flight, that write was one of a sloppy quorum."""
         self.reuses: list[Violation] = []
         self._decoded: dict[bytes, DVVSet] = {}
         self._pos = 0
@@ -208,14 +210,17 @@ class DotIndex:
             if stored[:2] == LOCAL_PREFIX:
                 continue  # node bookkeeping (the saved membership view), not data
             key, owner = main_key(stored)
+            if owner is not None:
+                # Hints hold copies; dots are issued under the key itself (and a hint
+                # dropped after its handoff removes nothing from the owners).
+                if meta is not None:
+                    before = set(self.decode(prev).values()) if prev is not None else set()
+                    for v in self.decode(meta).values():
+                        if v is not None and v not in before:
+                            self.hinted[(key, v)].append(t)
+                continue
             if meta is None:
                 self.purges[key].append(t)
-                continue
-            if owner is not None:
-                # Hints hold copies; dots are issued under the key itself.
-                before = set(self.decode(prev).values()) if prev is not None else set()
-                self.hinted.update((key, v) for v in self.decode(meta).values()
-                                   if v is not None and v not in before)
                 continue
             state = self.decode(meta)
             n = state.counter(actor)
@@ -476,16 +481,21 @@ def check_blind_puts(history: list[OpRecord], dots: DotIndex, *, n: int, r: int,
     judged only where that holds: R + W > N, and 2W > N as well (a blind put needs
     max(W, R) acceptances, but R counts the replicas up: with fewer up it may need
     only W, and W of them meet the W replicas of every acknowledged write only when
-    2W > N), neither
-    value ever taken by a fallback for another node (a sloppy quorum), the key not
-    reaped (purged) or damaged by bit rot (`damaged`: key -> times) in between, and
-    not a last-write-wins key (those are checked against one replica only)."""
+    2W > N), neither value taken by a fallback for another node while its write was
+    in flight (a sloppy quorum), the key not reaped (purged) or damaged by bit rot
+    (`damaged`: key -> times) from the earlier put's start to the blind put's end,
+    and not a last-write-wins key (those are checked against one replica only)."""
     res = CheckResult("blind-puts")
     causal = causal or Causality(history, dots)
     acked: dict[bytes, list[OpRecord]] = defaultdict(list)
     for rec in history:
         if rec.op == "PUT" and rec.outcome == OK and rec.value is not None:
             acked[rec.key].append(rec)
+    def sloppy(rec: OpRecord) -> bool:
+        """Whether a fallback took the put's value while it was in flight."""
+        return any(rec.start <= t <= rec.end
+                   for t in dots.hinted.get((rec.key, rec.value or b""), ()))
+
     judged = pairs = 0
     strict = r + w > n and 2 * w > n
     for key, puts in sorted(acked.items()):
@@ -498,13 +508,15 @@ def check_blind_puts(history: list[OpRecord], dots: DotIndex, *, n: int, r: int,
             if x.context_sent is not None or not strict:
                 continue
             assert x.value is not None
-            if (key, x.value) in dots.hinted:
+            if sloppy(x):
                 continue
             judged += 1
             mine = dots.issuances.get((key, x.value), [])
             for u in by_end[:bisect_left(ends, x.start)]:
                 assert u.value is not None
-                if (key, u.value) in dots.hinted or any(u.start <= t <= x.start for t in gone):
+                # (Damage ends the window as late as x's end: a copy lost while x was
+                # in flight lets a replica accept it.)
+                if sloppy(u) or any(u.start <= t <= x.end for t in gone):
                     continue
                 # u's issuances stored by the time it was acknowledged (a late one gives
                 # a replica that refused it the value as a sibling, after x may have begun).

@@ -312,7 +312,7 @@ class Simulation:
         self._lww_check: CheckResult | None = None
         self.sweep_failures: list[str] = []
         self.damaged: defaultdict[bytes, list[float]] = defaultdict(list)
-        """Keys whose record bit rot damaged on some disk, with when."""
+        """Keys whose record bit rot damaged on some disk (hints apart), with when."""
 
     def _observe_views(self, sn: SimNode) -> None:
         """A view observer (the world calls it when the node's gossip view changed)."""
@@ -562,7 +562,9 @@ class Simulation:
             for n in ev.nodes:
                 hit = w.rot(n, ev.probability, self.rng)
                 for stored in hit:
-                    self.damaged[main_key(stored)[0]].append(w.now)
+                    key, owner = main_key(stored)
+                    if owner is None:  # (a damaged hint leaves the owners' copies be)
+                        self.damaged[key].append(w.now)
                 self.note(f"{len(hit)} records of {n} damaged")
         elif a == "flap":
             assert ev.duration_s is not None

@@ -425,12 +425,28 @@ def test_blind_puts_are_judged_under_strict_quorums_only() -> None:
     sloppy = blind_after(seen=False)
     sloppy.disk(1.27, state(("b", 1, (b"new",))), node="n4", key=hint_key("n3", K), actor="b")
     assert blind_puts_ok(sloppy)
-    # The key was reaped, or a copy damaged by bit rot, in between.
+    # ... but a fallback that got the value later (read repair, a later sloppy
+    # write carrying it) did not make its write sloppy.
+    late = blind_after(seen=False)
+    late.disk(1.15, state(("a", 1, (b"old",))), node="n4", key=hint_key("n3", K), actor="a")
+    late.disk(1.35, state(("b", 1, (b"new",))), node="n4", key=hint_key("n3", K), actor="b")
+    assert not blind_puts_ok(late)
+    # The key was reaped, or a copy damaged by bit rot, in between (damage as late
+    # as while the blind put was in flight: the replica then has nothing to refuse).
     reaped = blind_after(seen=False)
     reaped.log.append(DiskWrite(1.15, "n2", K, reaped.log[0].meta, None, "a"))
     assert blind_puts_ok(reaped)
     assert blind_puts_ok(h, damaged={K: [1.15]})
+    assert blind_puts_ok(h, damaged={K: [1.22]})
     assert not blind_puts_ok(h, damaged={K: [0.5]})
+    # A hint dropped after its handoff removes nothing from the owners.
+    handed = blind_after(seen=False)
+    hk = hint_key("n3", K)
+    handed.disk(1.06, state(("a", 1, (b"old",))), node="n4", key=hk, actor="a")
+    handed.log.append(DiskWrite(1.15, "n4", hk, handed.log[-1].meta, None, "a"))
+    assert blind_puts_ok(handed)  # (sloppy: the fallback took "old" while it was written)
+    handed.ops[0].start, handed.ops[0].end = 1.07, 1.1
+    assert not blind_puts_ok(handed)
     # A put with a context is judged by the other checks.
     h.ops[1].context_sent = ctx(a=1)
     assert blind_puts_ok(h)

@@ -215,9 +215,9 @@ class DotIndex:
                 # dropped after its handoff removes nothing from the owners).
                 if meta is not None:
                     before = set(self.decode(prev).values()) if prev is not None else set()
-                    for v in self.decode(meta).values():
-                        if v is not None and v not in before:
-                            self.hinted[(key, v)].append(t)
+                    for val in self.decode(meta).values():
+                        if val is not None and val not in before:
+                            self.hinted[(key, val)].append(t)
                 continue
             if meta is None:
                 self.purges[key].append(t)
@@ -491,6 +491,7 @@ def check_blind_puts(history: list[OpRecord], dots: DotIndex, *, n: int, r: int,
     for rec in history:
         if rec.op == "PUT" and rec.outcome == OK and rec.value is not None:
             acked[rec.key].append(rec)
+
     def sloppy(rec: OpRecord) -> bool:
         """Whether a fallback took the put's value while it was in flight."""
         return any(rec.start <= t <= rec.end
@@ -499,35 +500,35 @@ def check_blind_puts(history: list[OpRecord], dots: DotIndex, *, n: int, r: int,
     judged = pairs = 0
     strict = r + w > n and 2 * w > n
     for key, puts in sorted(acked.items()):
-        if lww_prefixes and lww_matches(key, lww_prefixes):
+        if not strict or (lww_prefixes and lww_matches(key, lww_prefixes)):
             continue
         by_end = sorted(puts, key=lambda rec: rec.end)
         ends = [rec.end for rec in by_end]
+        # Per earlier put, once: its issuances stored by the time it was acknowledged
+        # (a late one gives a replica that refused it the value as a sibling, after a
+        # blind put may have begun); None when it was sloppy or no disk stored it
+        # (acked-writes reports that).
+        issued: list[list[DotInfo] | None] = []
+        for u in by_end:
+            acked_by = [d for d in dots.issuances.get((key, u.value or b""), []) if d.t <= u.end]
+            issued.append(acked_by if acked_by and not sloppy(u) else None)
         gone = [*dots.purges.get(key, ()), *(damaged or {}).get(key, ())]
         for x in puts:
-            if x.context_sent is not None or not strict:
-                continue
-            assert x.value is not None
-            if sloppy(x):
+            if x.context_sent is not None or sloppy(x):
                 continue
             judged += 1
-            mine = dots.issuances.get((key, x.value), [])
-            for u in by_end[:bisect_left(ends, x.start)]:
-                assert u.value is not None
+            mine = dots.issuances.get((key, x.value or b""), [])
+            for i in range(bisect_left(ends, x.start)):
+                u, ds = by_end[i], issued[i]
                 # (Damage ends the window as late as x's end: a copy lost while x was
                 # in flight lets a replica accept it.)
-                if sloppy(u) or any(u.start <= t <= x.end for t in gone):
+                if ds is None or any(u.start <= t <= x.end for t in gone):
                     continue
-                # u's issuances stored by the time it was acknowledged (a late one gives
-                # a replica that refused it the value as a sibling, after x may have begun).
-                issued = [d for d in dots.issuances.get((key, u.value), []) if d.t <= u.end]
-                if not issued:
-                    continue  # acked-writes reports a put no disk stored
                 pairs += 1
                 if any(causal.saw(x, d, strict=False, issuance=xi)
-                       for d in issued for xi in mine):
+                       for d in ds for xi in mine):
                     continue
-                d = issued[-1]
+                d = ds[-1]
                 res.violations.append(Violation(
                     res.name, f"{_describe(x)} did not supersede {_describe(u)}, "
                     f"acknowledged before it started: dot ({d.actor}, {d.counter}) first "

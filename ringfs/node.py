@@ -1049,7 +1049,7 @@ class Node:
     def _state_result(self, rid: int, state: DVVSet | None, key: bytes) -> bytes:
         if state is None or not state.entries:
             return encode_response(rid, {"found": False, "values": [], "context": b""})
-        values = self._read_values(key, state) if self._lww else state.live_values()
+        values = self._read_values(key, state)
         return encode_response(rid, {"found": bool(values), "values": values,
                                      "context": state.encoded_context()})
 

@@ -713,8 +713,10 @@ class NodeServer:
         trio waits on the set's descriptor only while no connection is ready; under
         load each turn serves every ready connection (up to POLL_BATCH) and yields
         once, instead of a task switch, an epoll re-arm and a wake-up per request.
-        Replies go out as each connection is served; messages for peers at the end
-        of the turn.
+        Messages for peers go out at the end of the turn, and then the replies, one
+        send after another: a client process asleep in its own poll is woken by the
+        first and finds the rest ready when it runs, instead of being woken (and
+        rescheduled on its core) once per reply while the node is still serving.
         Level-triggered: data left unread is reported again on the next turn.
         """
         node = self.node
@@ -731,43 +733,65 @@ class NodeServer:
             if not ready:
                 await wait_readable(epfd)
                 continue
+            served: list[tuple[_Connection, int, bool]] = []
             for fd, _events in ready:
                 c = polled.get(fd)
                 if c is not None and not c.paused:
                     try:
-                        self._read_ready(c, fd)
+                        closing = self._read_ready(c, fd)
                     except Exception:
-                        # As in a connection's own task: a bug costs this connection only.
-                        node.counters["connection_bugs"] += 1
-                        log.exception("connection %d failed", c.conn_id)
-                        c.closing = True
-                        self._unpoll(c, fd)
+                        self._connection_bug(c, fd)
+                    else:
+                        if closing is not None:
+                            served.append((c, fd, closing))
             # Messages for peers from every connection served this turn, in one frame
             # per peer: fewer frames to split and hand over on the receiving nodes.
             self._dispatch()
+            for c, fd, closing in served:
+                try:
+                    self._reply_ready(c, fd, closing)
+                except Exception:
+                    self._connection_bug(c, fd)
             await checkpoint()
 
-    def _read_ready(self, c: _Connection, fd: int) -> None:
-        """Serve what one ready connection sent: frames to the node, replies sent now."""
+    def _connection_bug(self, c: _Connection, fd: int) -> None:
+        """As in a connection's own task: a bug costs this connection only."""
+        node = self.node
+        assert node is not None
+        node.counters["connection_bugs"] += 1
+        log.exception("connection %d failed", c.conn_id)
+        c.closing = True
+        self._unpoll(c, fd)
+
+    def _read_ready(self, c: _Connection, fd: int) -> bool | None:
+        """Hand what one ready connection sent to the node. Returns None when nothing
+        was read (the connection may be unpolled), else whether the connection is
+        closing; its replies wait in `c.out` for `_reply_ready`."""
         sock = c.raw
         decoder = c.decoder
         assert sock is not None and decoder is not None
         if c.closing:
             self._unpoll(c, fd)
-            return
+            return None
         try:
             data = sock.recv(RECEIVE_BYTES)
         except BlockingIOError:
-            return
+            return None
         except OSError:
             c.closing = True
             self._unpoll(c, fd)
-            return
+            return None
         if not data:
             self._unpoll(c, fd)
-            return
+            return None
         # What the node sends to peers goes out once per turn (see _poller).
-        closing = self._handle_input(c, decoder, data, hold_peers=True)
+        return self._handle_input(c, decoder, data, hold_peers=True)
+
+    def _reply_ready(self, c: _Connection, fd: int, closing: bool) -> None:
+        """Send the replies a served connection is owed, stop reading it if it is
+        closing, and pause it while too many replies are outstanding."""
+        sock = c.raw
+        assert sock is not None
         out = c.out
         if out and not c.sending:
             data = b"".join(out) if len(out) > 1 else out[0]
@@ -791,6 +815,8 @@ class NodeServer:
         if closing:
             self._unpoll(c, fd)
             return
+        if self._polled.get(fd) is not c:
+            return  # stopped reading while other connections were served
         node = self.node
         assert node is not None
         max_inflight = self.config.max_inflight_per_connection

@@ -9,6 +9,7 @@ every wait is for the kernel, bounded by `fail_after`, never a sleep.
 from __future__ import annotations
 
 import select
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from pathlib import Path
@@ -201,6 +202,96 @@ async def test_a_bug_while_reading_costs_one_connection(mem_server: NodeServer) 
         while data := await bad.receive_some():
             seen.extend(dec.feed(data))
         assert [body[1] for body in seen] == [0]  # closed without answering request 1
+        await bad.aclose()
+        await good.send_all(encode_request(1, Op.GET, {"key": b"k"}))
+        (body,) = await replies(good, 1)
+        assert body[0] == RESPONSE
+    assert srv.node is not None and srv.node.counters["connection_bugs"] == 1
+    await good.aclose()
+
+
+def raw_connect(srv: NodeServer) -> socket.socket:
+    """A plain non-blocking socket, so that the test can send on several connections
+    without yielding to the poller in between."""
+    assert srv.address is not None
+    sock = socket.create_connection(srv.address[:2])
+    sock.setblocking(False)
+    sock.send(encode_request(0, Op.HELLO, {"versions": [1]}))
+    return sock
+
+
+async def raw_replies(sock: socket.socket, count: int) -> list[Any]:
+    dec = FrameDecoder(1 << 20)
+    out: list[Any] = []
+    while len(out) < count:
+        await trio.lowlevel.wait_readable(sock)
+        data = sock.recv(65536)
+        if not data:
+            break
+        out.extend(dec.feed(data))
+    return out
+
+
+async def test_a_turn_serves_every_ready_connection_before_replying(
+        mem_server: NodeServer) -> None:
+    """Replies go out after every ready connection was served, not one by one: a
+    client asleep in its poll is woken once a turn (see NodeServer._poller)."""
+    srv = mem_server
+    events: list[tuple[str, int]] = []
+    read, reply = srv._read_ready, srv._reply_ready
+
+    def reading(c: Any, fd: int) -> bool | None:
+        events.append(("read", c.conn_id))
+        return read(c, fd)
+
+    def replying(c: Any, fd: int, closing: bool) -> None:
+        events.append(("reply", c.conn_id))
+        reply(c, fd, closing)
+
+    srv._read_ready = reading  # type: ignore[method-assign]
+    srv._reply_ready = replying  # type: ignore[method-assign]
+    socks = [raw_connect(srv) for _ in range(3)]
+    try:
+        with trio.fail_after(LIMIT_S):
+            for sock in socks:
+                assert [body[1] for body in await raw_replies(sock, 1)] == [0]
+            events.clear()
+            for sock in socks:  # no checkpoint in between: all ready at the next turn
+                sock.send(encode_request(1, Op.GET, {"key": b"k"}))
+            for sock in socks:
+                (body,) = await raw_replies(sock, 1)
+                assert body[0] == RESPONSE and body[1] == 1
+    finally:
+        for sock in socks:
+            sock.close()
+    assert [kind for kind, _ in events] == ["read"] * 3 + ["reply"] * 3, events
+    assert sorted(conn for _, conn in events[:3]) == sorted(conn for _, conn in events[3:])
+
+
+async def test_a_bug_while_replying_costs_one_connection(mem_server: NodeServer) -> None:
+    srv = mem_server
+    original = srv._reply_ready
+    victim: list[int] = []
+
+    def failing(c: Any, fd: int, closing: bool) -> None:
+        if c.conn_id in victim:
+            raise RuntimeError("injected")
+        original(c, fd, closing)
+
+    srv._reply_ready = failing  # type: ignore[method-assign]
+    with trio.fail_after(LIMIT_S):
+        good = await connect(srv)
+        bad = await connect(srv)
+        dec = FrameDecoder(1 << 20)
+        seen: list[Any] = []
+        while not seen:  # the HELLO reply: the connection is registered by now
+            seen.extend(dec.feed(await bad.receive_some()))
+        victim.append(max(srv._conns))
+        await bad.send_all(encode_request(1, Op.GET, {"key": b"k"}))
+        while data := await bad.receive_some():
+            seen.extend(dec.feed(data))
+        # The connection is closed (with or without the reply already made).
+        assert [body[1] for body in seen] in ([0], [0, 1])
         await bad.aclose()
         await good.send_all(encode_request(1, Op.GET, {"key": b"k"}))
         (body,) = await replies(good, 1)

@@ -153,15 +153,6 @@ KNOWN_FAULTS = frozenset({
 _FRAME_SLACK = 64 * 1024
 PEER_BATCH_BYTES = 1024 * 1024
 """Messages queued for one peer are sent in frames of about this size at most."""
-STATE_CACHE_ENTRIES = 4096
-"""Decoded causal states remembered by their stored bytes (see `Node._read`); the cache
-is emptied when it reaches this size, which it only needs to outlast a request."""
-STATE_CACHE_BYTES = 8 * 1024 * 1024
-"""... or when the states it holds reach about this many bytes (a state holds its
-values: a file chunk's is a megabyte)."""
-STATE_CACHE_MAX_ITEM = 64 * 1024
-"""States stored in more bytes than this are not cached at all (file chunks): decoding
-one costs little next to what keeping it would."""
 
 
 # -- effects the drivers carry out ------------------------------------------------
@@ -370,12 +361,6 @@ class Node:
         self._next_handoff: float | None = now + HANDOFF_INTERVAL_S if self._hint_index else None
         self._hints_full_logged = False
         self._solo_apl = (Replica(config.name, "primary", None),)
-        self._states: dict[bytes, tuple[bytes, DVVSet]] = {}
-        """stored key -> (its stored meta bytes, their decoded DVVSet): a write reads
-        its key up to twice (a blind delete's read quorum, then the write) and a replica
-        once or twice more (a checked write reads before it merges)."""
-        self._states_bytes = 0
-        """About what the cached states hold, in bytes (see STATE_CACHE_BYTES)."""
         self._handlers: dict[int, Callable[[int, int, dict[str, Any], float], bytes | None]] = {
             Op.PING: self._on_ping,
             Op.GET: self._on_get,
@@ -736,27 +721,10 @@ class Node:
             if not is_local_key(stored_key):
                 self.repair.note_damage()
             return None, None
-        meta = rec.meta
-        hit = self._states.get(stored_key)
-        if hit is not None and hit[0] == meta:
-            # The decoded form depends on nothing but these bytes: reuse it.
-            return rec, hit[1]
-        state = decode_stored(meta)
-        self._remember_state(stored_key, meta, state)
-        return rec, state
-
-    def _remember_state(self, stored_key: bytes, meta: bytes, state: DVVSet) -> None:
-        states = self._states
-        size = len(meta)
-        if size > STATE_CACHE_MAX_ITEM:
-            states.pop(stored_key, None)
-            return
-        # The stored bytes and the decoded values: about twice the record.
-        self._states_bytes += 2 * size
-        if len(states) >= STATE_CACHE_ENTRIES or self._states_bytes > STATE_CACHE_BYTES:
-            states.clear()
-            self._states_bytes = 2 * size
-        states[stored_key] = (meta, state)
+        # Decoded afresh on every read: about half a microsecond for a one-value state,
+        # less than keeping decoded states for reuse cost (a cache of them made a
+        # replicated put 7-9% dearer in bench.put_path, hits or not, GC on or off).
+        return rec, decode_stored(rec.meta)
 
     def _load(self, stored_key: bytes) -> DVVSet | None:
         return self._read(stored_key)[1]
@@ -774,7 +742,6 @@ class Node:
             seq = self.engine.delete(stored_key, packed)
         else:
             seq = self.engine.put(stored_key, b"", packed)
-        self._remember_state(stored_key, packed, state)
         if not is_local_key(stored_key):
             repair = self.repair
             repair.follow_ring()

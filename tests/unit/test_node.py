@@ -449,19 +449,3 @@ def test_a_saved_membership_view_is_synced_at_once() -> None:
     rec = engine.get(b"\x00lview")
     assert rec is not None
     assert any(type(e) is RequestSync and e.seq >= rec.seq for e in node.drain_outbox())
-
-
-def test_the_decoded_state_cache_stays_small_whatever_the_values() -> None:
-    import ringfs.node as node_module
-
-    h = Harness()
-    big = b"x" * (node_module.STATE_CACHE_MAX_ITEM + 1)
-    h.call(Op.PUT, key=b"big", value=big)
-    assert h.call(Op.GET, key=b"big")["values"] == [big]
-    assert b"big" not in h.node._states  # a chunk-sized state is never kept
-    value = b"y" * 40_000
-    for i in range(400):  # 400 states of ~40 KB: over the byte budget
-        h.call(Op.PUT, key=b"k%d" % i, value=value)
-    assert h.node._states_bytes <= node_module.STATE_CACHE_BYTES
-    assert sum(len(meta) for meta, _ in h.node._states.values()) <= node_module.STATE_CACHE_BYTES
-    assert h.call(Op.GET, key=b"k399")["values"] == [value]

@@ -240,6 +240,14 @@ async def raw_replies(sock: socket.socket, count: int) -> list[Any]:
     return out
 
 
+def readable_now(sock: socket.socket) -> bool:
+    """Whether a reply already waits on `sock` (loopback delivers at send)."""
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except BlockingIOError:
+        return False
+
+
 async def test_a_turn_serves_every_ready_connection_before_replying(
         mem_server: NodeServer) -> None:
     """Replies go out after every ready connection was served, not one by one: a
@@ -247,10 +255,14 @@ async def test_a_turn_serves_every_ready_connection_before_replying(
     srv = mem_server
     events: list[tuple[str, int]] = []
     read, reply = srv._read_ready, srv._reply_ready
+    socks: list[socket.socket] = []
+    early: list[int] = []  # per read: how many clients could already read a reply
 
     def reading(c: Any, fd: int) -> bool | None:
         events.append(("read", c.conn_id))
-        return read(c, fd)
+        closing = read(c, fd)
+        early.append(sum(1 for sock in socks if readable_now(sock)))
+        return closing
 
     def replying(c: Any, fd: int, closing: bool) -> None:
         events.append(("reply", c.conn_id))
@@ -258,12 +270,13 @@ async def test_a_turn_serves_every_ready_connection_before_replying(
 
     srv._read_ready = reading  # type: ignore[method-assign]
     srv._reply_ready = replying  # type: ignore[method-assign]
-    socks = [raw_connect(srv) for _ in range(3)]
+    socks.extend(raw_connect(srv) for _ in range(3))
     try:
         with trio.fail_after(LIMIT_S):
             for sock in socks:
                 assert [body[1] for body in await raw_replies(sock, 1)] == [0]
             events.clear()
+            early.clear()
             for sock in socks:  # no checkpoint in between: all ready at the next turn
                 sock.send(encode_request(1, Op.GET, {"key": b"k"}))
             for sock in socks:
@@ -274,6 +287,7 @@ async def test_a_turn_serves_every_ready_connection_before_replying(
             sock.close()
     assert [kind for kind, _ in events] == ["read"] * 3 + ["reply"] * 3, events
     assert sorted(conn for _, conn in events[:3]) == sorted(conn for _, conn in events[3:])
+    assert early == [0, 0, 0]  # nothing was sent while the turn was still reading
 
 
 async def test_a_bug_while_replying_costs_one_connection(mem_server: NodeServer) -> None:

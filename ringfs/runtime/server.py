@@ -816,7 +816,7 @@ class NodeServer:
             self._unpoll(c, fd)
             return
         if self._polled.get(fd) is not c:
-            return  # stopped reading while other connections were served
+            return  # no longer read (not expected within a turn): nothing to pause
         node = self.node
         assert node is not None
         max_inflight = self.config.max_inflight_per_connection

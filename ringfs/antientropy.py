@@ -39,6 +39,7 @@ import struct
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
 
 import mmh3
 
@@ -51,6 +52,8 @@ five keys per leaf, so a difference costs a short key list, not a whole arc's.""
 GROUP_ARCS = 64
 """Arcs under one group hash: a 3-node ring's 3,072 arcs make 48 groups."""
 MASK64 = (1 << 64) - 1
+_LEAF_MASK = BUCKETS - 1  # token % BUCKETS as a bit mask: BUCKETS is a power of two
+assert BUCKETS & _LEAF_MASK == 0
 LOCAL_PREFIXES = (b"\x00h", b"\x00l")
 """Key prefixes that are a node's own bookkeeping, never replicated or compared."""
 _HASH_SEED = 0x52494E47  # fixed: every node must compute the same item hashes
@@ -68,13 +71,18 @@ all copies are the same one-dot version set, so the key and the encoded state's
 length identify the state: their item hash does not read the (megabyte) state."""
 
 
+_PACK_KEY_LEN = struct.Struct(">H").pack
+_PACK_CA_HEAD = struct.Struct(">HQ").pack
+_hash128 = mmh3.hash128
+
+
 def item_hash(key: bytes, meta: bytes) -> int:
     """The 64-bit hash of one stored replica state (key plus its encoded versions)."""
     if key[:2] == CONTENT_ADDRESSED_PREFIX:
-        data = struct.pack(">HQ", len(key), len(meta)) + key
+        data = _PACK_CA_HEAD(len(key), len(meta)) + key
     else:
-        data = struct.pack(">H", len(key)) + key + meta
-    h: int = mmh3.hash128(data, _HASH_SEED, signed=False)
+        data = _PACK_KEY_LEN(len(key)) + key + meta
+    h: int = _hash128(data, _HASH_SEED, False, False)
     return h & MASK64
 
 
@@ -97,12 +105,12 @@ class ArcTree:
         self._hash: int | None = None
 
     def add(self, token: int, h: int) -> None:
-        b = token % BUCKETS
+        b = token & _LEAF_MASK
         self.leaves[b] = (self.leaves[b] + h) & MASK64
         self._hash = None
 
     def remove(self, token: int, h: int) -> None:
-        b = token % BUCKETS
+        b = token & _LEAF_MASK
         self.leaves[b] = (self.leaves[b] - h) & MASK64
         self._hash = None
 
@@ -138,6 +146,10 @@ class HashTrees:
         self.ring: Ring | None = None
         self._ends: list[int] = []
         self._arc_at: list[ArcTree | None] = []
+        self._slot_shift = 128
+        self._slot_first = array("I", [0, 0])
+        """Where to look up a token's arc: slot `token >> _slot_shift` holds the ends
+        `_ends[_slot_first[slot]:_slot_first[slot + 1]]` (see _index_slots)."""
         self._lists: list[tuple[str, ...]] = []
         self._trees: dict[tuple[int, int], ArcTree] = {}
         self._unbuilt: list[ArcTree] = []
@@ -166,6 +178,22 @@ class HashTrees:
             self._arc_at.append(tree)
         self._unbuilt = [t for t in self._trees.values() if not t.built]
         self._shared = {}
+        self._index_slots()
+
+    def _index_slots(self) -> None:
+        """Split the token space into at least twice as many equal slots as there are
+        arcs, and note per slot which arc ends fall in it: a token's arc is then found
+        among its slot's ends, nearly always none or one, rather than by a binary
+        search over all of them (a dozen comparisons of 128-bit integers on a
+        3-node ring). O(arcs + slots)."""
+        ends = self._ends
+        bits = min(16, max(1, (2 * len(ends)).bit_length()))
+        shift = 128 - bits
+        counts = [0] * ((1 << bits) + 1)
+        for end in ends:
+            counts[(end >> shift) + 1] += 1
+        self._slot_shift = shift
+        self._slot_first = array("I", accumulate(counts))
 
     def shared(self, peer: str) -> list[ArcTree]:
         """The arcs both this node and `peer` replicate, in ring order."""
@@ -207,7 +235,9 @@ class HashTrees:
         ends = self._ends
         if not ends:
             return None
-        i = bisect.bisect_left(ends, token)
+        slot = token >> self._slot_shift
+        first = self._slot_first
+        i = bisect.bisect_left(ends, token, first[slot], first[slot + 1])
         return self._arc_at[0 if i == len(ends) else i]
 
     # -- keeping current -------------------------------------------------------------
@@ -224,10 +254,14 @@ class HashTrees:
             return not self._ends  # no ring yet: nothing is foreign
         if not tree.built:
             return True  # the arc's scan (still to come) will see the new state
+        # One update of the key's leaf for both hashes (ArcTree.remove, then add).
+        h = 0 if new_meta is None else item_hash(key, new_meta)
         if old_meta is not None:
-            tree.remove(token, item_hash(key, old_meta))
-        if new_meta is not None:
-            tree.add(token, item_hash(key, new_meta))
+            h -= item_hash(key, old_meta)
+        leaves = tree.leaves
+        b = token & _LEAF_MASK
+        leaves[b] = (leaves[b] + h) & MASK64
+        tree._hash = None
         return True
 
     def invalidate(self, key: bytes) -> None:
@@ -305,7 +339,7 @@ class HashTrees:
             for key, meta in scan(tree.start, tree.end):
                 if is_local_key(key):
                     continue
-                b = key_token(key) % BUCKETS
+                b = key_token(key) & _LEAF_MASK
                 if b in bs:
                     out[(a, b)][key] = item_hash(key, meta)
         return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterator
 
 from hypothesis import given, settings
@@ -127,3 +128,32 @@ def test_owned_and_foreign_arcs_partition_the_ring() -> None:
         assert trees.owns_token(t) == mine
         assert any(in_range(t, s, e) for s, e in trees.foreign_arcs()) == (not mine)
     assert BUCKETS == 64
+
+
+def _arc_by_bisect(trees: HashTrees, token: int) -> object:
+    """What HashTrees._arc_for must return: the arc of the first end >= token (the
+    first arc past the last end), found by a plain binary search over every end."""
+    ends = trees._ends
+    i = bisect.bisect_left(ends, token)
+    return trees._arc_at[0 if i == len(ends) else i]
+
+
+@settings(max_examples=40)
+@given(st.lists(st.sampled_from(["a", "b", "c", "d", "e"]), min_size=1, max_size=5,
+                unique=True),
+       st.integers(1, 64),
+       st.lists(st.integers(0, 2**128 - 1), max_size=30))
+def test_the_slot_index_finds_the_arc_a_binary_search_finds(
+        names: list[str], vnodes: int, tokens: list[int]) -> None:
+    ring = Ring.build([RingMember(n, f"10.0.0.{i}:1") for i, n in enumerate(names)],
+                      vnodes_per_capacity=vnodes)
+    trees = HashTrees(names[0], 3)
+    trees.set_ring(ring)
+    ends = trees._ends
+    edge = [0, 2**128 - 1]
+    for e in ends[:50]:  # arc bounds and their neighbours, where an off-by-one would show
+        edge += [e - 1, e, e + 1]
+    for t in [*tokens, *edge]:
+        t %= 2**128
+        assert trees._arc_for(t) is _arc_by_bisect(trees, t)
+

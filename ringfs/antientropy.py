@@ -12,7 +12,9 @@ state's length: see CONTENT_ADDRESSED_PREFIX). A sum can be updated in O(1) when
 changes, which is what lets every write update the tree incrementally: the old
 item hash is subtracted, the new one added. Nothing is ever rebuilt periodically;
 an arc is scanned from the store only when it first appears (node start, or a
-ring change that created new arc boundaries), once.
+ring change that created new arc boundaries), once. An arc this node replicates
+alone (every arc of a one-node ring) has no tree to compare with: its tree is not
+kept up, and is scanned once the arc gains another replica.
 
 Above the leaves the tree is an ordinary Merkle tree, computed on demand from the
 leaf sums: an arc's hash covers its BUCKETS leaf hashes; for a peer P, the arcs
@@ -154,6 +156,9 @@ class HashTrees:
         self._trees: dict[tuple[int, int], ArcTree] = {}
         self._unbuilt: list[ArcTree] = []
         self._shared: dict[str, list[ArcTree]] = {}
+        self._alone = False
+        """Whether this node is every arc's only replica (a ring of one): then no tree
+        is compared with anyone's and note_write has nothing to do."""
         self.keys_scanned = 0
 
     # -- following the ring ----------------------------------------------------------
@@ -174,9 +179,15 @@ class HashTrees:
             tree: ArcTree | None = None
             if self.me in pl:
                 tree = old.get((start, end)) or ArcTree(start, end)
+                if len(pl) == 1:
+                    # No other replica to compare it with: the tree is not kept up
+                    # (writes skip it), and is built afresh once the arc gains one.
+                    tree.built = False
                 self._trees[(start, end)] = tree
             self._arc_at.append(tree)
-        self._unbuilt = [t for t in self._trees.values() if not t.built]
+        self._unbuilt = [t for t, pl in zip(self._arc_at, self._lists, strict=True)
+                         if t is not None and not t.built and len(pl) > 1]
+        self._alone = bool(self._lists) and all(pl == (self.me,) for pl in self._lists)
         self._shared = {}
         self._index_slots()
 
@@ -246,7 +257,7 @@ class HashTrees:
 
         Returns False when the key is a replicated key this node does not replicate
         under its ring (a copy to hand on), True otherwise."""
-        if key[:2] in LOCAL_PREFIXES:
+        if self._alone or key[:2] in LOCAL_PREFIXES:
             return True
         token = key_token(key)
         tree = self._arc_for(token)

@@ -157,3 +157,44 @@ def test_the_slot_index_finds_the_arc_a_binary_search_finds(
         t %= 2**128
         assert trees._arc_for(t) is _arc_by_bisect(trees, t)
 
+
+def test_a_node_alone_keeps_no_trees_and_builds_them_once_it_has_company() -> None:
+    """On a ring of one node no tree is ever compared, so writes leave them alone;
+    when the ring grows (back to arcs of the same bounds, even) every shared arc is
+    scanned afresh: nothing stale from the lonely spell survives."""
+    store = {b"k%d" % i: b"v" for i in range(200)}
+    trees = built("a", store)  # the four-node ring: shared arcs, built
+    alone = Ring.build([RING.members["a"]], vnodes_per_capacity=16)
+    trees.set_ring(alone)
+    assert trees.unbuilt == 0 and not any(t.built for t in trees._trees.values())
+    for i in range(100):  # writes while alone: replaced, new and deleted keys
+        k = b"k%d" % (i * 3)
+        old = store.get(k)
+        if i % 4 == 0:
+            store.pop(k, None)
+            trees.note_write(k, old, None)
+        else:
+            store[k] = b"w%d" % i
+            trees.note_write(k, old, store[k])
+    assert not any(t.built for t in trees._trees.values())
+    trees.set_ring(RING)
+    assert trees.unbuilt > 0
+    trees.build_step(scan_of(store), 10**9)
+    fresh = built("a", store)
+    for peer in ("b", "c", "d"):
+        assert trees.root(peer) == fresh.root(peer)
+
+
+def test_an_arc_with_one_replica_has_no_tree_to_keep() -> None:
+    """With N=1 every arc has a single replica: nothing is compared, nothing built,
+    and writes of keys the node does not hold are still told apart."""
+    t = HashTrees("a", 1)
+    t.set_ring(RING)
+    assert t.unbuilt == 0 and t.peers() == []
+    mine = next(k for k in (b"m%d" % i for i in range(1000))
+                if RING.preference_list(k, 1) == ("a",))
+    theirs = next(k for k in (b"m%d" % i for i in range(1000))
+                  if RING.preference_list(k, 1) != ("a",))
+    assert t.note_write(mine, None, b"x") is True
+    assert t.note_write(theirs, None, b"x") is False
+    assert not any(tree.built for tree in t._trees.values())

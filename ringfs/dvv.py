@@ -198,6 +198,27 @@ class DVVSet:
         out.sort(key=_entry_id)
         return DVVSet(tuple(out))
 
+    def overwrite(self, value: Value, node: str) -> DVVSet:
+        """`update(self.context(), value, node)`, without building the context: a write
+        from a client that saw this whole state, as a blind put is on the coordinator
+        (written over its own copy's context). Every value is superseded, every
+        counter stays, and `node` gets one new dot holding `value`."""
+        entries = self.entries
+        if len(entries) == 1 and entries[0][0] == node:  # the usual state: our own entry
+            return DVVSet(((node, entries[0][1] + 1, (value,)),))
+        out: list[Entry] = []
+        seen_node = False
+        for i, n, _vals in entries:
+            if i == node:
+                seen_node = True
+                out.append((i, n + 1, (value,)))
+            else:
+                out.append((i, n, ()))
+        if not seen_node:
+            out.append((node, 1, (value,)))
+            out.sort(key=_entry_id)
+        return DVVSet(tuple(out))
+
     def sync(self, other: DVVSet) -> DVVSet:
         """The causal merge of two replicas' states (commutative, associative, idempotent)."""
         if self.entries == other.entries:

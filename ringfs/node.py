@@ -1324,9 +1324,7 @@ class Node:
         rec, local = self._read(key)  # tells the repairer of damage it finds
         if key in self._lost:
             self._new_actor_generation()
-        if ctx is None:
-            ctx = local.context() if local is not None else {}
-        if value is None and local is None and not ctx:
+        if value is None and local is None and not ctx:  # nothing to delete, nothing seen
             return encode_response(rid, {"context": b"", "siblings": 0})
         base = local if local is not None else DVVSet()
         gone = self._reaped_clocks.get(key)
@@ -1339,7 +1337,12 @@ class Node:
             # The key was reaped here (and may since have come back from another
             # coordinator): continue this actor's counter above the dots it issued.
             base = base.sync(DVVSet.clock({self.actor: floor}))
-        new = base.update(ctx, value, self.actor)
+        if ctx is not None:
+            new = base.update(ctx, value, self.actor)
+        elif gone is None and floor is None:
+            new = base.overwrite(value, self.actor)  # over everything this copy holds
+        else:
+            new = base.update(local.context() if local is not None else {}, value, self.actor)
         summary = new.summary()
         self._check_siblings(new, rid, summary)
         try:

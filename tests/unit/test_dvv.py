@@ -327,3 +327,19 @@ def test_from_wire_rejects_malformed(bad: object) -> None:
 def test_decode_context_rejects_malformed(bad: bytes) -> None:
     with pytest.raises(ValueError):
         decode_context(bad)
+
+
+@settings(max_examples=80)
+@given(st.data())
+def test_overwrite_is_an_update_with_the_states_own_context(data: st.DataObject) -> None:
+    """The coordinator's shortcut for a blind put equals the general update."""
+    pool = list(dict.fromkeys(run(data, read_your_writes=False, steps=30).pool))
+    state = data.draw(st.sampled_from(pool))
+    # Beside the run's nodes, new ones that sort first and last.
+    node = data.draw(st.sampled_from(["a0", "n0", "n1", "n2", "n3", "n9"]))
+    value = data.draw(st.none() | st.binary(max_size=4))
+    own = DVVSet(((node, 3, (b"x", b"y")),))  # the usual state: the node's own entry
+    for s in (state, own):
+        fast = s.overwrite(value, node)
+        assert fast.entries == s.update(s.context(), value, node).entries
+    assert fast.summary() == (1, 0 if value is None else 1, 0 if value is None else len(value))

@@ -1237,7 +1237,8 @@ class Node:
 
     def _write(self, conn: int, rid: int, op: Op, key: bytes, value: Value,
                args: dict[str, Any], now: float) -> bytes | None:
-        raw_ctx = field_opt_bytes(args, "context", self.limits.max_context_bytes, rid)
+        raw_ctx = (field_opt_bytes(args, "context", self.limits.max_context_bytes, rid)
+                   if "context" in args else None)  # (most puts carry none)
         w = self._quorum_arg(args, "w", rid)
         ctx: dict[str, int] | None = None
         if raw_ctx is not None:
@@ -1344,7 +1345,8 @@ class Node:
         else:
             new = base.update(local.context() if local is not None else {}, value, self.actor)
         summary = new.summary()
-        self._check_siblings(new, rid, summary)
+        if summary[0] > self.config.max_siblings or summary[2] > self._max_sibling_bytes:
+            self._check_siblings(new, rid, summary)  # raises
         try:
             seq = self._store(key, new, summary[1], old=rec)
         except OSError as exc:

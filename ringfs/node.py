@@ -1978,6 +1978,11 @@ class Node:
             self._request_sync(last)
 
     # -- plumbing ------------------------------------------------------------------------
+    @property
+    def has_effects(self) -> bool:
+        """Whether effects wait in the outbox (messages for peers not counted)."""
+        return bool(self._outbox)
+
     def drain_outbox(self, *, hold_peers: bool = False) -> list[Effect]:
         """The effects queued since the last drain. Messages for peers are framed here,
         one frame per peer; `hold_peers` keeps them queued for a later drain instead

@@ -654,7 +654,8 @@ class NodeServer:
             if frame is not None:
                 out.append(frame)
                 c.unsent += len(frame)
-        self._dispatch(hold_peers)
+        if not hold_peers or node.has_effects:  # (most requests queue none)
+            self._dispatch(hold_peers)
         if decoder.error is not None and not c.closing:
             exc = decoder.error
             node.counters[f"error_{exc.code.name.lower()}"] += 1

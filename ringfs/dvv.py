@@ -152,6 +152,23 @@ class DVVSet:
                     return True
         return False
 
+    def supersedes(self, other: DVVSet) -> bool:
+        """`covers_values(other) and not reuses_dots_of(other)` in one pass: whether a
+        checked write of this state may be applied over `other` (a replica's copy)."""
+        mine = {i: (n, vals) for i, n, vals in self.entries}
+        for i, n, vals in other.entries:
+            if not vals:
+                continue
+            t = mine.get(i)
+            if t is None or t[0] < n:
+                return False  # a value of `other` this state has not seen
+            m, my_vals = t
+            for k, v in enumerate(my_vals):
+                j = n - m + k  # our dot (i, m - k) among their values, newest first
+                if 0 <= j < len(vals) and vals[j] != v:
+                    return False  # one dot, two values
+        return True
+
     def dominates(self, other: DVVSet) -> bool:
         """Strictly newer: descends `other` and has seen something `other` has not."""
         return self.descends(other) and not other.descends(self)

@@ -775,8 +775,7 @@ class Node:
         self.files.check_incoming(key, incoming)
         sk = self._stored_key(key, hint_for)
         rec, local = self._read(sk)
-        if checked and local is not None and (not incoming.covers_values(local)
-                                              or incoming.reuses_dots_of(local)):
+        if checked and local is not None and not incoming.supersedes(local):
             # Values the write has not seen, or a dot of it already naming another
             # value here (a coordinator that lost count): write again over them.
             raise _Stale(local)

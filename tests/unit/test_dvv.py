@@ -273,6 +273,25 @@ def test_a_dot_issued_twice_for_two_values_is_found() -> None:
     assert again.covers_values(DVVSet.new("a", b"v1"))  # what covers_values misses
 
 
+@st.composite
+def any_states(draw: st.DrawFn) -> DVVSet:
+    """Arbitrary well-formed states, unrelated to any one history: their dots may
+    name different values in different states (what a coordinator that lost count
+    produces), which states of one history never do."""
+    ids = draw(st.lists(st.sampled_from(["a", "b", "c"]), unique=True, max_size=3))
+    entries = []
+    for i in sorted(ids):
+        vals = tuple(draw(st.lists(st.sampled_from([b"x", b"y", None]), max_size=3)))
+        entries.append((i, draw(st.integers(max(1, len(vals)), len(vals) + 3)), vals))
+    return DVVSet(tuple(entries))
+
+
+@settings(max_examples=300)
+@given(any_states(), any_states())
+def test_supersedes_is_covering_without_reusing_dots(a: DVVSet, b: DVVSet) -> None:
+    assert a.supersedes(b) == (a.covers_values(b) and not a.reuses_dots_of(b))
+
+
 # -- encodings ---------------------------------------------------------------------------
 
 

@@ -90,6 +90,7 @@ from bench.common import (
     repo_root,
     server_process,
     temp_dir,
+    tree_env,
 )
 from bench.kv import QUIET_CORE_FRACTION, _find_pyspy, _pyspy_summary, run_niced, wait_quiet
 from bench.loadgen import prefill, run_load
@@ -254,13 +255,6 @@ def ringfs_op(op: str) -> tuple[str, bytes]:
 def etcd_op(op: str) -> str:
     """What etcd runs to compare with a measured op (it has no LWW keys: a put is one)."""
     return "put" if op == "put-lww" else op
-
-
-def tree_env(tree: str) -> dict[str, str]:
-    """The environment that makes `python -m ringfs` run the code of `tree`."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = tree + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env
 
 
 def start_ringfs(stack: ExitStack, tree: str, data_root: str,

@@ -172,6 +172,13 @@ def repo_root() -> str:
     return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def tree_env(tree: str) -> dict[str, str]:
+    """The environment that makes `python -m ringfs` run the code of `tree`."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = tree + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
 # -- statistics and output ---------------------------------------------------------
 
 def percentile(sorted_values: Sequence[int | float], q: float) -> float:

@@ -24,6 +24,7 @@ to redis. A table first, then one JSON object per line.
 
     python -m bench.kv [--duration 3] [--requests N] [--quick] [--with-bare]
     python -m bench.kv profile --tool cprofile|py-spy --op get -c 50 [--duration 5]
+    python -m bench.kv ab --base DIR [--op put,get] [-c 1,50] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ from bench.common import (
     repo_root,
     server_process,
     temp_dir,
+    tree_env,
 )
 from bench.loadgen import prefill, run_load
 
@@ -510,6 +512,56 @@ def profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def ab(args: argparse.Namespace) -> int:
+    """Two ringfs nodes side by side, one running the code of `--base` (A), one this
+    tree's (B), loaded in turns by bench.loadgen with the settings of the main
+    comparison; the order alternates each round, so both see the same machine
+    speed however much it drifts. Prints every round, the best of each, and B/A."""
+    engine, why = pick_engine(args.engine)
+    trees = {"A": os.path.abspath(args.base), "B": repo_root()}
+    if not os.path.isfile(os.path.join(trees["A"], "ringfs", "node.py")):
+        print(f"bench.kv ab: {trees['A']} is not a ringfs tree", file=sys.stderr)
+        return 2
+    ops = [o.strip() for o in args.op.split(",")]
+    conns = [int(c) for c in args.connections.split(",")]
+    best: dict[tuple[str, int, str], dict[str, Any]] = {}
+    with ExitStack() as stack:
+        if args.nice:
+            stack.enter_context(run_niced(args.nice))
+        work = stack.enter_context(temp_dir("bench-kv-ab-"))
+        servers: dict[str, tuple[int, int]] = {}
+        for label, tree in trees.items():
+            port = free_port()
+            pid = stack.enter_context(server_process(
+                ringfs_cmd(port, os.path.join(work, label), engine), HOST, port, cwd=tree,
+                env=tree_env(tree))).pid
+            prefill(HOST, port, args.keyspace, VALUE_BYTES)
+            servers[label] = (port, pid)
+        print(f"# A: {trees['A']}\n# B: {trees['B']}\n# engine {engine} ({why}); ops {ops}, "
+              f"connections {conns}, {args.rounds} rounds of {args.duration:g} s, in turns",
+              flush=True)
+        for rnd in range(args.rounds):
+            for op in ops:
+                for c in conns:
+                    for label in (list(trees) if rnd % 2 == 0 else list(reversed(trees))):
+                        port, pid = servers[label]
+                        r = run_load(HOST, port, op=op, connections=c,
+                                     duration_s=args.duration, warmup_s=args.warmup, procs=1,
+                                     keyspace=args.keyspace, server_pid=pid)
+                        us = 1e6 * r["server_cpu_s"] / max(1, r["ops"])
+                        print(f"# round {rnd + 1} {op} c={c} {label}: {r['ops_per_s']:,.0f} "
+                              f"ops/s, {us:.1f} us of server CPU per op", flush=True)
+                        key = (op, c, label)
+                        if key not in best or r["ops_per_s"] > best[key]["ops_per_s"]:
+                            best[key] = r
+    for op in ops:
+        for c in conns:
+            a, b = best[(op, c, "A")], best[(op, c, "B")]
+            print(f"{op} c={c}: A {a['ops_per_s']:,.0f} B {b['ops_per_s']:,.0f} ops/s (best of "
+                  f"{args.rounds}); B/A {b['ops_per_s'] / max(1.0, a['ops_per_s']):.3f}x")
+    return 0
+
+
 def micro(args: argparse.Namespace) -> int:
     """CPU microseconds per call of each layer of the request path, in this process.
 
@@ -654,6 +706,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         a = p.parse_args(argv[1:])
         _serve_profiled(a.listen, a.data_dir, a.engine, a.out)
         return 0
+    if argv[:1] == ["ab"]:
+        p = argparse.ArgumentParser(prog="python -m bench.kv ab", description=ab.__doc__)
+        p.add_argument("--base", required=True, metavar="DIR",
+                       help="a checkout of the version to compare against")
+        p.add_argument("--op", default="put", help="comma-separated: put,get (default put)")
+        p.add_argument("-c", "--connections", default="50", help="comma-separated (default 50)")
+        p.add_argument("--rounds", type=int, default=3)
+        p.add_argument("--duration", type=float, default=2.0)
+        p.add_argument("--warmup", type=float, default=0.3)
+        p.add_argument("--keyspace", type=int, default=KEYSPACE)
+        p.add_argument("--engine", choices=("auto", "memory", "log"), default="auto")
+        p.add_argument("--nice", type=int, default=0, metavar="N")
+        return ab(p.parse_args(argv[1:]))
     if argv[:1] == ["micro"]:
         p = argparse.ArgumentParser(prog="python -m bench.kv micro",
                                     description="CPU cost per call of each request-path layer.")

@@ -111,11 +111,6 @@ class ArcTree:
         self.leaves[b] = (self.leaves[b] + h) & MASK64
         self._hash = None
 
-    def remove(self, token: int, h: int) -> None:
-        b = token & _LEAF_MASK
-        self.leaves[b] = (self.leaves[b] - h) & MASK64
-        self._hash = None
-
     @property
     def hash(self) -> int:
         if self._hash is None:
@@ -265,7 +260,7 @@ class HashTrees:
             return not self._ends  # no ring yet: nothing is foreign
         if not tree.built:
             return True  # the arc's scan (still to come) will see the new state
-        # One update of the key's leaf for both hashes (ArcTree.remove, then add).
+        # One update of the key's leaf for both hashes: the old one out, the new one in.
         h = 0 if new_meta is None else item_hash(key, new_meta)
         if old_meta is not None:
             h -= item_hash(key, old_meta)

@@ -1345,7 +1345,7 @@ class Node:
             new = base.update(local.context() if local is not None else {}, value, self.actor)
         summary = new.summary()
         if summary[0] > self.config.max_siblings or summary[2] > self._max_sibling_bytes:
-            self._check_siblings(new, rid, summary)  # raises
+            raise self._too_many_siblings(rid, summary)
         try:
             seq = self._store(key, new, summary[1], old=rec)
         except OSError as exc:
@@ -1384,18 +1384,18 @@ class Node:
             self._put_refused(pid, node, "unknown address")
         return None
 
-    def _check_siblings(self, state: DVVSet, rid: int,
-                        summary: tuple[int, int, int] | None = None) -> None:
-        count, live, size = summary if summary is not None else state.summary()
+    def _too_many_siblings(self, rid: int, summary: tuple[int, int, int]) -> WireError:
+        """The error for a write whose state `summary` (siblings, live, bytes) passes a
+        sibling limit; the caller tests the limits (on every put, without a call)."""
+        count, live, size = summary
         if count > self.config.max_siblings:
-            raise WireError(ErrorCode.TOO_MANY_SIBLINGS,
-                            f"key would have {count} siblings ({count - live} of them "
-                            f"tombstones; limit {self.config.max_siblings}): read, resolve "
-                            "and write back with the context", req_id=rid)
-        if size > self._max_sibling_bytes:
-            raise WireError(ErrorCode.TOO_MANY_SIBLINGS,
-                            f"siblings would total {size} bytes, more than one reply frame "
-                            "holds: read, resolve and write back with the context", req_id=rid)
+            return WireError(ErrorCode.TOO_MANY_SIBLINGS,
+                             f"key would have {count} siblings ({count - live} of them "
+                             f"tombstones; limit {self.config.max_siblings}): read, resolve "
+                             "and write back with the context", req_id=rid)
+        return WireError(ErrorCode.TOO_MANY_SIBLINGS,
+                         f"siblings would total {size} bytes, more than one reply frame "
+                         "holds: read, resolve and write back with the context", req_id=rid)
 
     def _put_result(self, rid: int, state: DVVSet,
                     summary: tuple[int, int, int] | None = None) -> bytes:

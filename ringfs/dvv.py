@@ -131,30 +131,11 @@ class DVVSet:
         mine = self.context()
         return all(mine.get(i, 0) >= n for i, n, _ in other.entries)
 
-    def covers_values(self, other: DVVSet) -> bool:
-        """Whether merging `other` in adds no sibling: every value of `other` has a dot
-        this state's clock covers (so it is superseded here, or held here too)."""
-        mine = {i: n for i, n, _ in self.entries}
-        return all(not vals or mine.get(i, 0) >= n for i, n, vals in other.entries)
-
-    def reuses_dots_of(self, other: DVVSet) -> bool:
-        """Whether some dot holds a value here and another value in `other`: one dot
-        issued twice, for two writes (the merge would keep one and drop the other)."""
-        theirs = {i: (n, vals) for i, n, vals in other.entries if vals}
-        for i, n, vals in self.entries:
-            t = theirs.get(i)
-            if t is None or not vals:
-                continue
-            m, tvals = t
-            for k, v in enumerate(vals):
-                j = m - (n - k)  # the dot (i, n - k) in their values, newest first
-                if 0 <= j < len(tvals) and tvals[j] != v:
-                    return True
-        return False
-
     def supersedes(self, other: DVVSet) -> bool:
-        """`covers_values(other) and not reuses_dots_of(other)` in one pass: whether a
-        checked write of this state may be applied over `other` (a replica's copy)."""
+        """Whether a checked write of this state may be applied over `other` (a
+        replica's copy): every value of `other` has a dot this state's clock covers
+        (merging adds no sibling), and no dot holds one value here and another there
+        (one dot issued twice, for two writes: the merge would keep only one)."""
         mine = {i: (n, vals) for i, n, vals in self.entries}
         for i, n, vals in other.entries:
             if not vals:

@@ -1,14 +1,20 @@
 """The log-structured storage engine (the Bitcask model): the default engine of every node.
 
 Theory of operation. Every put, delete and purge appends one checksummed record
-to the active segment with a single os.write on an O_APPEND descriptor, so the
-bytes are in the OS at once and sync() only has to fsync. An in-memory key
-directory (keydir) maps each key to the location of its newest record, packed
-into one int; a get is one dict lookup, one read (a slice of a read-only map of
-the segment, pread past the map's end) and one checksum. When the active segment
-reaches `segment_bytes` it is retired (immutable) and a new one is started;
-retired segments get a hint file (each record's key and location) so a restart
-reads hints instead of whole segments.
+to the active segment by copying it into a shared writable map of the file: the
+bytes are in the OS page cache at once, without a system call, and sync() only
+has to fsync. The file is preallocated ahead of the appends (posix_fallocate, a
+few MiB at a time) so that a write through the map can never meet a full disk,
+which would raise SIGBUS; a full disk shows as an OSError when the next stretch
+is allocated, before anything is written. An in-memory key directory (keydir)
+maps each key to the location of its newest record, packed into one int; a get
+is one dict lookup, one read (a slice of the segment's map) and one checksum.
+When the active segment reaches `segment_bytes` it is retired (immutable): its
+writable map is dropped, the file is cut to the records' end and mapped
+read-only, and a new segment is started. Retired segments get a hint file (each
+record's key and location) so a restart reads hints instead of whole segments.
+After a crash the active segment's preallocated, never written bytes read as
+zeros: recovery cuts them off without counting them as a torn tail.
 
 Overwrites and deletes leave dead records behind. maybe_merge() reclaims them a
 bounded slice at a time: it copies the live records of the most fragmented
@@ -68,6 +74,7 @@ from ringfs.storage.segment import (
     CorruptRegion,
     FormatError,
     SegmentScanner,
+    data_end,
     encode_hint_entry,
     encode_record,
     encode_segment_header,
@@ -118,8 +125,9 @@ _LOAD_FLAGS_SHIFT = 92
 _LOAD_RANK_SHIFT = 93
 _LOAD_SEQ_SHIFT = 94
 
-_REMAP_BYTES = 1 * MiB
-"""Growth of the active segment after which a read remaps it (see _read_unmapped)."""
+_GROW_BYTES = 4 * MiB
+"""The active segment's file is preallocated and mapped this much further at a time
+(never past segment_bytes, unless one record needs more)."""
 
 _NO_SEQ = 1 << 62
 """min_seq of a segment holding no record yet."""
@@ -451,8 +459,11 @@ class LogStore:
         """Read-only maps of immutable segments: a get from one costs no system call.
         A slot without a map holds _NO_MAP, which slices like a map too short for any
         record, so get() needs no test for it."""
-        self._active_mapped = 0
-        """Bytes of the active segment its map in _maps covers (it keeps growing)."""
+        self._wmap: mmap.mmap | None = None
+        """The active segment's writable map (also its entry in _maps), or None before
+        its first record: appends are copies into it."""
+        self._wcap = 0
+        """Bytes of the active segment's file preallocated and mapped by _wmap."""
         self._free_slots: list[int] = []
         self._active: _Segment | None = None
         self._dirty: list[_Segment] = []
@@ -625,7 +636,7 @@ class LogStore:
             body = b"".join((head, fields, key, meta, value))
             rec: bytes | tuple[bytes, ...] = body + _PACK_U32(_crc32(body, salt))
         else:
-            # A big record is written from its parts (writev), its checksum chained
+            # A big record is copied into the map part by part, its checksum chained
             # over them: joining would copy the value twice more.
             crc = _crc32(value, _crc32(meta, _crc32(key, _crc32(fields, _crc32(head, salt)))))
             rec = (head, fields, key, meta, value, _PACK_U32(crc))
@@ -658,16 +669,21 @@ class LogStore:
         if seg is None or (seg.size + size > self._segment_bytes and seg.size > seg.data_start):
             seg = self._roll()
         off = seg.size
-        try:
-            written = os.write(seg.fd, rec) if isinstance(rec, bytes) else os.writev(seg.fd, rec)
-            if written != size:  # a regular file rarely takes less
-                os.ftruncate(seg.fd, off)
-                _write_all(seg.fd, rec if isinstance(rec, bytes) else b"".join(rec))
-        except OSError as exc:
-            self._undo_partial_write(seg, off, exc)
-            raise
+        end = off + size
+        if end > self._wcap:
+            self._grow(seg, end)  # may raise OSError (a full disk): nothing written yet
+        wmap = self._wmap
+        assert wmap is not None
+        if isinstance(rec, bytes):
+            wmap[off:end] = rec
+        else:
+            at = off
+            for part in rec:
+                nxt = at + len(part)
+                wmap[at:nxt] = part
+                at = nxt
         with self._lock:
-            seg.size = off + size
+            seg.size = end
             self._last_seq = seq
             self._gen += 1
         if seq < seg.min_seq:
@@ -677,13 +693,32 @@ class LogStore:
             size if size <= _SIZE_MASK else 0
         )
 
-    def _undo_partial_write(self, seg: _Segment, off: int, exc: OSError) -> None:
-        """Cut a failed append back so later records do not follow a torn one."""
+    def _grow(self, seg: _Segment, end: int) -> None:
+        """Preallocate the active segment's file and map it up to at least `end` bytes."""
+        cap = max(end, min(self._wcap + _GROW_BYTES, self._segment_bytes))
+        _preallocate(seg.fd, cap)
+        view = mmap.mmap(seg.fd, cap)  # shared and writable: writes go to the page cache
+        old = self._wmap
+        self._maps[seg.slot] = view
+        self._wmap = view
+        self._wcap = cap
+        if old is not None:
+            old.close()
+
+    def _retire_map(self, seg: _Segment) -> None:
+        """The active segment `seg` takes no more records: drop its writable map and the
+        preallocated bytes past its last record (recovery would cut them anyway)."""
+        view = self._maps[seg.slot]
+        if isinstance(view, mmap.mmap):
+            view.close()
+            self._maps[seg.slot] = _NO_MAP
+        if self._wmap is view:
+            self._wmap = None
+            self._wcap = 0
         try:
-            os.ftruncate(seg.fd, off)
-        except OSError:
-            self._failed = exc
-            log.error("storage write failed and could not be undone; store needs reopening")
+            os.ftruncate(seg.fd, seg.size)
+        except OSError as exc:
+            log.warning("could not cut segment %s to its records' end: %s", seg.name, exc)
 
     def _roll(self) -> _Segment:
         """Start a new active segment; the old one waits for sync() and then its hint."""
@@ -696,11 +731,7 @@ class LogStore:
             self._dir_dirty = True
             self._dir_epoch += 1
         if old is not None:
-            partial = self._maps[old.slot]
-            if isinstance(partial, mmap.mmap):  # it covered part of the segment; map it whole
-                partial.close()
-                self._maps[old.slot] = _NO_MAP
-            self._active_mapped = 0
+            self._retire_map(old)
             self._map(old)
             self._hint_jobs.append(_HintJob(old))
         return seg
@@ -711,7 +742,7 @@ class LogStore:
         name = f"{seg_id:016x}.seg"
         data_start = segment_header_bytes(superseded)
         if kind == KIND_LOG:
-            flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
+            flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
             fd = os.open(os.path.join(self._dir, name), flags, 0o644)
             try:
                 header = encode_segment_header(
@@ -790,33 +821,11 @@ class LogStore:
         return int(HEADER_BYTES + 4 + klen + mlen + vlen)
 
     def _read_unmapped(self, slot: int, off: int, size: int) -> bytes:
-        """Reads a map cannot serve: past the end of the active segment's map, large records.
-
-        The active segment grows, so its map covers it only up to where it had grown
-        at the last remap, which a read past the map triggers once at least
-        _REMAP_BYTES more were written; until then such reads use pread.
-        """
+        """Reads a map cannot serve: large records (the keydir does not hold their
+        size), segments without a map, and reads whose mapped copy failed its checks."""
         if not size:
             return self._read_large(slot, off)
-        seg = self._active
-        if seg is not None and seg.slot == slot:
-            end = off + size
-            if end > self._active_mapped and seg.size - self._active_mapped >= _REMAP_BYTES:
-                self._remap_active(seg)
-            view = self._maps[slot]
-            if isinstance(view, mmap.mmap) and end <= self._active_mapped:
-                return view[off:end]
         return os.pread(self._fds[slot], size, off)
-
-    def _remap_active(self, seg: _Segment) -> None:
-        old = self._maps[seg.slot]
-        view = mmap.mmap(seg.fd, seg.size, access=mmap.ACCESS_READ)
-        if hasattr(view, "madvise") and hasattr(mmap, "MADV_RANDOM"):
-            view.madvise(mmap.MADV_RANDOM)
-        self._maps[seg.slot] = view
-        self._active_mapped = seg.size
-        if isinstance(old, mmap.mmap):
-            old.close()
 
     def _read_large(self, slot: int, off: int) -> bytes:
         # Large records are rare and their copy dominates; pread keeps this simple.
@@ -1178,8 +1187,16 @@ class LogStore:
                     entries.append((item.seq, item.offset, item.size, item.flags, item.key))
         cut = 0
         if scanner.tail_offset is not None:
-            if seg.kind == KIND_LOG:
-                cut = seg.size - scanner.tail_offset
+            if scanner.tail_zero and seg.kind == KIND_LOG:
+                # Preallocated bytes no append reached before the process stopped: not
+                # a torn record, nothing to report.
+                log.debug("segment %s: dropped %d unwritten bytes at offset %d", seg.name,
+                          seg.size - scanner.tail_offset, scanner.tail_offset)
+                os.ftruncate(seg.fd, scanner.tail_offset)
+                seg.size = scanner.tail_offset
+            elif seg.kind == KIND_LOG:
+                # (Preallocated zeros after the torn bytes are not counted as cut.)
+                cut = data_end(seg.fd, scanner.tail_offset, seg.size) - scanner.tail_offset
                 log.warning(
                     "segment %s: cut a torn tail of %d bytes at offset %d",
                     seg.name,
@@ -1797,6 +1814,7 @@ class LogStore:
                 with self._lock:
                     active, self._active = self._active, None
                 if active is not None:
+                    self._retire_map(active)
                     self._hint_jobs.append(_HintJob(active))
                 try:
                     for _ in range(1_000_000):
@@ -1937,6 +1955,26 @@ def _write_all(fd: int, data: bytes) -> None:
     while view:
         n = os.write(fd, view)
         view = view[n:]
+
+
+def _preallocate(fd: int, size: int) -> None:
+    """Give the file at least `size` bytes, every one backed by an allocated block, so
+    that writing them through a map cannot fail for want of space (in a sparse file
+    that would raise SIGBUS). Raises OSError (ENOSPC) when the disk is full."""
+    fallocate = getattr(os, "posix_fallocate", None)
+    if fallocate is not None:
+        try:
+            fallocate(fd, 0, size)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+    # No fallocate here: write the zeros.
+    at = os.fstat(fd).st_size
+    zeros = bytes(min(max(size - at, 0), 1 * MiB))
+    while at < size:
+        _pwrite_all(fd, zeros[: size - at], at)
+        at = min(size, at + len(zeros))
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:

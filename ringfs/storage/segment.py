@@ -300,6 +300,9 @@ class SegmentScanner:
         """Set when the scan ended on bytes that are not a complete valid record."""
         self.tail_key: bytes | None = None
         """The key of a full-length last record whose payload checksum failed."""
+        self.tail_zero = False
+        """Set with tail_offset when every byte from there to the end is zero: space
+        preallocated for appends that never came, rather than a torn record."""
 
     def _window(self, need: int) -> tuple[bytes, int]:
         """The buffer and the index of `pos` in it, with `need` bytes there if the file has them."""
@@ -323,7 +326,7 @@ class SegmentScanner:
             pos = self.pos
             avail = end - pos
             if avail < RECORD_OVERHEAD:
-                self._finish(pos, None)
+                self._finish(pos, None, zero=self._zeros_to_end(pos))
                 break
             buf, i = self._window(HEADER_BYTES)
             _, seq, flags, reserved, klen, mlen, vlen = unpack_from(buf, i)
@@ -361,6 +364,9 @@ class SegmentScanner:
             # A trustworthy header whose record runs past the end: a torn append.
             self._finish(pos, None)
             return None
+        if known is None and self._zeros_to_end(pos):
+            self._finish(pos, None, zero=True)
+            return None
         resume = pos + known[0] if known is not None else pos + 1
         nxt = find_next_record(self._fd, self._salt, resume, self._end)
         if nxt is None:
@@ -371,13 +377,35 @@ class SegmentScanner:
             return CorruptRegion(pos, nxt - pos, known[2], known[1])
         return CorruptRegion(pos, nxt - pos, None, None)
 
-    def _finish(self, pos: int, key: bytes | None) -> None:
+    def _zeros_to_end(self, pos: int) -> bool:
+        """Whether every byte from `pos` to the end is zero (read a chunk at a time)."""
+        while pos < self._end:
+            chunk = os.pread(self._fd, min(self._chunk, self._end - pos), pos)
+            if not chunk or _NONZERO.search(chunk):
+                return False
+            pos += len(chunk)
+        return True
+
+    def _finish(self, pos: int, key: bytes | None, *, zero: bool = False) -> None:
         self.done = True
         if pos < self._end:
             self.tail_offset = pos
             self.tail_key = key
+            self.tail_zero = zero
         self.pos = pos
         self._buf = b""
+
+
+def data_end(fd: int, start: int, end: int, chunk_bytes: int = 1 << 20) -> int:
+    """Offset just past the last non-zero byte in [start, end), or `start` if none."""
+    while end > start:
+        lo = max(start, end - chunk_bytes)
+        chunk = os.pread(fd, end - lo, lo)
+        trimmed = len(chunk.rstrip(b"\x00"))
+        if trimmed:
+            return lo + trimmed
+        end = lo
+    return start
 
 
 def find_next_record(fd: int, salt: int, start: int, end: int) -> int | None:

@@ -45,11 +45,13 @@ tokens = st.one_of(
 
 
 class FsyncTracker:
-    """Remembers, per file name under `root`, how many bytes the last fsync covered."""
+    """Remembers, per file name under `root`, what the last fsync covered: the file's
+    bytes as they were when it started (not only a length: the active segment's file
+    is preallocated ahead of its records)."""
 
     def __init__(self, root: str) -> None:
         self.root = root
-        self.durable: dict[str, int] = {}
+        self.durable: dict[str, bytes] = {}
         self._saved: dict[str, Callable[..., Any]] = {}
 
     def install(self) -> None:
@@ -59,9 +61,9 @@ class FsyncTracker:
         def note(fd: int) -> None:
             path = os.readlink(f"/proc/self/fd/{fd}")
             if path.startswith(self.root + os.sep) and not os.path.isdir(path):
-                # The size is read before the fsync starts: every byte written by
-                # then is covered by it.
-                self.durable[path] = os.fstat(fd).st_size
+                # Read before the fsync starts: every byte written by then is covered.
+                with open(path, "rb") as f:  # (the descriptor may be write-only)
+                    self.durable[path] = f.read()
 
         def fsync(fd: int) -> None:
             note(fd)
@@ -72,11 +74,11 @@ class FsyncTracker:
             real_fdatasync(fd)
 
         def moved(src: Any, dst: Any) -> None:
-            size = self.durable.pop(os.fspath(src), None)
-            if size is None:
+            kept = self.durable.pop(os.fspath(src), None)
+            if kept is None:
                 self.durable.pop(os.fspath(dst), None)
             else:
-                self.durable[os.fspath(dst)] = size
+                self.durable[os.fspath(dst)] = kept
 
         def rename(src: Any, dst: Any, *args: Any, **kw: Any) -> None:
             real_rename(src, dst, *args, **kw)
@@ -118,8 +120,10 @@ class FsyncTracker:
             keep = self.durable.get(path)
             if keep is None:
                 self._saved.get("unlink", os.unlink)(path)
-            elif os.path.getsize(path) > keep:
-                os.truncate(path, keep)
+            else:
+                with open(path, "r+b") as f:
+                    f.write(keep)
+                    f.truncate(len(keep))
 
 
 class EngineMachine(RuleBasedStateMachine):

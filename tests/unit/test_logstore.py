@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import random
@@ -629,30 +630,71 @@ def test_failed_fsync_fails_the_store_until_reopened(
         assert again.get(b"durable") is not None
 
 
-def test_torn_append_is_cut_back_at_once(store_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    s = LogStore(store_dir)
-    s.put(b"a", b"1")
-    real = os.write
-    calls = 0
-
-    def half_then_enospc(fd: int, data: bytes) -> int:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            return real(fd, bytes(data)[: len(data) // 2])
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(os, "write", half_then_enospc)
+def test_a_full_disk_fails_the_put_before_anything_is_written(
+    store_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Appends go through a map of preallocated space: a full disk shows when the next
+    stretch is allocated, as an OSError, never as a torn record or a SIGBUS."""
+    s = LogStore(store_dir, segment_bytes=256)
+    s.put(b"a", b"1" * 100)
+    real = os.posix_fallocate
+    monkeypatch.setattr(os, "posix_fallocate", lambda fd, off, size: (_ for _ in ()).throw(
+        OSError(errno.ENOSPC, "No space left on device")))
     with pytest.raises(OSError):
-        s.put(b"b", b"22222222")
-    monkeypatch.undo()
+        s.put(b"b", b"2" * 200)  # does not fit: a new segment, whose space is refused
+    with pytest.raises(OSError):
+        s.put(b"b", b"2" * 200)
+    monkeypatch.setattr(os, "posix_fallocate", real)
     assert s.get(b"b") is None
-    assert s.put(b"c", b"3") == 2  # the failed put took no sequence number
+    assert s.put(b"c", b"3") == 2  # the failed puts took no sequence number
+    s.check_invariants()
     s.close()
-    with LogStore(store_dir) as again:
+    with LogStore(store_dir, segment_bytes=256) as again:
         assert again.recovery.truncated_bytes == 0
         assert again.stats().corrupt_records == 0
         assert again.get(b"c") == Record(b"3", b"", False, 2)
+        assert again.get(b"a") == Record(b"1" * 100, b"", False, 1)
+
+
+@pytest.mark.parametrize("how", ["unsupported", "missing"])
+def test_without_fallocate_the_space_is_written_with_zeros(
+    store_dir: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    if how == "missing":
+        monkeypatch.delattr(os, "posix_fallocate")
+    else:
+        monkeypatch.setattr(os, "posix_fallocate", lambda fd, off, size: (_ for _ in ()).throw(
+            OSError(errno.EOPNOTSUPP, "Operation not supported")))
+    with LogStore(store_dir, segment_bytes=4096) as s:
+        for i in range(100):
+            s.put(b"k%d" % i, b"v" * 50)
+        s.check_invariants()
+        sizes = [p.stat().st_size for p in seg_files(store_dir)]
+        assert max(sizes) == 4096  # the active segment, preallocated in full
+    assert all(p.stat().st_size < 4096 for p in seg_files(store_dir))  # cut back at close
+    with LogStore(store_dir, segment_bytes=4096) as s:
+        assert len(s) == 100 and s.get(b"k99") == Record(b"v" * 50, b"", False, 100)
+
+
+def test_preallocated_space_left_by_a_crash_is_not_a_torn_tail(
+    store_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    s = LogStore(store_dir)
+    for i in range(50):
+        s.put(b"k%d" % i, b"v%d" % i)
+    s.sync()
+    s.abandon()  # as a killed process leaves it: the active segment's file runs on in zeros
+    seg = seg_files(store_dir)[-1]
+    with open(seg, "rb") as f:
+        data = f.read()
+    assert len(data) > 100_000 and data.endswith(bytes(100_000))
+    with caplog.at_level(logging.WARNING), LogStore(store_dir) as again:
+        assert again.recovery.truncated_bytes == 0
+        assert again.stats().corrupt_records == 0
+        assert not again.needs_repair()
+        assert len(again) == 50 and again.get(b"k49") == Record(b"v49", b"", False, 50)
+        assert seg.stat().st_size < 4096  # the zeros are gone
+    assert not caplog.records
 
 
 def test_a_removed_directory_fails_the_next_sync_and_close_still_closes(

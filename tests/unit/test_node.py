@@ -11,8 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ringfs.config import Durability, NodeConfig
-from ringfs.dvv import encode_context
+from ringfs.dvv import decode_stored, encode_context
 from ringfs.errors import ErrorCode
+from ringfs.lww import STAMP_MAGIC
 from ringfs.node import ClientReply, CloseConnection, Node, PeerSend, RequestSync
 from ringfs.peer import PeerMsg, encode_peer, frame_prefix, pack_message, peer_frame
 from ringfs.storage.memory import MemoryEngine
@@ -82,6 +83,60 @@ def test_put_get_delete_cycle() -> None:
     gone = h.call(Op.GET, key=b"k")
     assert gone["values"] == [] and not gone["found"] and gone["context"]
     assert h.engine.get(b"k") is not None and h.engine.get(b"k").tombstone  # type: ignore[union-attr]
+
+
+_OPS = st.lists(st.tuples(st.sampled_from(["put", "put_ctx", "get", "delete"]),
+                          st.sampled_from([b"a", b"b", b"c"]), st.binary(max_size=8)),
+                max_size=40)
+
+
+@given(ops=_OPS, durability=st.sampled_from(["none", "interval:1000"]))
+def test_a_plain_put_on_a_one_node_ring_takes_the_short_way_to_the_same_result(
+        ops: list[tuple[str, bytes, bytes]], durability: str) -> None:
+    """`_on_put` hands a put of only a key and a value on a one-node ring straight to
+    `_coordinate`; one carrying `w` goes the whole way through `_write`. Every reply
+    and every stored state must be the same."""
+    short, whole = Harness(durability), Harness(durability)
+    contexts: dict[bytes, bytes] = {}
+    for op, key, value in ops:
+        if op == "put":
+            got = [short.call(Op.PUT, key=key, value=value),
+                   whole.call(Op.PUT, key=key, value=value, w=1)]
+        elif op == "put_ctx":
+            ctx = contexts.get(key, b"")
+            got = [h.call(Op.PUT, key=key, value=value, context=ctx) for h in (short, whole)]
+        elif op == "get":
+            got = [h.call(Op.GET, key=key) for h in (short, whole)]
+            contexts[key] = got[0]["context"]
+        else:
+            got = [h.call(Op.DELETE, key=key) for h in (short, whole)]
+        assert got[0] == got[1]
+    for key in (b"a", b"b", b"c"):
+        assert short.engine.get(key) == whole.engine.get(key)
+
+
+@pytest.mark.parametrize("setting", ["lww", "fault"])
+def test_a_plain_put_takes_the_whole_way_where_it_must(setting: str) -> None:
+    """A last-write-wins key is stamped, and an injected fault applies, on one node too."""
+    if setting == "lww":
+        h = Harness(lww_prefixes=("l:",))
+        h.call(Op.PUT, key=b"l:k", value=b"v")
+        assert h.call(Op.GET, key=b"l:k")["values"] == [b"v"]
+        rec = h.engine.get(b"l:k")
+        assert rec is not None
+        (held,) = decode_stored(rec.meta).values()
+        assert held is not None and held.startswith(STAMP_MAGIC) and held.endswith(b"v")
+        return
+    engine = MemoryEngine()
+    node = Node(NodeConfig(name="n1", gossip="off"), engine, random.Random(0), 0.0,
+                faults=frozenset({"ignore_context"}))
+    node.client_connected(1, 0.0)
+    node.client_request(1, [0, 1, int(Op.HELLO), {"versions": [1]}], 0.0)
+    for rid in (2, 3):
+        node.client_request(1, [0, rid, int(Op.PUT), {"key": b"k", "value": b"v%d" % rid}], 0.0)
+    # The defect drops every put's context, so blind puts pile up as siblings.
+    body = decode(node.client_request(1, [0, 4, int(Op.GET), {"key": b"k"}], 0.0) or b"")
+    assert sorted(body[2]["values"]) == [b"v2", b"v3"]
 
 
 def test_stale_contexts_make_siblings_and_merged_context_resolves() -> None:

@@ -364,3 +364,20 @@ def test_overwrite_is_an_update_with_the_states_own_context(data: st.DataObject)
         fast = s.overwrite(value, node)
         assert fast.entries == s.update(s.context(), value, node).entries
     assert fast.summary() == (1, 0 if value is None else 1, 0 if value is None else len(value))
+
+
+_contexts = st.dictionaries(st.sampled_from(["a", "b", "c", "n"]), st.integers(1, 6),
+                            max_size=4)
+
+
+@settings(max_examples=400)
+@given(any_states(), _contexts, st.none() | st.binary(max_size=3),
+       st.sampled_from(["a", "b", "c", "n", "0"]))
+def test_an_update_descends_from_the_state_it_was_made_over(
+        base: DVVSet, ctx: dict[str, int], value: bytes | None, node: str) -> None:
+    """What a replica whose copy is exactly a write's base relies on (REPLICA_PUT's
+    `base`): merging the write into that copy gives the write itself, and a blind
+    write passes the checked-write test against it."""
+    for new in (base.update(ctx, value, node), base.overwrite(value, node)):
+        assert base.sync(new) == new and new.sync(base) == new
+    assert base.overwrite(value, node).supersedes(base)

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ringfs.config import Durability, NodeConfig
-from ringfs.dvv import decode_stored, encode_context
+from ringfs.dvv import DVVSet, decode_stored, encode_context
 from ringfs.errors import ErrorCode
 from ringfs.lww import STAMP_MAGIC
 from ringfs.node import ClientReply, CloseConnection, Node, PeerSend, RequestSync
@@ -504,3 +504,85 @@ def test_a_saved_membership_view_is_synced_at_once() -> None:
     rec = engine.get(b"\x00lview")
     assert rec is not None
     assert any(type(e) is RequestSync and e.seq >= rec.seq for e in node.drain_outbox())
+
+
+def _replica_puts(node: Node) -> list[dict[str, Any]]:
+    """The REPLICA_PUT bodies among the node's effects, drained."""
+    out: list[dict[str, Any]] = []
+    for eff in node.drain_outbox():
+        if isinstance(eff, PeerSend):
+            _, _, mtype, body = decode(eff.frame)
+            msgs = body["msgs"] if mtype == PeerMsg.BATCH else [[mtype, body]]
+            out += [m[1] for m in msgs if m[0] == PeerMsg.REPLICA_PUT]
+    return out
+
+
+def test_a_write_over_the_coordinators_copy_names_that_copy_as_its_base() -> None:
+    h = Harness()
+    node = h.node
+    for conn, name in ((2, "n2"), (3, "n3")):
+        node.client_connected(conn, 0.0)
+        node.client_request(conn, [0, 1, 0, {"versions": [1], "peer": name}], 0.0)
+        node.client_request(conn, [3, name, int(PeerMsg.JOIN), {
+            "name": name, "address": f"10.0.0.{conn}:7001", "meta": {}}], 0.0)
+    node.drain_outbox()
+    assert h.raw([0, 1, int(Op.PUT), {"key": b"k", "value": b"v1"}]) is None  # awaits W=2
+    first = _replica_puts(node)
+    assert len(first) == 2 and not any("base" in b for b in first)  # nothing here before
+    rec = h.engine.get(b"k")
+    assert rec is not None
+    assert h.raw([0, 2, int(Op.PUT), {"key": b"k", "value": b"v2"}]) is None
+    second = _replica_puts(node)
+    assert len(second) == 2 and all(b["base"] == rec.meta for b in second)
+    stored = h.engine.get(b"k")
+    assert stored is not None and DVVSet.from_wire(second[0]["state"]) == decode_stored(
+        stored.meta)
+    # Over a copy whose key was reaped here, the write is also made over the reaped
+    # clock: not an update of the stored bytes alone, so no base is named.
+    tomb = DVVSet.new("a@1", None)
+    node._merge_local(b"r", tomb, None)
+    node._reap_local(b"r", tomb)
+    node._merge_local(b"r", DVVSet.new("b@1", b"later"), None)
+    node.drain_outbox()
+    assert h.raw([0, 3, int(Op.PUT), {"key": b"r", "value": b"v3"}]) is None
+    third = _replica_puts(node)
+    assert len(third) == 2 and not any("base" in b for b in third)
+
+
+def test_a_replica_holding_a_writes_base_takes_the_write_as_it_came(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import ringfs.node as node_module
+    from ringfs.node import _Stale
+
+    h = Harness()
+    node = h.node
+    base = DVVSet.new("a@1", b"old")
+    node._merge_local(b"k", base, None)
+    rec = h.engine.get(b"k")
+    assert rec is not None
+    decoded: list[bytes] = []
+    real_decode = node_module.decode_stored
+    monkeypatch.setattr(node_module, "decode_stored",
+                        lambda meta: decoded.append(meta) or real_decode(meta))
+    new = base.overwrite(b"new", "b@1")
+    assert node._merge_local(b"k", DVVSet.from_wire(new.to_wire()), None, checked=True,
+                             base=rec.meta) is not None
+    assert decoded == []  # neither decoded nor merged: stored as it came
+    assert node._load(b"k") == new == base.sync(new)
+    # Any other base is no promise: the write is merged and checked as usual. Here the
+    # copy holds a value the write has not seen, so the checked write is refused.
+    node._merge_local(b"k2", DVVSet.new("a@1", b"x"), None)
+    with pytest.raises(_Stale):
+        node._merge_local(b"k2", DVVSet.new("b@1", b"y"), None, checked=True, base=rec.meta)
+    assert decoded
+    # A key reaped here is merged with its reaped clock, base or not.
+    tomb = base.update(base.context(), None, "c@1")
+    node._merge_local(b"r", tomb, None)
+    node._reap_local(b"r", tomb)
+    node._merge_local(b"r", DVVSet.new("d@1", b"later"), None)
+    later = h.engine.get(b"r")
+    assert later is not None
+    decoded.clear()
+    node._merge_local(b"r", base.sync(DVVSet.new("d@1", b"later")).overwrite(b"z", "e@1"),
+                      None, base=later.meta)
+    assert decoded  # the merge path, which applies the reaped clock

@@ -716,8 +716,10 @@ class Node:
         the engine's list of damaged keys (its tree must be rebuilt, and the counters
         the lost copy held must not be reused).
         """
-        rec = self._read_record(stored_key)
+        rec = self.engine.get(stored_key)  # (_read_record, inlined: every read comes here)
         if rec is None:
+            if not is_local_key(stored_key):
+                self.repair.note_damage()
             return None, None
         # Decoded afresh on every read: about half a microsecond for a one-value state,
         # less than keeping decoded states for reuse cost (a cache of them made a

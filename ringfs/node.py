@@ -716,7 +716,9 @@ class Node:
         the engine's list of damaged keys (its tree must be rebuilt, and the counters
         the lost copy held must not be reused).
         """
-        rec = self.engine.get(stored_key)  # (_read_record, inlined: every read comes here)
+        # _read_record, written out: every read comes here, and the call cost a GET
+        # about 0.2 us of 7.4 in `bench.kv micro`.
+        rec = self.engine.get(stored_key)
         if rec is None:
             if not is_local_key(stored_key):
                 self.repair.note_damage()
@@ -1364,9 +1366,10 @@ class Node:
             # The key was reaped here (and may since have come back from another
             # coordinator): continue this actor's counter above the dots it issued.
             base = base.sync(DVVSet.clock({self.actor: floor}))
+        over_copy = gone is None and floor is None  # `base` is this copy as stored
         if ctx is not None:
             new = base.update(ctx, value, self.actor)
-        elif gone is None and floor is None:
+        elif over_copy:
             new = base.overwrite(value, self.actor)  # over everything this copy holds
         else:
             new = base.update(local.context() if local is not None else {}, value, self.actor)
@@ -1396,7 +1399,7 @@ class Node:
                 body = {"id": pid, "key": key, "state": new.packable()}
                 if check:
                     body["check"] = True
-                if rec is not None and gone is None and floor is None:
+                if rec is not None and over_copy:
                     # `new` is an update of exactly this copy (see _merge_local).
                     body["base"] = rec.meta
             if rep.hint_for is not None:
@@ -1699,10 +1702,10 @@ class Node:
         try:
             state = DVVSet.from_wire(body["state"], max_siblings=self.config.max_siblings * 2)
             # A checked write (a blind put) is taken only over values its clock covers.
+            checking = "skip_write_check" not in self.faults  # (an injected defect)
             checked = pid != 0 and body.get("check") is True
-            seq = self._merge_local(key, state, hint_for,
-                                    checked=checked and "skip_write_check" not in self.faults,
-                                    base=base if "skip_write_check" not in self.faults else None)
+            seq = self._merge_local(key, state, hint_for, checked=checked and checking,
+                                    base=base if checking else None)
         except _Stale as stale:
             self.counters["replica_put_conflicts"] += 1
             self._send(sender, PeerMsg.REPLICA_PUT_ACK,

@@ -326,7 +326,7 @@ class SegmentScanner:
             pos = self.pos
             avail = end - pos
             if avail < RECORD_OVERHEAD:
-                self._finish(pos, None, zero=self._zeros_to_end(pos))
+                self._finish(pos, None, zero=data_end(self._fd, pos, end) == pos)
                 break
             buf, i = self._window(HEADER_BYTES)
             _, seq, flags, reserved, klen, mlen, vlen = unpack_from(buf, i)
@@ -364,7 +364,7 @@ class SegmentScanner:
             # A trustworthy header whose record runs past the end: a torn append.
             self._finish(pos, None)
             return None
-        if known is None and self._zeros_to_end(pos):
+        if known is None and data_end(self._fd, pos, self._end) == pos:  # all zeros
             self._finish(pos, None, zero=True)
             return None
         resume = pos + known[0] if known is not None else pos + 1
@@ -376,15 +376,6 @@ class SegmentScanner:
         if known is not None:
             return CorruptRegion(pos, nxt - pos, known[2], known[1])
         return CorruptRegion(pos, nxt - pos, None, None)
-
-    def _zeros_to_end(self, pos: int) -> bool:
-        """Whether every byte from `pos` to the end is zero (read a chunk at a time)."""
-        while pos < self._end:
-            chunk = os.pread(self._fd, min(self._chunk, self._end - pos), pos)
-            if not chunk or _NONZERO.search(chunk):
-                return False
-            pos += len(chunk)
-        return True
 
     def _finish(self, pos: int, key: bytes | None, *, zero: bool = False) -> None:
         self.done = True

@@ -98,6 +98,10 @@ class NodeConfig:
     """Client connections beyond this are refused at accept time."""
     max_inflight_per_connection: int = 4096
     """Requests awaiting durability on one connection before reading from it pauses."""
+    poll_spin_us: int = 50
+    """Longest the node polls its connections for the next request before it sleeps,
+    in microseconds (adaptive: it polls only while requests keep coming that soon;
+    docs/operations.md). 0: always sleep, never busy-poll."""
     request_timeout_s: float = 5.0
     """How long a coordinator waits for replicas before giving up on a request."""
     log_level: str = "info"
@@ -184,6 +188,8 @@ class NodeConfig:
             raise ConfigError("max_connections must be in 1..1000000")
         if not 1 <= self.max_inflight_per_connection <= 1_000_000:
             raise ConfigError("max_inflight_per_connection must be in 1..1000000")
+        if not 0 <= self.poll_spin_us <= 10_000:
+            raise ConfigError("poll_spin_us must be in 0..10000")
         if not 0.001 <= self.request_timeout_s <= 3600:
             raise ConfigError("request_timeout_s must be in 0.001..3600")
         if not 1 <= self.n_replicas <= 16:
@@ -233,6 +239,7 @@ _SCALARS: dict[str, type | tuple[type, ...]] = {
     "lww_prefixes": list,
     "max_connections": int,
     "max_inflight_per_connection": int,
+    "poll_spin_us": int,
     "request_timeout_s": (int, float),
     "log_level": str,
     "seeds": list,

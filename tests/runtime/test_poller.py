@@ -8,6 +8,7 @@ every wait is for the kernel, bounded by `fail_after`, never a sleep.
 
 from __future__ import annotations
 
+import os
 import select
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,10 +18,13 @@ from typing import Any
 
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ringfs.config import Durability, NodeConfig
 from ringfs.errors import ErrorCode
-from ringfs.runtime.server import NodeServer
+from ringfs.runtime import server as server_module
+from ringfs.runtime.server import SPIN_START_S, NodeServer, SpinWindow
 from ringfs.wire import RESPONSE, FrameDecoder, Op, encode_request
 
 pytestmark = pytest.mark.skipif(not hasattr(select, "epoll"), reason="the poller needs epoll")
@@ -346,3 +350,100 @@ async def test_frames_to_a_peer_arrive_whole_and_in_order(mem_server: NodeServer
     hello, *rest = dec.feed(bytes(received[:received.index(frames[0])]))
     assert not rest and hello[2] == int(Op.HELLO)
     assert bytes(received[received.index(frames[0]):]) == b"".join(frames)
+
+
+# -- busy polling --------------------------------------------------------------------
+
+def test_spin_window_grows_while_gaps_are_short() -> None:
+    spin = SpinWindow(50e-6)
+    assert spin.window == 0
+    seen = []
+    for _ in range(4):
+        spin.slept(spin.window + 5e-6)  # a window 5 us longer would have caught it
+        seen.append(round(spin.window * 1e6, 6))
+    assert seen == [10, 20, 40, 50]
+    spin.slept(spin.window + 5e-6)  # beyond the limit: no window would do
+    assert spin.window == 25e-6
+
+
+def test_spin_window_shrinks_to_nothing_on_long_gaps() -> None:
+    spin = SpinWindow(50e-6)
+    spin.window = 50e-6
+    seen = []
+    for _ in range(4):
+        spin.slept(spin.window + 1e-3)
+        seen.append(round(spin.window * 1e6, 6))
+    assert seen == [25, 12.5, 0, 0]
+
+
+def test_no_busy_polling_at_limit_zero() -> None:
+    spin = SpinWindow(0.0)
+    for gap in (0.0, 1e-6, 1e-3):
+        spin.slept(gap)
+        assert spin.window == 0
+
+
+@given(st.floats(0, 1e-2), st.lists(st.floats(0, 1e-2), max_size=60))
+def test_spin_window_stays_in_bounds(limit: float, gaps: list[float]) -> None:
+    spin = SpinWindow(limit)
+    for gap in gaps:
+        before = spin.window
+        spin.slept(gap)
+        assert 0 <= spin.window <= limit
+        assert spin.window == 0 or spin.window >= min(SPIN_START_S, limit)
+        if gap > limit:
+            assert spin.window <= before  # a long gap never lengthens the window
+        else:
+            assert spin.window >= before  # a short one never shortens it
+
+
+@pytest.mark.parametrize("spin_us", [0, 10_000])
+async def test_one_request_at_a_time_from_another_thread(
+        nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, spin_us: int) -> None:
+    """A client that waits for each reply before sending its next request: with a
+    generous window the poller catches requests while polling (it yields the CPU
+    as it does), without one it sleeps for each; every reply arrives either way."""
+    yields: list[int] = []
+    real_yield = os.sched_yield
+
+    def counting_yield() -> None:
+        yields.append(1)
+        real_yield()
+
+    monkeypatch.setattr(server_module.os, "sched_yield", counting_yield)
+    srv = await start(nursery, engine="memory", durability=Durability("group"),
+                      poll_spin_us=spin_us)
+    assert srv.address is not None
+    got: list[Any] = []
+
+    def client() -> None:
+        with socket.create_connection(srv.address[:2], timeout=LIMIT_S) as s:
+            dec = FrameDecoder(1 << 24)
+            s.sendall(encode_request(0, Op.HELLO, {"versions": [1]}))
+            pending: list[Any] = []
+            while not pending:
+                pending.extend(dec.feed(s.recv(65536)))
+            for i in range(1, 201):
+                if i % 2:
+                    s.sendall(encode_request(i, Op.PUT, {"key": b"k%d" % i, "value": b"v%d" % i}))
+                else:
+                    s.sendall(encode_request(i, Op.GET, {"key": b"k%d" % (i - 1)}))
+                reply: list[Any] = []
+                while not reply:
+                    data = s.recv(65536)
+                    if not data:
+                        return
+                    reply.extend(dec.feed(data))
+                got.extend(reply)
+
+    with trio.fail_after(LIMIT_S):
+        await trio.to_thread.run_sync(client)
+    assert [body[1] for body in got] == list(range(1, 201))
+    for body in got:
+        assert body[0] == RESPONSE
+        if body[1] % 2 == 0:  # each GET reads the PUT sent just before it
+            assert body[2]["values"] == [b"v%d" % (body[1] - 1)]
+    if spin_us:
+        assert yields
+    else:
+        assert not yields

@@ -988,10 +988,14 @@ class Node:
 
     def _on_get(self, conn: int, rid: int, args: dict[str, Any], now: float) -> bytes | None:
         key = self._client_key(args, rid)
-        r = self._quorum_arg(args, "r", rid)
         self.counters["get"] += 1
+        if len(args) == 1 and self._alone(rid):
+            # Only a key, on a one-node ring: R is 1 (`_alone` refused a node given
+            # seeds, whose quorums do not shrink), and the local copy is the answer
+            # (what _start_get finds for a one-replica list).
+            return self._state_result(rid, self._read(key)[1], key)
+        r = self._quorum_arg(args, "r", rid)
         if r == 1 and self._alone(rid):
-            # The local copy is the answer (what _start_get finds for a one-replica list).
             return self._state_result(rid, self._read(key)[1], key)
         return self._start_get(conn, rid, key, r, now, whereis=False)
 

@@ -665,7 +665,7 @@ class NodeServer:
                 data = await stream.receive_some(RECEIVE_BYTES)
                 if not data:
                     break
-                closing = self._handle_input(c, decoder, data)
+                closing = self._handle_input(c, decoder, data, self._clock())
                 if c.out:
                     c.wake.set()
                 if closing:
@@ -674,15 +674,15 @@ class NodeServer:
         await self._finish_input(c)
 
     def _handle_input(self, c: _Connection, decoder: FrameDecoder,
-                      data: bytes | bytearray, hold_peers: bool = False) -> bool:
-        """Hand every complete frame in `data` to the node and queue the replies ready
-        now; a broken stream queues its error frame last and marks the connection closing.
-        Returns whether the connection is closing. `hold_peers`: see `_dispatch`."""
+                      data: bytes | bytearray, now: float, hold_peers: bool = False) -> bool:
+        """Hand every complete frame in `data` to the node (as arrived at `now`) and
+        queue the replies ready now; a broken stream queues its error frame last and
+        marks the connection closing. Returns whether the connection is closing.
+        `hold_peers`: see `_dispatch`."""
         node = self.node
         assert node is not None
         request = node.client_request
         conn_id = c.conn_id
-        now = self._clock()
         out = c.out
         for body in decoder.feed(data):
             frame = request(conn_id, body, now)
@@ -767,6 +767,7 @@ class NodeServer:
         wait_readable = trio.lowlevel.wait_readable
         checkpoint = trio.lowlevel.checkpoint
         spin = SpinWindow(self.config.poll_spin_us * 1e-6)
+        clock_now = self._clock
         clock = time.perf_counter
         yield_cpu = os.sched_yield
         while True:
@@ -788,11 +789,12 @@ class NodeServer:
                         spin.slept(clock() - asleep + window)
                     continue
             served: list[tuple[_Connection, int, bool]] = []
+            now = clock_now()  # one reading for the turn: it takes a fraction of a ms
             for fd, _events in ready:
                 c = polled.get(fd)
                 if c is not None and not c.paused:
                     try:
-                        closing = self._read_ready(c, fd)
+                        closing = self._read_ready(c, fd, now)
                     except Exception:
                         self._connection_bug(c, fd)
                     else:
@@ -817,7 +819,7 @@ class NodeServer:
         c.closing = True
         self._unpoll(c, fd)
 
-    def _read_ready(self, c: _Connection, fd: int) -> bool | None:
+    def _read_ready(self, c: _Connection, fd: int, now: float) -> bool | None:
         """Hand what one ready connection sent to the node. Returns None when nothing
         was read (the connection may be unpolled), else whether the connection is
         closing; its replies wait in `c.out` for `_reply_ready`."""
@@ -839,7 +841,7 @@ class NodeServer:
             self._unpoll(c, fd)
             return None
         # What the node sends to peers goes out once per turn (see _poller).
-        return self._handle_input(c, decoder, data, hold_peers=True)
+        return self._handle_input(c, decoder, data, now, hold_peers=True)
 
     def _reply_ready(self, c: _Connection, fd: int, closing: bool) -> None:
         """Send the replies a served connection is owed, stop reading it if it is

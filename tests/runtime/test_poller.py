@@ -212,10 +212,11 @@ async def test_a_bug_while_reading_costs_one_connection(mem_server: NodeServer) 
     original = srv._handle_input
     victim: list[int] = []
 
-    def failing(c: Any, decoder: FrameDecoder, data: bytes | bytearray, **kw: Any) -> bool:
+    def failing(c: Any, decoder: FrameDecoder, data: bytes | bytearray, now: float,
+                **kw: Any) -> bool:
         if c.conn_id in victim:
             raise RuntimeError("injected")
-        return original(c, decoder, data, **kw)
+        return original(c, decoder, data, now, **kw)
 
     srv._handle_input = failing  # type: ignore[method-assign]
     # Closed without answering request 1.
@@ -262,9 +263,9 @@ async def test_a_turn_serves_every_ready_connection_before_replying(
     socks: list[socket.socket] = []
     early: list[int] = []  # per read: how many clients could already read a reply
 
-    def reading(c: Any, fd: int) -> bool | None:
+    def reading(c: Any, fd: int, now: float) -> bool | None:
         events.append(("read", c.conn_id))
-        closing = read(c, fd)
+        closing = read(c, fd, now)
         early.append(sum(1 for sock in socks if readable_now(sock)))
         return closing
 

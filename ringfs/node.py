@@ -982,7 +982,8 @@ class Node:
         """Whether this node alone is the ring (see require_cluster, which it applies)."""
         m = self.membership
         if len(m.ring) == 1 and len(m.members) == 1:
-            self.require_cluster(rid)
+            if self._seeds_given:  # (checked here first: most nodes were given none)
+                self.require_cluster(rid)
             return True
         return False
 

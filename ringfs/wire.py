@@ -146,7 +146,11 @@ def encode_request(req_id: int, op: int, args: dict[str, Any], *, bulk: bool = F
 
 
 def encode_response(req_id: int, result: dict[str, Any], *, bulk: bool = False) -> bytes:
-    return encode_frame([RESPONSE, req_id, result], bulk=bulk)
+    if bulk:
+        return encode_frame([RESPONSE, req_id, result], bulk=True)
+    # encode_frame's small-frame path, written out: every reply comes through here.
+    body: bytes = _pack([RESPONSE, req_id, result])
+    return _LEN.pack(len(body)) + body
 
 
 def error_body(code: ErrorCode, message: str, **details: Any) -> dict[str, Any]:

@@ -294,6 +294,12 @@ def test_supersedes_is_covering_without_reusing_dots(a: DVVSet, b: DVVSet) -> No
     assert a.supersedes(b) == (covers_values(a, b) and not reuses_dots_of(a, b))
 
 
+@given(any_states())
+def test_live_values_are_every_value_but_tombstones_in_order(state: DVVSet) -> None:
+    assert state.live_values() == [v for _, _, vals in state.entries for v in vals
+                                   if v is not None]
+
+
 # -- encodings ---------------------------------------------------------------------------
 
 

@@ -174,6 +174,11 @@ def test_sibling_limit() -> None:
         (Op.GET, {"key": "str"}, ErrorCode.BAD_REQUEST),
         (Op.GET, {"key": b""}, ErrorCode.KEY_TOO_LARGE),
         (Op.GET, {"key": b"x" * 33}, ErrorCode.KEY_TOO_LARGE),
+        # Quorums are checked on a one-node ring too (its reads and writes go a
+        # short way when the request names nothing but the key and value).
+        (Op.GET, {"key": b"k", "r": 4}, ErrorCode.BAD_REQUEST),
+        (Op.GET, {"key": b"k", "r": "1"}, ErrorCode.BAD_REQUEST),
+        (Op.PUT, {"key": b"k", "value": b"", "w": 0}, ErrorCode.BAD_REQUEST),
         (Op.PUT, {"key": b"k"}, ErrorCode.BAD_REQUEST),
         (Op.PUT, {"key": b"k", "value": b"x" * 65}, ErrorCode.VALUE_TOO_LARGE),
         (Op.PUT, {"key": b"k", "value": b"", "context": b"\xc1"}, ErrorCode.BAD_CONTEXT),

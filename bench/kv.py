@@ -13,6 +13,11 @@ frames. `--with-bare` adds two more contestants, bare trio+msgpack dict servers
 (bench.common) speaking the ringfs frame format: `bare` with a task per connection
 on trio's streams, `bare-poll` with one task serving every connection from an
 epoll set, as a ringfs node does; the second is the ceiling for a Python server.
+`--with-split` adds `ringfs-x2`: two independent one-node ringfs processes, the
+connections dealt between them (each prefilled with every key). They are two
+stores, not one, and share nothing, so their sum bounds from above what any node
+spread over two processes could do on this machine, before paying for the routing
+and coordination between them.
 All servers run side by side for the whole run and the measurements interleave,
 so a burst of load from elsewhere hits every contestant alike. Each measurement
 is repeated (`--repeat`, default 2) and the best kept.
@@ -22,7 +27,7 @@ of the server (/proc/PID/stat) and of the load generator (getrusage), server CPU
 per op, CPU that *other* processes used meanwhile (interference), and the ratio
 to redis. A table first, then one JSON object per line.
 
-    python -m bench.kv [--duration 3] [--requests N] [--quick] [--with-bare]
+    python -m bench.kv [--duration 3] [--requests N] [--quick] [--with-bare] [--with-split]
     python -m bench.kv profile --tool cprofile|py-spy --op get -c 50 [--duration 5]
     python -m bench.kv ab --base DIR [--op put,get] [-c 1,50] [--rounds 3]
 """
@@ -67,6 +72,7 @@ HOST = "127.0.0.1"
 KEYSPACE = 100_000
 VALUE_BYTES = 100
 DURABILITY = "interval:1000"
+SYSTEMS = ("redis", "ringfs", "bare", "bare-poll", "ringfs-x2")
 RINGFS_LOG = os.path.join(tempfile.gettempdir(), "bench-kv-ringfs.log")
 INSTALL_HINT = (
     "redis-server and redis-benchmark are needed for this benchmark.\n"
@@ -205,11 +211,11 @@ def wait_quiet(max_wait_s: float, sample_s: float = 0.5) -> tuple[float, float]:
 
 def compare(args: argparse.Namespace) -> int:
     systems = [x.strip() for x in args.systems.split(",")] if args.systems else (
-        ["redis", "ringfs"] + (["bare", "bare-poll"] if args.with_bare else []))
-    unknown = set(systems) - {"redis", "ringfs", "bare", "bare-poll"}
+        ["redis", "ringfs"] + (["bare", "bare-poll"] if args.with_bare else [])
+        + (["ringfs-x2"] if args.with_split else []))
+    unknown = set(systems) - set(SYSTEMS)
     if unknown:
-        print(f"bench.kv: unknown system(s) {sorted(unknown)}; use redis, ringfs, bare, "
-              "bare-poll",
+        print(f"bench.kv: unknown system(s) {sorted(unknown)}; use {', '.join(SYSTEMS)}",
               file=sys.stderr)
         return 2
     if "redis" in systems and not (shutil.which("redis-server")
@@ -288,6 +294,15 @@ def _compare(args: argparse.Namespace, systems: list[str], tree: str) -> int:
                 server_process(ringfs_cmd(ports["ringfs"], os.path.join(fd, "data"), engine),
                                HOST, ports["ringfs"], cwd=tree, env=ringfs_env,
                                log_path=RINGFS_LOG if args.keep_logs else None)).pid
+        split: list[tuple[int, int]] = []  # ringfs-x2's (port, pid) pairs; the first is ports[]'s
+        if "ringfs-x2" in systems:
+            fd = stack.enter_context(temp_dir("bench-kv-ringfs-x2-"))
+            for i in range(2):
+                port = ports["ringfs-x2"] if i == 0 else free_port()
+                split.append((port, stack.enter_context(
+                    server_process(ringfs_cmd(port, os.path.join(fd, f"data{i}"), engine),
+                                   HOST, port, cwd=tree, env=ringfs_env)).pid))
+            pids["ringfs-x2"] = split[0][1]
         for bare in ("bare", "bare-poll"):
             if bare in systems:
                 pids[bare] = stack.enter_context(
@@ -297,6 +312,9 @@ def _compare(args: argparse.Namespace, systems: list[str], tree: str) -> int:
             t = time.monotonic()
             if s == "redis":
                 redis_prefill(ports[s], args.keyspace, args.value_size)
+            elif s == "ringfs-x2":
+                for port, _ in split:
+                    prefill(HOST, port, args.keyspace, args.value_size)
             else:
                 prefill(HOST, ports[s], args.keyspace, args.value_size)
             print(f"# prefilled {s} with {args.keyspace} keys in {time.monotonic() - t:.1f} s",
@@ -323,11 +341,15 @@ def _compare(args: argparse.Namespace, systems: list[str], tree: str) -> int:
                             r = run_redis_benchmark(ports[s], pids[s], redis_op(op), c, n,
                                                     args.keyspace, args.value_size)
                         else:
+                            where: dict[str, Any] = (
+                                {"addrs": [(HOST, port) for port, _ in split],
+                                 "server_pids": [pid for _, pid in split]}
+                                if s == "ringfs-x2" else {"server_pid": pids[s]})
                             r = run_load(HOST, ports[s], op=ringfs_op(op), connections=c,
                                          duration_s=None if args.requests else args.duration,
                                          requests=args.requests, warmup_s=args.warmup,
                                          procs=args.procs, keyspace=args.keyspace,
-                                         value_size=args.value_size, server_pid=pids[s])
+                                         value_size=args.value_size, **where)
                         r["system"] = s
                         r["run"] = rep + 1
                         r["op"] = op
@@ -756,8 +778,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--ops", default="set,get", help="comma-separated: set,get")
     p.add_argument("--with-bare", action="store_true",
                    help="also run the bare trio+msgpack dict servers (the Python ceiling)")
-    p.add_argument("--systems", help="comma-separated subset of redis,ringfs,bare,bare-poll "
-                   "(default redis,ringfs, plus both bare servers with --with-bare)")
+    p.add_argument("--with-split", action="store_true",
+                   help="also run ringfs-x2, two independent one-node ringfs processes "
+                   "sharing the connections (an upper bound for a node spread over two)")
+    p.add_argument("--systems", help=f"comma-separated subset of {','.join(SYSTEMS)} "
+                   "(default redis,ringfs, plus both bare servers with --with-bare and "
+                   "ringfs-x2 with --with-split)")
     p.add_argument("--ringfs-tree", metavar="DIR",
                    help="run the ringfs server from this source tree (compare a change)")
     p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",

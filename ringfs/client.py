@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import random
 import threading
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -63,7 +65,10 @@ async def _tcp_connect(address: str) -> trio.abc.Stream:
 
 def _key(key: Key) -> bytes:
     if isinstance(key, str):
-        return key.encode("utf-8")
+        try:
+            return key.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise LocalProtocolError(f"a str key must be valid Unicode text: {exc}") from None
     if isinstance(key, bytes | bytearray | memoryview):
         return bytes(key)
     raise LocalProtocolError(f"keys are bytes or str, not {type(key).__name__}")
@@ -118,7 +123,8 @@ class _Pending:
 class _Connection:
     """One TCP connection to one node, with requests pipelined over it."""
 
-    def __init__(self, address: str, stream: trio.abc.Stream, max_frame_bytes: int) -> None:
+    def __init__(self, address: str, stream: trio.abc.Stream, max_frame_bytes: int,
+                 on_close: Callable[[_Connection], None] | None = None) -> None:
         self.address = address
         self.stream = stream
         self.decoder = FrameDecoder(max_frame_bytes)
@@ -128,6 +134,7 @@ class _Connection:
         self.broken: Exception | None = None
         self.node_name: str | None = None
         self.limits: Limits | None = None
+        self._on_close = on_close
 
     async def reader(self) -> None:
         try:
@@ -142,8 +149,14 @@ class _Connection:
         except (WireError, RemoteProtocolError, _Lost) as exc:
             self._fail(_Lost(str(exc)))
         finally:
-            with trio.CancelScope(shield=True):
-                await self.stream.aclose()
+            self._fail(_Lost(f"connection to {self.address} closed"))
+            await self.close()
+            if self._on_close is not None:
+                self._on_close(self)
+
+    async def close(self) -> None:
+        with trio.CancelScope(shield=True):
+            await self.stream.aclose()
 
     def _deliver(self, body: Any) -> None:
         if type(body) is not list or len(body) != 3 or body[0] not in (RESPONSE, ERROR):
@@ -160,7 +173,8 @@ class _Connection:
         p.event.set()
 
     def _fail(self, exc: Exception) -> None:
-        self.broken = exc
+        if self.broken is None:
+            self.broken = exc
         for p in self.pending.values():
             p.failure = exc
             p.event.set()
@@ -170,34 +184,26 @@ class _Connection:
         if self.broken is not None:
             raise _NotSent(str(self.broken))
         rid = next(self.ids)
+        frame = encode_request(rid, op, args, bulk=op == Op.CHUNK_PUT)
         p = _Pending()
         self.pending[rid] = p
-        frame = encode_request(rid, op, args, bulk=op == Op.CHUNK_PUT)
         try:
-            with trio.move_on_at(deadline) as scope:
-                async with self.send_lock:
-                    await self.stream.send_all(frame)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            await self._send(frame, deadline)
+            with trio.move_on_at(deadline):
+                await p.event.wait()
+        finally:
+            # Every way out (answered, failed, timed out, cancelled by the caller) leaves
+            # nothing behind; a reply arriving later is dropped as one nobody waits for.
             self.pending.pop(rid, None)
-            self._fail(_Lost(str(exc)))
-            raise _Lost(f"connection to {self.address} lost while sending") from None
-        if scope.cancelled_caught:
-            # Part of the frame may be on the wire: the stream can no longer be trusted.
-            self.pending.pop(rid, None)
-            self._fail(_Lost("send interrupted"))
-            await self.stream.aclose()
-            raise RequestTimeout(f"timed out sending to {self.address}")
-        with trio.move_on_at(deadline):
-            await p.event.wait()
         if not p.event.is_set():
-            self.pending.pop(rid, None)
             raise RequestTimeout(f"no reply from {self.address} in time", node=self.address)
         if p.failure is not None:
             raise p.failure
         body = p.reply
         if body[0] == ERROR:
             err = body[2] if isinstance(body[2], dict) else {}
-            details = {k: v for k, v in err.items() if k not in ("code", "name", "message")}
+            details = {k: v for k, v in err.items()
+                       if type(k) is str and k not in ("code", "name", "message")}
             code = err.get("code")
             raise error_from_wire(code if type(code) is int else int(ErrorCode.INTERNAL),
                                   str(err.get("message", "")), details)
@@ -206,7 +212,36 @@ class _Connection:
             raise RemoteProtocolError(f"{self.address} sent a result that is not a map")
         return result
 
+    async def _send(self, frame: bytes, deadline: float) -> None:
+        """Put one whole frame on the wire, or fail saying whether any of it left.
 
+        Waiting for the lock behind other requests sends nothing, so a deadline met
+        there fails only this request. Once part of a frame may be on the wire, an
+        interruption (deadline or the caller's cancellation) leaves the stream out of
+        step with the node: the connection is failed and closed.
+        """
+        sending = False
+        try:
+            with trio.move_on_at(deadline) as scope:
+                async with self.send_lock:
+                    if self.broken is not None:  # failed while this request queued
+                        raise _NotSent(str(self.broken))
+                    sending = True
+                    await self.stream.send_all(frame)
+                    sending = False
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            sending = False
+            self._fail(_Lost(str(exc)))
+            raise _Lost(f"connection to {self.address} lost while sending") from None
+        finally:
+            if sending:
+                self._fail(_Lost("send interrupted"))
+                await self.close()
+        if scope.cancelled_caught:
+            if sending:
+                raise RequestTimeout(f"timed out sending to {self.address}")
+            raise RequestTimeout(f"timed out waiting to send to {self.address}",
+                                 executed=False)
 class AsyncClient:
     """A trio client for a ringfs cluster. Use as `async with AsyncClient(...) as c:`."""
 
@@ -231,8 +266,12 @@ class AsyncClient:
                 parse_address(a)
             except ValueError as exc:
                 raise LocalProtocolError(str(exc)) from None
-        if timeout_s <= 0 or connect_timeout_s <= 0 or retries < 0:
-            raise LocalProtocolError("timeouts must be positive and retries >= 0")
+        if not (_positive(timeout_s) and _positive(connect_timeout_s)):
+            raise LocalProtocolError("timeouts must be positive numbers of seconds")
+        if type(retries) is not int or not 0 <= retries <= 1000:
+            raise LocalProtocolError("retries must be an integer from 0 to 1000")
+        if not (_positive(backoff_base_s) and _positive(backoff_max_s)):
+            raise LocalProtocolError("backoff times must be positive numbers of seconds")
         self.nodes = addrs
         self.timeout_s = timeout_s
         self.connect_timeout_s = connect_timeout_s
@@ -243,10 +282,13 @@ class AsyncClient:
         self._rng = rng or random.Random()
         self._connect_fn = connect or _tcp_connect
         self._conns: dict[str, _Connection] = {}
+        self._live: set[_Connection] = set()  # every connection not yet closed
         self._connecting: dict[str, trio.Event] = {}
+        self._calls: set[trio.CancelScope] = set()  # the requests in flight
         self._next = 0
         self._nursery: trio.Nursery | None = None
         self._nursery_cm: Any = None
+        self._closed = False
 
     async def __aenter__(self) -> AsyncClient:
         self._nursery_cm = trio.open_nursery()
@@ -255,17 +297,22 @@ class AsyncClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
-        await self._nursery_cm.__aexit__(*exc)
+        # The connections' readers end as their streams close. The block's own
+        # exception is not handed to the nursery: it never ran inside one of the
+        # client's tasks, and the caller should see it as raised, not in a group.
+        await self._nursery_cm.__aexit__(None, None, None)
 
     async def aclose(self) -> None:
-        """Close every connection; requests in flight fail."""
-        for c in list(self._conns.values()):
+        """Close every connection. Requests in flight fail with Unavailable, later ones
+        with LocalProtocolError; the code around them is not cancelled."""
+        self._closed = True
+        for cs in list(self._calls):
+            cs.cancel()
+        for c in list(self._live):
             c._fail(_Lost("client closed"))
-            with trio.CancelScope(shield=True):
-                await c.stream.aclose()
+            await c.close()
+        self._live.clear()
         self._conns.clear()
-        if self._nursery is not None:
-            self._nursery.cancel_scope.cancel()
 
     # -- public API ----------------------------------------------------------------
     async def get(self, key: Key, *, r: int | None = None,
@@ -323,9 +370,14 @@ class AsyncClient:
     async def leave(self, *, timeout_s: float | None = None) -> dict[str, Any]:
         """Ask the node to leave the cluster for good, handing its data over first.
 
-        Talk to exactly the node that should leave (a client given one address).
-        Returns its handoff progress; STATUS shows it until the node stops.
+        Only a client given exactly that node's address may ask: a retry must never
+        move on to another node. Returns its handoff progress; STATUS shows it until
+        the node stops.
         """
+        if len(self.nodes) != 1:
+            raise LocalProtocolError(
+                f"leave() is sent to one node only; this client has {len(self.nodes)} "
+                "addresses: use a client given just the address of the node to leave")
         return await self._call(Op.LEAVE, {}, safe=True, timeout_s=timeout_s)
 
     # -- files (ringfs/fileclient.py does the streaming) ------------------------------
@@ -393,9 +445,24 @@ class AsyncClient:
     # -- machinery -----------------------------------------------------------------
     async def _call(self, op: int, args: dict[str, Any], *, safe: bool,
                     timeout_s: float | None) -> dict[str, Any]:
+        if self._closed:
+            raise LocalProtocolError("client is closed")
         if self._nursery is None:
             raise LocalProtocolError("use the client inside `async with AsyncClient(...)`")
+        if timeout_s is not None and not _positive(timeout_s):
+            raise LocalProtocolError("timeout_s must be a positive number of seconds")
         deadline = trio.current_time() + (timeout_s if timeout_s is not None else self.timeout_s)
+        with trio.CancelScope() as scope:
+            self._calls.add(scope)
+            try:
+                return await self._attempts(op, args, safe, deadline)
+            finally:
+                self._calls.discard(scope)
+        raise Unavailable("client closed with the request in flight"
+                          + ("" if safe else "; its outcome is unknown"))
+
+    async def _attempts(self, op: int, args: dict[str, Any], safe: bool,
+                        deadline: float) -> dict[str, Any]:
         attempt = 0
         while True:
             address = self.nodes[self._next % len(self.nodes)]
@@ -418,7 +485,7 @@ class AsyncClient:
                 raise Unavailable(f"outcome unknown, connection lost: {last}") from None
             attempt += 1
             self._next += 1  # try the next node
-            cap = min(self.backoff_max_s, self.backoff_base_s * (2 ** attempt))
+            cap = min(self.backoff_max_s, self.backoff_base_s * (2 ** min(attempt, 60)))
             delay = min(self._rng.uniform(0, cap), max(0.0, deadline - trio.current_time()))
             await trio.sleep(delay)
 
@@ -444,29 +511,46 @@ class AsyncClient:
 
     async def _connect(self, address: str, deadline: float) -> _Connection:
         assert self._nursery is not None
-        with trio.move_on_at(deadline):
-            try:
-                stream = await self._connect_fn(address)
-            except OSError as exc:
-                raise _NotSent(f"cannot connect to {address}: {exc.strerror or exc}") from None
-            c = _Connection(address, stream, self.max_frame_bytes)
-            self._nursery.start_soon(c.reader)
-            try:
-                hello = await c.request(Op.HELLO, {"versions": [PROTOCOL_VERSION],
-                                                   "client": "ringfs-python"}, deadline)
-            except (_Lost, RingfsError) as exc:
-                raise _NotSent(f"handshake with {address} failed: {exc}") from None
-            c.node_name = str(hello.get("node"))
-            lim = hello.get("limits")
-            if isinstance(lim, dict):
+        c: _Connection | None = None
+        try:
+            with trio.move_on_at(deadline):
                 try:
-                    c.limits = Limits(**{k: v for k, v in lim.items()
-                                         if k in Limits.__dataclass_fields__})
-                except (TypeError, ValueError):
-                    c.limits = None
-            self._conns[address] = c
-            return c
-        raise _NotSent(f"timed out connecting to {address}")
+                    stream = await self._connect_fn(address)
+                except OSError as exc:
+                    raise _NotSent(f"cannot connect to {address}: {exc.strerror or exc}") \
+                        from None
+                c = _Connection(address, stream, self.max_frame_bytes, self._live.discard)
+                self._live.add(c)
+                self._nursery.start_soon(c.reader)
+                try:
+                    hello = await c.request(Op.HELLO, {"versions": [PROTOCOL_VERSION],
+                                                       "client": "ringfs-python"}, deadline)
+                except (_Lost, RingfsError) as exc:
+                    raise _NotSent(f"handshake with {address} failed: {exc}") from None
+                c.node_name = str(hello.get("node"))
+                lim = hello.get("limits")
+                if isinstance(lim, dict):
+                    try:
+                        c.limits = Limits(**{k: v for k, v in lim.items()
+                                             if k in Limits.__dataclass_fields__})
+                    except (TypeError, ValueError):
+                        c.limits = None
+                if self._closed:
+                    raise _NotSent("client closed")
+                self._conns[address] = c
+                return c
+            raise _NotSent(f"timed out connecting to {address}")
+        except BaseException:
+            if c is not None:  # a connection that never served: close it and its reader
+                c._fail(_Lost(f"handshake with {address} did not complete"))
+                self._live.discard(c)
+                await c.close()
+            raise
+
+
+def _positive(x: object) -> bool:
+    """A positive, finite number of seconds (not a bool)."""
+    return isinstance(x, int | float) and not isinstance(x, bool) and 0 < x < math.inf
 
 
 def _quorum(q: int, name: str) -> int:
@@ -481,108 +565,144 @@ def _context(ctx: bytes) -> bytes:
     return bytes(ctx)
 
 
-class Client:
-    """A blocking client, for scripts: `with Client("127.0.0.1:7001") as c: c.put(...)`.
+class _Runner:
+    """The trio thread behind a `Client`, kept apart so the thread never holds the
+    Client itself alive: a Client dropped without close() is collected, and its
+    finalizer stops the thread."""
 
-    It runs an AsyncClient on a private thread, so it shares its connection reuse,
-    pipelining (across caller threads), timeouts and retries.
-    """
+    def __init__(self, client: AsyncClient) -> None:
+        self.client = client
+        self.token: trio.lowlevel.TrioToken | None = None
+        self.ready = threading.Event()
+        self.stop: trio.Event | None = None
+        self.error: BaseException | None = None
+        self.active = 0  # calls running on the thread
+        self.drained: trio.Event | None = None
+        self.thread = threading.Thread(target=self.run, name="ringfs-client", daemon=True)
 
-    def __init__(self, nodes: str | Sequence[str], **options: Any) -> None:
-        self._async = AsyncClient(nodes, **options)
-        self._token: trio.lowlevel.TrioToken | None = None
-        self._ready = threading.Event()
-        self._stop: trio.Event | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="ringfs-client", daemon=True)
-        self._thread.start()
-        self._ready.wait()
-        if self._error is not None:
-            raise self._error
-
-    def _run(self) -> None:
+    def run(self) -> None:
         async def main() -> None:
-            self._token = trio.lowlevel.current_trio_token()
-            self._stop = trio.Event()
-            async with self._async:
-                self._ready.set()
-                await self._stop.wait()
+            self.token = trio.lowlevel.current_trio_token()
+            self.stop = trio.Event()
+            async with self.client:
+                self.ready.set()
+                await self.stop.wait()
+                # Fail the calls in flight (they raise Unavailable in their callers'
+                # threads) and let them return before the run ends.
+                await self.client.aclose()
+                while self.active:
+                    self.drained = trio.Event()
+                    await self.drained.wait()
 
         try:
             trio.run(main)
         except BaseException as exc:  # surface start-up failures to the constructor
-            self._error = exc
-            self._ready.set()
+            self.error = exc
+            self.ready.set()
+
+    async def call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        self.active += 1
+        try:
+            return await fn(*args, **kwargs)
+        finally:
+            self.active -= 1
+            if not self.active and self.drained is not None:
+                self.drained.set()
+
+    def request_stop(self) -> None:
+        """Ask the thread to finish; callable from any thread, the client's own too."""
+        token, stop = self.token, self.stop
+        if token is not None and stop is not None:
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(stop.set)
+
+
+class Client:
+    """A blocking client, for scripts: `with Client("127.0.0.1:7001") as c: c.put(...)`.
+
+    It runs an AsyncClient on a private thread, so it shares its connection reuse,
+    pipelining (across caller threads), timeouts and retries. Calls may come from
+    several threads at once; close() fails those still in flight with Unavailable.
+    """
+
+    def __init__(self, nodes: str | Sequence[str], **options: Any) -> None:
+        self._runner = _Runner(AsyncClient(nodes, **options))
+        self._runner.thread.start()
+        self._runner.ready.wait()
+        if self._runner.error is not None:
+            raise self._runner.error
+        self._finalizer = weakref.finalize(self, self._runner.request_stop)
 
     def _do(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
-        if self._token is None or not self._thread.is_alive():
+        runner = self._runner
+        if runner.token is None or not runner.thread.is_alive():
             raise LocalProtocolError("client is closed")
-
+        if threading.current_thread() is runner.thread:
+            raise LocalProtocolError("a Client cannot be called from its own thread "
+                                     "(for example from a put_file progress callback)")
         async def call() -> T:
-            return await fn(*args, **kwargs)
+            return await runner.call(fn, *args, **kwargs)
 
-        return trio.from_thread.run(call, trio_token=self._token)
+        try:
+            return trio.from_thread.run(call, trio_token=runner.token)
+        except trio.RunFinishedError:
+            raise LocalProtocolError("client is closed") from None
 
     def get(self, key: Key, *, r: int | None = None,
             timeout_s: float | None = None) -> GetResult:
-        return self._do(self._async.get, key, r=r, timeout_s=timeout_s)
+        return self._do(self._runner.client.get, key, r=r, timeout_s=timeout_s)
 
     def put(self, key: Key, value: bytes, context: bytes | None = None, *,
             w: int | None = None, timeout_s: float | None = None) -> bytes:
-        return self._do(self._async.put, key, value, context, w=w, timeout_s=timeout_s)
+        return self._do(self._runner.client.put, key, value, context, w=w, timeout_s=timeout_s)
 
     def delete(self, key: Key, context: bytes | None = None, *,
                w: int | None = None, timeout_s: float | None = None) -> bytes:
-        return self._do(self._async.delete, key, context, w=w, timeout_s=timeout_s)
+        return self._do(self._runner.client.delete, key, context, w=w, timeout_s=timeout_s)
 
     def whereis(self, key: Key, *, timeout_s: float | None = None) -> dict[str, Any]:
-        return self._do(self._async.whereis, key, timeout_s=timeout_s)
+        return self._do(self._runner.client.whereis, key, timeout_s=timeout_s)
 
     def ping(self, *, timeout_s: float | None = None) -> None:
-        self._do(self._async.ping, timeout_s=timeout_s)
+        self._do(self._runner.client.ping, timeout_s=timeout_s)
 
     def status(self, *, timeout_s: float | None = None) -> dict[str, Any]:
-        return self._do(self._async.status, timeout_s=timeout_s)
+        return self._do(self._runner.client.status, timeout_s=timeout_s)
 
     def leave(self, *, timeout_s: float | None = None) -> dict[str, Any]:
-        return self._do(self._async.leave, timeout_s=timeout_s)
+        return self._do(self._runner.client.leave, timeout_s=timeout_s)
 
     def put_file(self, name: str, src: Source, **options: Any) -> PutFileResult:
         """See AsyncClient.put_file; `progress` is called on the client's thread."""
-        return self._do(self._async.put_file, name, src, **options)
+        return self._do(self._runner.client.put_file, name, src, **options)
 
     def get_file(self, name: str, dest: Source, **options: Any) -> FileInfo:
         """See AsyncClient.get_file."""
-        return self._do(self._async.get_file, name, dest, **options)
+        return self._do(self._runner.client.get_file, name, dest, **options)
 
     def stat_file(self, name: str, *, r: int | None = None) -> FileInfo | None:
-        return self._do(self._async.stat_file, name, r=r)
+        return self._do(self._runner.client.stat_file, name, r=r)
 
     def list_files(self, prefix: str = "") -> list[str]:
-        return self._do(self._async.list_files, prefix)
+        return self._do(self._runner.client.list_files, prefix)
 
     def delete_file(self, name: str, context: bytes | None = None, *,
                     w: int | None = None) -> bytes:
-        return self._do(self._async.delete_file, name, context, w=w)
+        return self._do(self._runner.client.delete_file, name, context, w=w)
 
     def close(self) -> None:
-        """Close connections and stop the client thread."""
-        if self._token is not None and self._stop is not None and self._thread.is_alive():
-            stop = self._stop
-            with contextlib.suppress(trio.RunFinishedError):
-                trio.from_thread.run_sync(stop.set, trio_token=self._token)
-            self._thread.join(timeout=5)
-        self._token = None
+        """Close connections and stop the client thread; calls in flight fail."""
+        self._finalizer.detach()
+        runner = self._runner
+        runner.request_stop()
+        if runner.thread.is_alive() and threading.current_thread() is not runner.thread:
+            runner.thread.join(timeout=10)
 
     def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def __del__(self) -> None:
-        if getattr(self, "_token", None) is not None:
-            self.close()
 
 
 __all__ = ["AsyncClient", "Client", "FileInfo", "GetResult", "PutFileResult"]

@@ -32,6 +32,9 @@ def parse_address(text: str, *, allow_port_zero: bool = False) -> tuple[str, int
     host, _, port_s = text.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
+    elif ":" in host:  # "::1" or "fe80::1:7001": where the address ends is a guess
+        raise ConfigError(f"address {text!r}: write an IPv6 address in brackets, "
+                          "as [HOST]:PORT")
     low = 0 if allow_port_zero else 1
     if not host or not port_s.isdigit() or not low <= int(port_s) < 65536:
         raise ConfigError(f"address {text!r} is not HOST:PORT with a port in 1..65535")

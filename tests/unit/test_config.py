@@ -73,3 +73,7 @@ def test_addresses() -> None:
     assert parse_address("h:0", allow_port_zero=True) == ("h", 0)
     with pytest.raises(ConfigError):
         parse_address("h:0")
+    for text in ("::1", "fe80::1", "2001:db8::7001", "::1:7001", "[::1]", "h:", "h:x",
+                 "h:70000", ":7001", "[]:7001"):
+        with pytest.raises(ConfigError):
+            parse_address(text)

@@ -178,6 +178,10 @@ class _Connection:
     """Set by the poller when it stops reading `raw` (end of stream, error, closing)."""
     paused: bool = False
     """The poller skips `raw` until the replies owed on it drain (backpressure)."""
+    held: list[Any] = field(default_factory=list)
+    """Requests read but not yet served: one read stopped being served when the
+    replies waiting to be sent passed MAX_UNSENT_REPLY_BYTES. Nothing more is read
+    until they are served."""
 
     def push(self, frame: bytes) -> None:
         if self.closing:
@@ -656,21 +660,26 @@ class NodeServer:
     async def _reader(self, c: _Connection) -> None:
         node = self.node
         assert node is not None
-        decoder = FrameDecoder(self.config.limits.max_frame_bytes)
+        decoder = c.decoder = FrameDecoder(self.config.limits.max_frame_bytes)
         max_inflight = self.config.max_inflight_per_connection
         stream = c.stream
         with trio.CancelScope() as scope:
             c.reader_scope = scope
-            while not c.closing:
+            closing = False
+            while not closing and not c.closing:
                 data = await stream.receive_some(RECEIVE_BYTES)
                 if not data:
                     break
                 closing = self._handle_input(c, decoder, data, self._clock())
-                if c.out:
-                    c.wake.set()
-                if closing:
-                    break
-                await self._backpressure(c, max_inflight)
+                while True:
+                    if c.out:
+                        c.wake.set()
+                    if closing:
+                        break
+                    await self._backpressure(c, max_inflight)
+                    if not c.held or c.closing:
+                        break
+                    closing = self._serve_held(c, self._clock())
         await self._finish_input(c)
 
     def _handle_input(self, c: _Connection, decoder: FrameDecoder,
@@ -679,24 +688,50 @@ class NodeServer:
         queue the replies ready now; a broken stream queues its error frame last and
         marks the connection closing. Returns whether the connection is closing.
         `hold_peers`: see `_dispatch`."""
+        self._serve(c, decoder.feed(data), now)
+        return self._served(c, decoder, hold_peers)
+
+    def _serve(self, c: _Connection, bodies: list[Any], now: float) -> None:
+        """Hand `bodies` to the node and queue the replies ready now. Once the replies
+        waiting to be sent pass MAX_UNSENT_REPLY_BYTES, the rest are held in `c.held`:
+        a few bytes of GETs can ask for megabytes each."""
         node = self.node
         assert node is not None
         request = node.client_request
         conn_id = c.conn_id
         out = c.out
-        for body in decoder.feed(data):
+        for i, body in enumerate(bodies):
             frame = request(conn_id, body, now)
             if frame is not None:
                 out.append(frame)
                 c.unsent += len(frame)
+                if c.unsent > MAX_UNSENT_REPLY_BYTES and i + 1 < len(bodies):
+                    c.held = bodies[i + 1:]
+                    node.counters["requests_held"] += 1
+                    return
+
+    def _served(self, c: _Connection, decoder: FrameDecoder, hold_peers: bool) -> bool:
+        """After `_serve`: send what the node queued for peers, answer a broken stream
+        (once no request read before the break is still held) and return whether the
+        connection is closing."""
+        node = self.node
+        assert node is not None
         if not hold_peers or node.has_effects:  # (most requests queue none)
             self._dispatch(hold_peers)
-        if decoder.error is not None and not c.closing:
+        if decoder.error is not None and not c.closing and not c.held:
             exc = decoder.error
             node.counters[f"error_{exc.code.name.lower()}"] += 1
-            out.append(encode_error(None, exc.code, exc.message))
+            c.out.append(encode_error(None, exc.code, exc.message))
             c.closing = True
         return c.closing
+
+    def _serve_held(self, c: _Connection, now: float) -> bool:
+        """Serve the requests `_serve` held back (some may be held again); returns
+        whether the connection is closing."""
+        bodies, c.held = c.held, []
+        assert c.decoder is not None
+        self._serve(c, bodies, now)
+        return self._served(c, c.decoder, False)
 
     async def _backpressure(self, c: _Connection, max_inflight: int) -> None:
         """Stop reading while too many replies are outstanding or the client is not
@@ -876,7 +911,8 @@ class NodeServer:
         node = self.node
         assert node is not None
         max_inflight = self.config.max_inflight_per_connection
-        if node.inflight(c.conn_id) >= max_inflight or c.unsent > MAX_UNSENT_REPLY_BYTES:
+        if (node.inflight(c.conn_id) >= max_inflight or c.unsent > MAX_UNSENT_REPLY_BYTES
+                or c.held):
             # Stop reading until the replies owed drain; a task waits for that. Out of
             # the set rather than masked: a hang-up would be reported even when masked.
             c.paused = True
@@ -886,7 +922,16 @@ class NodeServer:
             self._nursery.start_soon(self._resume_when_drained, c, fd, max_inflight)
 
     async def _resume_when_drained(self, c: _Connection, fd: int, max_inflight: int) -> None:
-        await self._backpressure(c, max_inflight)
+        while True:
+            await self._backpressure(c, max_inflight)
+            if not c.held or c.closing or self._polled.get(fd) is not c:
+                break
+            closing = self._serve_held(c, self._clock())
+            if c.out:
+                c.wake.set()  # the writer task sends them
+            if closing:
+                self._unpoll(c, fd)
+                return
         c.paused = False
         if self._polled.get(fd) is c and self._epoll is not None:
             self._epoll.register(fd, select.EPOLLIN)  # closing: read and unpolled at once
@@ -900,13 +945,13 @@ class NodeServer:
                 c.sending = True
                 data = memoryview(b"".join(c.out))
                 c.out.clear()
-                c.unsent = 0
                 try:
                     while data:
                         try:
                             n = sock.send(data)
                         except BlockingIOError:
                             n = 0
+                        c.unsent -= n  # the bytes in `data` count until they are sent
                         data = data[n:]
                         if data:
                             await wait_writable(sock)
@@ -933,9 +978,9 @@ class NodeServer:
             if c.out:
                 data = b"".join(c.out) if len(c.out) > 1 else c.out[0]
                 c.out.clear()
-                c.unsent = 0
                 try:
                     await stream.send_all(data)
+                    c.unsent -= len(data)  # counted until sent
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     # The peer is gone: stop reading from it too.
                     c.closing = True

@@ -278,3 +278,39 @@ async def test_a_node_whose_data_directory_is_removed_refuses_writes_and_stops_c
                 assert srv.node is not None and srv.node.read_only_reason is not None
                 assert (await c.get(b"before")).values == [b"1"]  # reads still work
             nursery.cancel_scope.cancel()  # and the node stops without an error
+
+
+async def test_requests_for_large_replies_wait_while_the_client_does_not_read(
+    autojump_clock: MockClock, server: NodeServer, nursery: trio.Nursery,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The per-connection reader's side of the rule test_poller.py checks for the
+    # poller: a lockstep stream takes a reply only when the client reads it.
+    from ringfs.runtime import server as server_module
+
+    limit = 256 * 1024
+    monkeypatch.setattr(server_module, "MAX_UNSENT_REPLY_BYTES", limit)
+    client_side, server_side = trio.testing.lockstep_stream_pair()
+    nursery.start_soon(server.handle_stream, server_side)
+    value = b"x" * (64 * 1024)
+    dec = FrameDecoder(1 << 24)
+
+    async def read(count: int) -> list[Any]:
+        got: list[Any] = []
+        while len(got) < count:
+            got.extend(dec.feed(await client_side.receive_some()))
+        return got
+
+    await client_side.send_all(encode_request(1, Op.HELLO, {"versions": [1]})
+                               + encode_request(2, Op.PUT, {"key": b"big", "value": value}))
+    await read(2)
+    await client_side.send_all(b"".join(encode_request(i, Op.GET, {"key": b"big"})
+                                        for i in range(3, 303)))
+    await trio.testing.wait_all_tasks_blocked()
+    assert server.node is not None
+    (c,) = server._conns.values()
+    assert server.node.counters["get"] <= limit // len(value) + 2
+    assert c.held and c.unsent <= limit + len(value) + 1024
+    got = await read(300)
+    assert [body[1] for body in got] == list(range(3, 303))
+    assert all(body[2]["values"] == [value] for body in got)

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -448,3 +449,39 @@ async def test_one_request_at_a_time_from_another_thread(
         assert yields
     else:
         assert not yields
+
+
+async def test_requests_for_large_replies_wait_while_the_client_does_not_read(
+        mem_server: NodeServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A few bytes of GETs can ask for megabytes of replies; a client that does not
+    read them gets no more than the unsent-reply limit queued (plus a reply), and every
+    request is still answered, in order, once it reads."""
+    limit = 256 * 1024
+    monkeypatch.setattr(server_module, "MAX_UNSENT_REPLY_BYTES", limit)
+    srv = mem_server
+    assert srv.node is not None
+    value = os.urandom(64 * 1024)
+    with trio.fail_after(LIMIT_S):
+        stream = await connect(srv)
+        await stream.send_all(encode_request(1, Op.PUT, {"key": b"big", "value": value}))
+        await replies(stream, 1)
+        # 300 GETs, about 6 KiB of requests for about 19 MiB of replies, never read.
+        await stream.send_all(b"".join(encode_request(i, Op.GET, {"key": b"big"})
+                                       for i in range(2, 302)))
+        (c,) = srv._conns.values()
+        while not getattr(c, "held", None) and srv.node.counters["get"] < 300:
+            await trio.sleep(0.01)  # waits for the server's own work, not for time
+        await trio.testing.wait_all_tasks_blocked()
+        # Served: what the kernel's socket buffers took, and up to the limit more.
+        assert srv.node.counters["get"] < 300
+        assert c.unsent <= limit + len(value) + 1024
+        assert c.held  # the rest wait, unserved
+        other = await connect(srv)  # the node serves others meanwhile
+        await other.send_all(encode_request(1, Op.PING, {}))
+        assert (await replies(other, 1))[0][0] == RESPONSE
+        got = await replies(stream, 300)
+    assert [body[1] for body in got] == list(range(2, 302))
+    assert all(body[0] == RESPONSE and body[2]["values"] == [value] for body in got)
+    assert not c.held
+    await stream.aclose()
+    await other.aclose()

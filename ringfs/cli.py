@@ -314,9 +314,26 @@ def cmd_node(args: argparse.Namespace) -> int:
 
     try:
         serve_config(config)
-    except OSError as exc:
-        raise CliError(f"cannot serve on {config.listen}: {exc.strerror or exc}") from None
+    except (OSError, ExceptionGroup) as exc:
+        err = _os_error(exc)
+        if err is None:
+            raise
+        where = f" ({err.filename})" if err.filename else ""
+        raise CliError(f"cannot serve on {config.listen} with data in {config.data_dir}: "
+                       f"{err.strerror or err}{where}") from None
     return 0
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    """The OSError behind `exc`, looking inside exception groups (trio's nurseries)."""
+    if isinstance(exc, OSError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _os_error(inner)
+            if found is not None:
+                return found
+    return None
 
 
 def _wait_listening(host: str, port: int, proc: subprocess.Popen[bytes], timeout_s: float) -> bool:

@@ -56,6 +56,30 @@ def test_usage_errors_are_one_line_and_nonzero(args: list[str]) -> None:
     assert r.stderr.strip().splitlines()[-1].decode().startswith(("ringfs", "usage"))
 
 
+@pytest.mark.parametrize("problem", ["unknown host", "port in use", "unusable data dir"])
+def test_a_node_that_cannot_start_says_why_in_one_line(tmp_path: Path, problem: str) -> None:
+    import socket
+
+    port = free_port()
+    data = str(tmp_path / "data")
+    listen = f"127.0.0.1:{port}"
+    with socket.socket() as taken:
+        if problem == "unknown host":
+            listen = f"nosuchhost.invalid:{port}"
+        elif problem == "port in use":
+            taken.bind(("127.0.0.1", port))
+            taken.listen()
+        else:
+            (tmp_path / "file").write_text("not a directory")
+            data = str(tmp_path / "file" / "data")
+        r = ringfs("node", "--name", "a", "--listen", listen, "--data-dir", data,
+                   "--engine", "log", "--log-level", "error")
+    err = r.stderr.decode()
+    assert r.returncode == 1, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(
+        "ringfs: cannot serve"), err
+
+
 def test_unreachable_node_is_one_clear_line() -> None:
     r = ringfs("get", "k", "--node", f"127.0.0.1:{free_port()}", "--timeout", "1")
     assert r.returncode == 1

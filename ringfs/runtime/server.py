@@ -157,6 +157,38 @@ class _PeerLink:
     wake: trio.Event = field(default_factory=trio.Event)
 
 
+FD_RESERVE = 256
+"""Descriptors kept free of client connections: the store's files, peer links,
+listeners, the sync thread's pipe, log files."""
+
+
+def fit_open_files(max_connections: int) -> int:
+    """Raise the soft open-file limit to fit `max_connections` (two descriptors each:
+    the socket and the poller's duplicate of it) and FD_RESERVE; returns how many
+    connections fit, fewer (and logged) when the hard limit stops it. Running out of
+    descriptors would fail the store's writes and every accept, not just one client."""
+    try:
+        import resource
+    except ImportError:  # not a POSIX system
+        return max_connections
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = 2 * max_connections + FD_RESERVE
+    unlimited = resource.RLIM_INFINITY
+    if soft != unlimited and soft < need:
+        new = need if hard == unlimited else min(need, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+            soft = new
+        except (ValueError, OSError) as exc:
+            log.debug("cannot raise the open-file limit to %d: %s", new, exc)
+    if soft == unlimited or soft >= need:
+        return max_connections
+    fit = max(1, (soft - FD_RESERVE) // 2)
+    log.warning("the open-file limit (%d) fits %d client connections, not max_connections = "
+                "%d; raise it (ulimit -n %d) to serve them all", soft, fit, max_connections, need)
+    return fit
+
+
 @dataclass(eq=False)
 class _Connection:
     conn_id: int
@@ -201,6 +233,7 @@ class NodeServer:
         self.node: Node | None = None
         self.address: tuple[str, int] | None = None
         self._conns: dict[int, _Connection] = {}
+        self._max_connections = config.max_connections
         self._ids = itertools.count(1)
         self._sync_wanted = trio.Event()
         self._sync_queue: list[int] = []
@@ -230,6 +263,7 @@ class NodeServer:
         `task_status.started` receives the bound (host, port), or None without a
         listener; streams can then be handed to `handle_stream` directly (tests do).
         """
+        self._max_connections = fit_open_files(self.config.max_connections)
         engine = self._engine if self._engine is not None else open_engine(self.config)
         self._engine = engine
         listeners: list[trio.SocketListener] = []
@@ -610,7 +644,7 @@ class NodeServer:
         """Serve one client connection until it closes; never raises."""
         node = self.node
         assert node is not None
-        if len(self._conns) >= self.config.max_connections:
+        if len(self._conns) >= self._max_connections:
             node.counters["connections_refused"] += 1
             with trio.move_on_after(1):
                 with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):

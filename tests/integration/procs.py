@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 
@@ -40,11 +41,18 @@ def ringfs(*args: str, input: bytes | None = None, timeout: float = 30
                           capture_output=True, timeout=timeout, check=False)
 
 
+def _limit_open_files(n: int) -> None:
+    """In the child before exec: soft and hard open-file limits of n."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
+
+
 class NodeProcess:
     """One `ringfs node` child process on a free loopback port."""
 
     def __init__(self, data_dir: Path, name: str = "n1", extra: Sequence[str] = (),
-                 port: int | None = None) -> None:
+                 port: int | None = None, nofile: int | None = None) -> None:
         self.name = name
         self.data_dir = data_dir
         self.extra = tuple(extra)
@@ -56,6 +64,7 @@ class NodeProcess:
             [sys.executable, "-m", "ringfs", "node", "--name", name, "--listen", self.address,
              "--data-dir", str(data_dir / name), *extra],
             stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            preexec_fn=None if nofile is None else partial(_limit_open_files, nofile),
         )
         wait_listening(self.port, self.proc)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 from collections.abc import Iterator
 
 import msgpack
@@ -150,3 +151,58 @@ def test_frame_too_large_gets_error_then_close(node: NodeProcess) -> None:
     assert body[0] == ERROR and body[2]["name"] == "FRAME_TOO_LARGE"
     assert c.sock.recv(65536) == b""
     c.close()
+
+
+def test_idle_connections_cannot_exhaust_the_nodes_descriptors(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """With an open-file limit too low for max_connections, the node serves as many
+    connections as fit and refuses the rest with OVERLOADED; its own files (the
+    store's writes) and the connections it has keep working."""
+    limit = 600  # fits (600 - 256) // 2 = 172 connections, not the default 1024
+    n = NodeProcess(tmp_path_factory.mktemp("nofile"), extra=("--engine", "log"), nofile=limit)
+    held: list[socket.socket] = []
+    try:
+        first = Conn(("127.0.0.1", n.port))
+        first.hello()
+        for _ in range(400):  # idle connections that never say HELLO
+            held.append(socket.create_connection(("127.0.0.1", n.port), timeout=5))
+        # Writes still reach the store, and the first connection is still served.
+        for i in range(50):
+            assert first.call(Op.PUT, {"key": b"k%d" % i, "value": b"v"})[0] == RESPONSE
+        assert first.call(Op.GET, {"key": b"k49"})[2]["values"] == [b"v"]
+        # Once the node has taken every connection, those past the limit were told
+        # OVERLOADED ([ERROR, nil, {code: 12}]) and closed, the others wait in silence.
+        deadline = time.monotonic() + 30
+        while True:
+            st = first.call(Op.STATUS, {})[2]
+            if st["connections"] + st["counters"].get("connections_refused", 0) >= 401:
+                break
+            assert time.monotonic() < deadline, f"the node took no more connections: {st}"
+        refused = 0
+        for s in held:
+            s.setblocking(False)
+            try:
+                data = s.recv(4096)
+            except BlockingIOError:
+                continue
+            if not data:  # the error frame can be lost to the reset of a closed socket
+                refused += 1
+                continue
+            body = FrameDecoder(1 << 20).feed(data)[0]
+            assert body[0] == ERROR and body[2]["code"] == 12, body
+            refused += 1
+        assert 400 - refused <= (limit - 256) // 2
+        for s in held:
+            s.close()
+        held.clear()
+        while first.call(Op.STATUS, {})[2]["connections"] > 1:
+            assert time.monotonic() < deadline + 30  # the node notices the closes in time
+        late = Conn(("127.0.0.1", n.port))
+        late.hello()
+        late.close()
+        first.close()
+        assert "open-file limit" in n.log_text()
+    finally:
+        for s in held:
+            s.close()
+        assert n.stop() == 0, n.log_text()

@@ -485,3 +485,28 @@ async def test_requests_for_large_replies_wait_while_the_client_does_not_read(
     assert not c.held
     await stream.aclose()
     await other.aclose()
+
+
+@pytest.mark.parametrize(("soft", "hard", "expect_soft", "expect_fit"), [
+    (1024, 1 << 20, 2 * 1024 + 256, 1024),  # raised to what 1024 connections need
+    (1024, 1024, 1024, (1024 - 256) // 2),  # the hard limit stops it: fewer fit
+    (1 << 20, 1 << 20, 1 << 20, 1024),  # already enough
+    (100, 100, 100, 1),  # hardly any room: one connection, and a warning
+])
+def test_the_open_file_limit_is_fitted_to_max_connections(
+        monkeypatch: pytest.MonkeyPatch, soft: int, hard: int, expect_soft: int,
+        expect_fit: int) -> None:
+    import resource
+
+    limits = {"now": (soft, hard)}
+
+    def setrlimit(which: int, value: tuple[int, int]) -> None:
+        assert which == resource.RLIMIT_NOFILE and value[1] == hard
+        if value[0] > hard:
+            raise ValueError("not allowed")
+        limits["now"] = value
+
+    monkeypatch.setattr(resource, "getrlimit", lambda which: limits["now"])
+    monkeypatch.setattr(resource, "setrlimit", setrlimit)
+    assert server_module.fit_open_files(1024) == expect_fit
+    assert limits["now"][0] == expect_soft

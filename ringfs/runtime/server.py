@@ -719,11 +719,29 @@ class NodeServer:
     def _handle_input(self, c: _Connection, decoder: FrameDecoder,
                       data: bytes | bytearray, now: float, hold_peers: bool = False) -> bool:
         """Hand every complete frame in `data` to the node (as arrived at `now`) and
-        queue the replies ready now; a broken stream queues its error frame last and
-        marks the connection closing. Returns whether the connection is closing.
+        queue the replies ready now, holding back the requests past the unsent-reply
+        limit (`_serve`); a broken stream queues its error frame last and marks the
+        connection closing. Returns whether the connection is closing.
         `hold_peers`: see `_dispatch`."""
-        self._serve(c, decoder.feed(data), now)
-        return self._served(c, decoder, hold_peers)
+        node = self.node
+        assert node is not None
+        bodies = decoder.feed(data)
+        if len(bodies) == 1:  # (the common case: nothing after it to hold back)
+            frame = node.client_request(c.conn_id, bodies[0], now)
+            if frame is not None:
+                c.out.append(frame)
+                c.unsent += len(frame)
+        elif bodies:
+            self._serve(c, bodies, now)
+        if not hold_peers or node.has_effects:  # (most requests queue none)
+            self._dispatch(hold_peers)
+        if decoder.error is not None and not c.closing and not c.held:
+            # (after any requests held back: they came before the break)
+            exc = decoder.error
+            node.counters[f"error_{exc.code.name.lower()}"] += 1
+            c.out.append(encode_error(None, exc.code, exc.message))
+            c.closing = True
+        return c.closing
 
     def _serve(self, c: _Connection, bodies: list[Any], now: float) -> None:
         """Hand `bodies` to the node and queue the replies ready now. Once the replies
@@ -744,28 +762,13 @@ class NodeServer:
                     node.counters["requests_held"] += 1
                     return
 
-    def _served(self, c: _Connection, decoder: FrameDecoder, hold_peers: bool) -> bool:
-        """After `_serve`: send what the node queued for peers, answer a broken stream
-        (once no request read before the break is still held) and return whether the
-        connection is closing."""
-        node = self.node
-        assert node is not None
-        if not hold_peers or node.has_effects:  # (most requests queue none)
-            self._dispatch(hold_peers)
-        if decoder.error is not None and not c.closing and not c.held:
-            exc = decoder.error
-            node.counters[f"error_{exc.code.name.lower()}"] += 1
-            c.out.append(encode_error(None, exc.code, exc.message))
-            c.closing = True
-        return c.closing
-
     def _serve_held(self, c: _Connection, now: float) -> bool:
         """Serve the requests `_serve` held back (some may be held again); returns
         whether the connection is closing."""
         bodies, c.held = c.held, []
         assert c.decoder is not None
         self._serve(c, bodies, now)
-        return self._served(c, c.decoder, False)
+        return self._handle_input(c, c.decoder, b"", now)  # (nothing new: the rest of a turn)
 
     async def _backpressure(self, c: _Connection, max_inflight: int) -> None:
         """Stop reading while too many replies are outstanding or the client is not

@@ -314,26 +314,22 @@ def cmd_node(args: argparse.Namespace) -> int:
 
     try:
         serve_config(config)
-    except (OSError, ExceptionGroup) as exc:
-        err = _os_error(exc)
-        if err is None:
-            raise
-        where = f" ({err.filename})" if err.filename else ""
-        raise CliError(f"cannot serve on {config.listen} with data in {config.data_dir}: "
-                       f"{err.strerror or err}{where}") from None
+    except Exception as exc:  # (trio's nurseries wrap what failed in groups)
+        logging.getLogger("ringfs.cli").debug("the node stopped on an error", exc_info=True)
+        err = _leaf(exc)
+        if isinstance(err, OSError):
+            where = f" ({err.filename})" if err.filename else ""
+            raise CliError(f"cannot serve on {config.listen} with data in {config.data_dir}: "
+                           f"{err.strerror or err}{where}") from None
+        raise CliError(f"node {config.name}: {err}") from None
     return 0
 
 
-def _os_error(exc: BaseException) -> OSError | None:
-    """The OSError behind `exc`, looking inside exception groups (trio's nurseries)."""
-    if isinstance(exc, OSError):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = _os_error(inner)
-            if found is not None:
-                return found
-    return None
+def _leaf(exc: BaseException) -> BaseException:
+    """The first exception inside `exc` that is not an exception group."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _wait_listening(host: str, port: int, proc: subprocess.Popen[bytes], timeout_s: float) -> bool:
@@ -676,6 +672,11 @@ def cmd_put_file(args: argparse.Namespace) -> int:
     bar = Progress(sys.stderr.isatty() and not args.quiet and not args.json)
     src: Any = sys.stdin.buffer if args.path == "-" else args.path
     if src is args.path and not os.path.isfile(args.path):
+        if os.path.isdir(args.path):
+            raise CliError(f"{args.path}: is a directory")
+        if os.path.exists(args.path):
+            raise CliError(f"{args.path}: not a regular file (to upload a stream, give - "
+                           "and pipe it to standard input)")
         raise CliError(f"{args.path}: no such file")
     try:
         with _file_client(args) as c:
@@ -792,8 +793,9 @@ def cmd_keygen(args: argparse.Namespace) -> int:
         else:
             new = generate_key()
             keys = [*keys, new] if keys else [new]
-            print(f"new key {_fingerprint(new)} written to {path}")
         save_keyring_file(path, keys)
+        if not args.use and not args.remove:
+            print(f"new key {_fingerprint(keys[-1])} written to {path}")
     except (KeyringError, OSError, ValueError) as exc:
         raise CliError(f"keyring {path}: {exc}") from None
     return 0
@@ -817,6 +819,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return EXIT_FAILED
+    except Exception as exc:  # a bug: still one line, unless asked for the traceback
+        if os.environ.get("RINGFS_TRACEBACK"):
+            raise
+        _fail(f"internal error: {type(exc).__name__}: {_leaf(exc)} "
+              "(RINGFS_TRACEBACK=1 shows where)")
 
 
 if __name__ == "__main__":

@@ -16,13 +16,18 @@ from typing import Any
 
 from ringfs.wire import Limits
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # used with fullmatch
 DURABILITY_KINDS = ("always", "group", "interval", "none")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 class ConfigError(ValueError):
     """A setting is missing, unknown or out of range; the message names it."""
+
+
+def _decimal(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also passes "²" and other scripts' digits."""
+    return text.isascii() and text.isdigit()
 
 
 def parse_address(text: str, *, allow_port_zero: bool = False) -> tuple[str, int]:
@@ -36,7 +41,7 @@ def parse_address(text: str, *, allow_port_zero: bool = False) -> tuple[str, int
         raise ConfigError(f"address {text!r}: write an IPv6 address in brackets, "
                           "as [HOST]:PORT")
     low = 0 if allow_port_zero else 1
-    if not host or not port_s.isdigit() or not low <= int(port_s) < 65536:
+    if not host or not _decimal(port_s) or not low <= int(port_s) < 65536:
         raise ConfigError(f"address {text!r} is not HOST:PORT with a port in 1..65535")
     return host, int(port_s)
 
@@ -59,7 +64,7 @@ class Durability:
         if kind not in DURABILITY_KINDS:
             raise ConfigError(f"durability {text!r}: expected always, group, interval:MS or none")
         if kind == "interval":
-            if not arg.isdigit() or not 1 <= int(arg) <= 3_600_000:
+            if not _decimal(arg) or not 1 <= int(arg) <= 3_600_000:
                 raise ConfigError(f"durability {text!r}: interval needs milliseconds 1..3600000")
             return cls(kind, int(arg))
         if arg:
@@ -161,7 +166,7 @@ class NodeConfig:
     """How often a node looks for unreferenced chunks to collect."""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
+        if not isinstance(self.name, str) or not _NAME_RE.fullmatch(self.name):
             raise ConfigError(
                 f"name {self.name!r}: 1-64 characters of letters, digits, '.', '_' or '-'"
             )
@@ -205,6 +210,12 @@ class NodeConfig:
             raise ConfigError("vnodes_per_capacity must be in 1..4096")
         if len(self.zone) > 64:
             raise ConfigError("zone must be at most 64 characters")
+        if self.zone and (not self.zone.isprintable() or self.zone != self.zone.strip()):
+            raise ConfigError(f"zone {self.zone!r}: printable characters, no spaces at the "
+                              "ends")
+        for what, path in (("data_dir", self.data_dir), ("keyring_file", self.keyring_file)):
+            if "\x00" in path:
+                raise ConfigError(f"{what} must not contain a NUL character")
         if not 0 <= self.tombstone_grace_s <= 86400 * 30:
             raise ConfigError("tombstone_grace_s must be in 0..2592000")
         if not 0.01 <= self.unreachable_s <= 3600:
@@ -307,7 +318,10 @@ def build_config(values: dict[str, Any]) -> NodeConfig:
                      "anti_entropy_interval_s", "ownership_settle_s", "scrub_interval_s",
                      "gc_grace_s",
                      "gc_interval_s"):
-            kwargs[key] = float(val)
+            try:
+                kwargs[key] = float(val)
+            except OverflowError:
+                raise ConfigError(f"setting {key!r} is out of range") from None
         else:
             kwargs[key] = val
     if "name" not in kwargs:
@@ -327,9 +341,15 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not valid UTF-8") from None
     node = data.pop("node", None)
     if node is not None:
         if not isinstance(node, dict):
             raise ConfigError("[node] must be a table")
+        both = sorted(set(data) & set(node))
+        if both:
+            raise ConfigError(f"config file {path}: {', '.join(both)} set both at the top "
+                              "level and under [node]")
         data = {**data, **node}
     return data

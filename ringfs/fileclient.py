@@ -445,6 +445,11 @@ async def _download(client: AsyncClient, m: Manifest, f: IO[bytes], offset: int,
 
 
 async def list_files(client: AsyncClient, prefix: str = "") -> list[str]:
+    if prefix:
+        try:
+            check_name(prefix)  # a prefix is the start of a name: the same rules
+        except ValueError as exc:
+            raise LocalProtocolError(f"prefix: {exc}") from None
     names: list[str] = []
     after = ""
     while True:

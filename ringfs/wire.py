@@ -80,9 +80,9 @@ class Limits:
             raise ValueError("max_key_bytes must be between 1 and 65535")
         if self.max_value_bytes < 0 or self.max_value_bytes >= self.max_frame_bytes:
             raise ValueError("max_value_bytes must be >= 0 and below max_frame_bytes")
-        if not 16 <= self.max_context_bytes < self.max_frame_bytes:
+        if self.max_context_bytes < 16:
             # 16: room for a context naming one writer, the least a put can send back.
-            raise ValueError("max_context_bytes must be at least 16 and below max_frame_bytes")
+            raise ValueError("max_context_bytes must be at least 16")
 
     def to_wire(self) -> dict[str, int]:
         return {

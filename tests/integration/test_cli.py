@@ -147,3 +147,25 @@ def test_keygen_rotation(tmp_path: Path) -> None:
     os.chmod(f, 0o644)
     r = ringfs("keygen", str(f), "--list")
     assert r.returncode == 1 and b"chmod 600" in r.stderr
+
+
+def test_more_bad_input_gets_one_line_and_no_traceback(tmp_path: Path) -> None:
+    def one_line(r: subprocess.CompletedProcess[bytes], *words: str) -> None:
+        err = r.stderr.decode(errors="replace")
+        assert r.returncode == 1 and "Traceback" not in err, err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("ringfs: "), err
+        assert all(w in lines[0] for w in words), err
+
+    r = ringfs("keygen", str(tmp_path / "no-such-dir" / "keys"))
+    one_line(r, "keyring")
+    assert r.stdout == b""  # no "written" line for a key that was not written
+    one_line(ringfs("put-file", str(tmp_path), "name", "--node", "127.0.0.1:1"),
+             "is a directory")
+    one_line(ringfs("ls", "\udcff", "--node", "127.0.0.1:1"), "UTF-8")
+    n = NodeProcess(tmp_path, extra=("--engine", "log"))
+    try:  # a second node on the same data directory
+        one_line(ringfs("node", "--name", "n1", "--listen", f"127.0.0.1:{free_port()}",
+                        "--data-dir", str(tmp_path / "n1"), "--engine", "log"), "in use")
+    finally:
+        assert n.stop() == 0

@@ -77,3 +77,31 @@ def test_addresses() -> None:
                  "h:70000", ":7001", "[]:7001"):
         with pytest.raises(ConfigError):
             parse_address(text)
+
+
+@pytest.mark.parametrize("values", [
+    {"name": "a\n"},  # `$` would let a trailing newline through
+    {"name": "a", "zone": " a"},
+    {"name": "a", "zone": "a\x00b"},
+    {"name": "a", "zone": "\xff\n"},
+    {"name": "a", "durability": "interval:\u00b2"},  # str.isdigit() says yes
+    {"name": "a", "listen": "127.0.0.1:\u0667\u0664\u0669\u0669"},  # Arabic-Indic 7499
+    {"name": "a", "seeds": ["h:\u00b2"]},
+    {"name": "a", "capacity": 10**400},  # too large for a float
+    {"name": "a", "data_dir": "/tmp/a\x00b"},
+    {"name": "a", "keyring_file": "k\x00"},
+])
+def test_bad_values_are_config_errors(values: dict[str, object]) -> None:
+    with pytest.raises(ConfigError):
+        build_config(values)
+
+
+def test_config_files_that_are_not_text_or_say_a_setting_twice(tmp_path: Path) -> None:
+    bad = tmp_path / "latin1.toml"
+    bad.write_bytes(b'name = "caf\xe9"\n')
+    with pytest.raises(ConfigError, match="UTF-8"):
+        load_toml(bad)
+    twice = tmp_path / "twice.toml"
+    twice.write_text('name = "a"\n[node]\nname = "b"\n')
+    with pytest.raises(ConfigError, match="name"):
+        load_toml(twice)

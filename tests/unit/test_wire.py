@@ -166,6 +166,6 @@ def test_limits_validation() -> None:
         Limits(max_frame_bytes=10)
     with pytest.raises(ValueError):
         Limits(max_value_bytes=Limits().max_frame_bytes)
-    for bad in (-1, 0, 15, Limits().max_frame_bytes):
+    for bad in (-1, 0, 15):
         with pytest.raises(ValueError):
             Limits(max_context_bytes=bad)

@@ -87,7 +87,7 @@ def _size(text: str) -> int:
     t = text.strip().upper().removesuffix("B").removesuffix("I")
     mult = units.get(t[-1:], 1)
     digits = t[:-1] if t[-1:] in units else t
-    if not digits.isdigit() or not 1 <= int(digits) * mult <= 64 * 1024 * 1024:
+    if not (digits.isascii() and digits.isdigit()) or not 1 <= int(digits) * mult <= 64 << 20:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size in 1..64M (e.g. 1M, 256K)")
     return int(digits) * mult
 
@@ -231,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("path", metavar="PATH")
     pf.add_argument("name", metavar="NAME")
     pf.add_argument("--chunk-size", type=_size, default=1024 * 1024, metavar="BYTES",
-                    help="chunk size, e.g. 1M (default), 256K, 4M")
+                    help="chunk size, e.g. 1M (default), 256K, 4M; at most the nodes' "
+                    "max_value_bytes (4M unless configured)")
     pf.add_argument("--w", type=_positive_int, metavar="W", help="durable copies per chunk")
     pf.add_argument("--quiet", "-q", action="store_true", help="no progress, no summary")
     client_opts(pf)
@@ -350,6 +351,36 @@ def cmd_cluster_up(args: argparse.Namespace) -> int:
         raise CliError("--base-port + --nodes runs past port 65535")
     if args.lww_prefix:  # refused here, before any node starts, as a node would refuse it
         build_config({"name": "n1", "lww_prefixes": list(args.lww_prefix)})
+    addresses = [f"{args.host}:{args.base_port + i}" for i in range(args.nodes)]
+    # What each node would refuse is refused here, before any starts: one line, not
+    # one error per node after the others are up.
+    for i, addr in enumerate(addresses):
+        values: dict[str, Any] = {"name": f"n{i + 1}", "listen": addr,
+                                  "data_dir": os.path.join(args.data_root, f"n{i + 1}"),
+                                  "gossip": args.gossip}
+        for key, val in (("engine", args.engine), ("durability", args.durability),
+                         ("n_replicas", args.n_replicas), ("keyring_file", args.keyring)):
+            if val:
+                values[key] = val
+        build_config(values)
+    if args.keyring:
+        from ringfs.gossip import KeyringError, load_keyring_file
+
+        try:
+            load_keyring_file(args.keyring)
+        except (KeyringError, OSError, ValueError) as exc:
+            raise CliError(f"keyring {args.keyring}: {exc}") from None
+    for addr in addresses:  # a port already taken would be reported as a node up
+        host, port = parse_address(addr)
+        try:
+            with socket.create_server((host, port)):
+                pass
+        except OSError as exc:
+            raise CliError(f"cannot listen on {addr}: {exc.strerror or exc}") from None
+    try:
+        os.makedirs(args.data_root, exist_ok=True)
+    except OSError as exc:
+        raise CliError(f"--data-root {args.data_root}: {exc.strerror or exc}") from None
     procs: list[tuple[str, str, subprocess.Popen[bytes]]] = []
     commands: dict[str, list[str]] = {}
     stopping = False
@@ -361,11 +392,13 @@ def cmd_cluster_up(args: argparse.Namespace) -> int:
     old_int = signal.signal(signal.SIGINT, stop)
     old_term = signal.signal(signal.SIGTERM, stop)
     try:
-        addresses = [f"{args.host}:{args.base_port + i}" for i in range(args.nodes)]
         for i, addr in enumerate(addresses):
             name = f"n{i + 1}"
             data_dir = os.path.join(args.data_root, name)
-            os.makedirs(data_dir, exist_ok=True)
+            try:
+                os.makedirs(data_dir, exist_ok=True)
+            except OSError as exc:
+                raise CliError(f"{data_dir}: {exc.strerror or exc}") from None
             cmd = [sys.executable, "-m", "ringfs", "node", "--name", name, "--listen", addr,
                    "--data-dir", data_dir, "--log-level", args.log_level]
             seeds = [a for a in addresses if a != addr]

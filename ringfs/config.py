@@ -119,9 +119,11 @@ class NodeConfig:
     n_replicas: int = 3
     """N: how many nodes keep a copy of each key."""
     r: int = 2
-    """Default read quorum: replies a get waits for before answering."""
+    """Default read quorum: replies a get waits for before answering. Not given
+    while n_replicas is: a majority of n_replicas (build_config)."""
     w: int = 2
-    """Default write quorum: durable acknowledgements a put waits for."""
+    """Default write quorum: durable acknowledgements a put waits for. Not given
+    while n_replicas is: a majority of n_replicas (build_config)."""
     capacity: float = 1.0
     """Relative share of the ring this node takes (virtual nodes scale with it)."""
     zone: str = ""
@@ -203,7 +205,8 @@ class NodeConfig:
         if not 1 <= self.n_replicas <= 16:
             raise ConfigError("n_replicas must be in 1..16")
         if not 1 <= self.r <= self.n_replicas or not 1 <= self.w <= self.n_replicas:
-            raise ConfigError("r and w must be in 1..n_replicas")
+            raise ConfigError(f"r and w must be in 1..n_replicas (r = {self.r}, w = {self.w}, "
+                              f"n_replicas = {self.n_replicas})")
         if not 0 < self.capacity <= 1000:
             raise ConfigError("capacity must be in (0, 1000]")
         if not 1 <= self.vnodes_per_capacity <= 4096:
@@ -326,6 +329,11 @@ def build_config(values: dict[str, Any]) -> NodeConfig:
             kwargs[key] = val
     if "name" not in kwargs:
         raise ConfigError("a node needs a name (--name or name = ... in the config file)")
+    n = kwargs.get("n_replicas")
+    if type(n) is int and n >= 1:
+        # R and W not given: a majority of the N given (2 of the default 3).
+        kwargs.setdefault("r", n // 2 + 1)
+        kwargs.setdefault("w", n // 2 + 1)
     try:
         return NodeConfig(**kwargs)
     except TypeError as exc:

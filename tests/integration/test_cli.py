@@ -169,3 +169,23 @@ def test_more_bad_input_gets_one_line_and_no_traceback(tmp_path: Path) -> None:
                         "--data-dir", str(tmp_path / "n1"), "--engine", "log"), "in use")
     finally:
         assert n.stop() == 0
+
+
+def test_cluster_up_refuses_before_starting_anything(tmp_path: Path) -> None:
+    import socket
+
+    base = free_port()
+    with socket.socket() as taken:  # the second node's port is in use
+        taken.bind(("127.0.0.1", base + 1))
+        taken.listen()
+        r = ringfs("cluster", "up", "--nodes", "2", "--base-port", str(base),
+                   "--data-root", str(tmp_path / "data"))
+    assert r.returncode == 1 and f"cannot listen on 127.0.0.1:{base + 1}" in r.stderr.decode()
+    assert b"listening" not in r.stdout and not (tmp_path / "data").exists()
+    r = ringfs("cluster", "up", "--durability", "sometimes", "--data-root", str(tmp_path))
+    assert r.returncode == 2 and len(r.stderr.decode().strip().splitlines()) == 1
+    (tmp_path / "file").write_text("not a directory")
+    r = ringfs("cluster", "up", "--base-port", str(free_port()),
+               "--data-root", str(tmp_path / "file"))
+    assert r.returncode == 1 and "Traceback" not in r.stderr.decode()
+    assert r.stderr.decode().startswith("ringfs: --data-root")

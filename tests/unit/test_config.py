@@ -105,3 +105,13 @@ def test_config_files_that_are_not_text_or_say_a_setting_twice(tmp_path: Path) -
     twice.write_text('name = "a"\n[node]\nname = "b"\n')
     with pytest.raises(ConfigError, match="name"):
         load_toml(twice)
+
+
+def test_quorums_default_to_a_majority_of_the_n_given() -> None:
+    assert (build_config({"name": "a"}).r, build_config({"name": "a"}).w) == (2, 2)
+    one = build_config({"name": "a", "n_replicas": 1})
+    assert (one.r, one.w) == (1, 1)
+    five = build_config({"name": "a", "n_replicas": 5, "w": 5})
+    assert (five.r, five.w) == (3, 5)
+    with pytest.raises(ConfigError, match="r = 2"):
+        build_config({"name": "a", "n_replicas": 1, "r": 2})

@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"node to talk to (default {DEFAULT_NODE})")
         sp.add_argument("--timeout", type=_seconds, default=5.0, metavar="SECONDS",
                         help="per-request timeout (default 5)")
-        sp.add_argument("--json", action="store_true", help="print one JSON object")
+        sp.add_argument("--json", action="store_true", help="print JSON for scripts")
 
     g = sub.add_parser("get", help="print the value(s) of a key",
                        description="Print the value of KEY. With siblings, each is printed on "
@@ -306,7 +306,9 @@ def cmd_node(args: argparse.Namespace) -> int:
         if v is not None:
             values[key] = v
     if args.seeds:
-        values["seeds"] = [s.strip() for s in args.seeds.split(",") if s.strip()]
+        values["seeds"] = [s.strip() for s in args.seeds.split(",")]
+        if not all(values["seeds"]):
+            raise ConfigError(f"--seeds {args.seeds!r}: an empty address between commas")
     if args.lww_prefix:
         values["lww_prefixes"] = list(args.lww_prefix)
     config = build_config(values)
@@ -469,7 +471,7 @@ def _client(args: argparse.Namespace) -> Any:
 def _key_arg(text: str) -> bytes:
     key = os.fsencode(text)
     if not key:
-        raise CliError("KEY must not be empty")
+        _fail("KEY must not be empty", EXIT_USAGE)
     return key
 
 

@@ -359,8 +359,10 @@ async def stat_file(client: AsyncClient, name: str, *, r: int | None = None) -> 
 async def get_file(client: AsyncClient, name: str, dest: Source, *, offset: int = 0,
                    length: int | None = None, progress: Progress | None = None,
                    parallel: int = DEFAULT_PARALLEL) -> FileInfo:
-    if offset < 0 or (length is not None and length < 0) or parallel < 1:
-        raise LocalProtocolError("offset and length must be >= 0, parallel >= 1")
+    if offset < 0 or (length is not None and length < 0):
+        raise LocalProtocolError("offset and length must be >= 0")
+    if parallel < 1:
+        raise LocalProtocolError("parallel must be >= 1")
     info = await stat_file(client, name)
     if info is None or info.manifest is None:
         raise FileNotFound(f"file {name!r} not found")

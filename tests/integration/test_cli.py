@@ -47,6 +47,9 @@ def test_put_get_delete_through_the_cli(tmp_path: Path) -> None:
         ["node", "--name", "a", "--lww-prefix", "k" * 5000],
         ["cluster", "up", "--lww-prefix", "k" * 5000],
         ["get", "k", "--timeout", "-1"],
+        ["get", ""],
+        ["node", "--name", "a", "--seeds", ",,,"],
+        ["node", "--name", "a", "--durability", "interval:\u00b2"],
         ["frobnicate"],
     ],
 )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import gc
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from functools import partial
 from typing import Any
 
@@ -86,75 +86,78 @@ def slow_connector(srv: NodeServer, nursery: trio.Nursery,
     return connect
 
 
-async def test_a_request_timing_out_before_it_is_sent_fails_alone(
-    autojump_clock: MockClock, server: NodeServer, nursery: trio.Nursery
-) -> None:
+@pytest.fixture
+async def slow(server: NodeServer, nursery: trio.Nursery
+               ) -> AsyncIterator[tuple[AsyncClient, list[SlowStream]]]:
+    """A client with one connection open, and the streams it opened."""
     streams: list[SlowStream] = []
     async with AsyncClient("n1:1", connect=slow_connector(server, nursery, streams)) as c:
         await c.ping()
-        streams[0].send_s = 1.0  # each send now holds the connection's send lock 1 s
-        results: dict[str, Any] = {}
+        yield c, streams
 
-        async def put() -> None:
-            results["put"] = await c.put("k", b"v")
 
-        async def ping() -> None:
-            try:
-                await c.ping(timeout_s=0.5)  # queued behind the put's send all along
-            except RingfsError as exc:
-                results["ping"] = exc
+async def test_a_request_timing_out_before_it_is_sent_fails_alone(
+    autojump_clock: MockClock, slow: tuple[AsyncClient, list[SlowStream]]
+) -> None:
+    c, streams = slow
+    streams[0].send_s = 1.0  # each send now holds the connection's send lock 1 s
+    results: dict[str, Any] = {}
 
-        async with trio.open_nursery() as n:
-            n.start_soon(put)
-            await trio.testing.wait_all_tasks_blocked()
-            n.start_soon(ping)
-        assert isinstance(results["ping"], RequestTimeout)
-        assert results["ping"].details.get("executed") is False
-        assert isinstance(results["put"], bytes)  # the put went through
-        streams[0].send_s = 0.0
-        assert (await c.get("k")).values == [b"v"]
-        assert len(streams) == 1 and not streams[0].closed  # the connection survived
+    async def put() -> None:
+        results["put"] = await c.put("k", b"v")
+
+    async def ping() -> None:
+        try:
+            await c.ping(timeout_s=0.5)  # queued behind the put's send all along
+        except RingfsError as exc:
+            results["ping"] = exc
+
+    async with trio.open_nursery() as n:
+        n.start_soon(put)
+        await trio.testing.wait_all_tasks_blocked()
+        n.start_soon(ping)
+    assert isinstance(results["ping"], RequestTimeout)
+    assert results["ping"].details.get("executed") is False
+    assert isinstance(results["put"], bytes)  # the put went through
+    streams[0].send_s = 0.0
+    assert (await c.get("k")).values == [b"v"]
+    assert len(streams) == 1 and not streams[0].closed  # the connection survived
 
 
 async def test_a_send_cut_off_by_the_caller_takes_its_connection_down(
-    autojump_clock: MockClock, server: NodeServer, nursery: trio.Nursery
+    autojump_clock: MockClock, slow: tuple[AsyncClient, list[SlowStream]]
 ) -> None:
-    streams: list[SlowStream] = []
-    async with AsyncClient("n1:1", connect=slow_connector(server, nursery, streams),
-                           timeout_s=30) as c:
-        await c.ping()
-        streams[0].stall = True
-        with trio.move_on_after(1):  # the caller gives up with half the frame sent
-            await c.put("k", b"x" * 1000)
-        # The node still waits for the rest of that frame: the next request must go
-        # over a new connection, not be read as the missing half.
-        assert streams[0].closed
-        await c.put("k2", b"v")
-        assert (await c.get("k2")).values == [b"v"]
-        assert len(streams) == 2
-        assert all(not conn.pending for conn in c._conns.values())
+    c, streams = slow
+    streams[0].stall = True
+    with trio.move_on_after(1):  # the caller gives up with half the frame sent
+        await c.put("k", b"x" * 1000)
+    # The node still waits for the rest of that frame: the next request must go over
+    # a new connection, not be read as the missing half.
+    assert streams[0].closed
+    await c.put("k2", b"v")
+    assert (await c.get("k2")).values == [b"v"]
+    assert len(streams) == 2
+    assert all(not conn.pending for conn in c._conns.values())
 
 
 async def test_requests_cancelled_by_their_callers_leave_nothing_behind(
-    autojump_clock: MockClock, server: NodeServer, nursery: trio.Nursery
+    autojump_clock: MockClock, slow: tuple[AsyncClient, list[SlowStream]]
 ) -> None:
-    streams: list[SlowStream] = []
-    async with AsyncClient("n1:1", connect=slow_connector(server, nursery, streams)) as c:
-        await c.ping()
-        streams[0].send_s = 1.0
-        async with trio.open_nursery() as outer:
-            outer.start_soon(c.put, "k", b"v")  # holds the send lock for a second
-            await trio.testing.wait_all_tasks_blocked()
-            async with trio.open_nursery() as n:
-                for i in range(50):  # queued behind the put, then cancelled
-                    n.start_soon(partial(c.get, f"k{i}", timeout_s=10))
-                await trio.sleep(0.5)
-                n.cancel_scope.cancel()
-        conn = c._conns["n1:1"]
-        assert conn.pending == {} and conn.broken is None
-        streams[0].send_s = 0.0
-        assert (await c.get("k")).values == [b"v"]
-        assert len(streams) == 1
+    c, streams = slow
+    streams[0].send_s = 1.0
+    async with trio.open_nursery() as outer:
+        outer.start_soon(c.put, "k", b"v")  # holds the send lock for a second
+        await trio.testing.wait_all_tasks_blocked()
+        async with trio.open_nursery() as n:
+            for i in range(50):  # queued behind the put, then cancelled
+                n.start_soon(partial(c.get, f"k{i}", timeout_s=10))
+            await trio.sleep(0.5)
+            n.cancel_scope.cancel()
+    conn = c._conns["n1:1"]
+    assert conn.pending == {} and conn.broken is None
+    streams[0].send_s = 0.0
+    assert (await c.get("k")).values == [b"v"]
+    assert len(streams) == 1
 
 
 async def test_a_failed_handshake_closes_its_connection(

@@ -21,7 +21,13 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from ringfs import __version__
-from ringfs.config import ConfigError, build_config, load_toml, parse_address
+from ringfs.config import (
+    ConfigError,
+    build_config,
+    format_address,
+    load_toml,
+    parse_address,
+)
 
 DEFAULT_NODE = "127.0.0.1:7001"
 EXIT_FAILED = 1
@@ -348,12 +354,29 @@ def _wait_listening(host: str, port: int, proc: subprocess.Popen[bytes], timeout
     return False
 
 
+def _check_port_free(addr: str) -> None:
+    """CliError unless a node could listen on `addr` now: like the node's listener,
+    on every address the host resolves to (IPv4, IPv6 or both)."""
+    host, port = parse_address(addr)
+    try:
+        for family, _, _, _, sockaddr in socket.getaddrinfo(host, port,
+                                                           type=socket.SOCK_STREAM):
+            with socket.socket(family, socket.SOCK_STREAM) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as it would
+                if family == socket.AF_INET6:
+                    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                s.bind(sockaddr)
+    except OSError as exc:
+        raise CliError(f"cannot listen on {addr}: {exc.strerror or exc}") from None
+
+
 def cmd_cluster_up(args: argparse.Namespace) -> int:
     if args.base_port + args.nodes - 1 > 65535:
         raise CliError("--base-port + --nodes runs past port 65535")
     if args.lww_prefix:  # refused here, before any node starts, as a node would refuse it
         build_config({"name": "n1", "lww_prefixes": list(args.lww_prefix)})
-    addresses = [f"{args.host}:{args.base_port + i}" for i in range(args.nodes)]
+    host = args.host[1:-1] if args.host.startswith("[") and args.host.endswith("]") else args.host
+    addresses = [format_address(host, args.base_port + i) for i in range(args.nodes)]
     # What each node would refuse is refused here, before any starts: one line, not
     # one error per node after the others are up.
     for i, addr in enumerate(addresses):
@@ -373,12 +396,7 @@ def cmd_cluster_up(args: argparse.Namespace) -> int:
         except (KeyringError, OSError, ValueError) as exc:
             raise CliError(f"keyring {args.keyring}: {exc}") from None
     for addr in addresses:  # a port already taken would be reported as a node up
-        host, port = parse_address(addr)
-        try:
-            with socket.create_server((host, port)):
-                pass
-        except OSError as exc:
-            raise CliError(f"cannot listen on {addr}: {exc.strerror or exc}") from None
+        _check_port_free(addr)
     try:
         os.makedirs(args.data_root, exist_ok=True)
     except OSError as exc:

@@ -226,6 +226,9 @@ class _Connection:
                 async with self.send_lock:
                     if self.broken is not None:  # failed while this request queued
                         raise _NotSent(str(self.broken))
+                    # A deadline met on the way here sends nothing: say so before the
+                    # first byte can leave.
+                    await trio.lowlevel.checkpoint_if_cancelled()
                     sending = True
                     await self.stream.send_all(frame)
                     sending = False
@@ -270,8 +273,8 @@ class AsyncClient:
             raise LocalProtocolError("timeouts must be positive numbers of seconds")
         if type(retries) is not int or not 0 <= retries <= 1000:
             raise LocalProtocolError("retries must be an integer from 0 to 1000")
-        if not (_positive(backoff_base_s) and _positive(backoff_max_s)):
-            raise LocalProtocolError("backoff times must be positive numbers of seconds")
+        if not (_positive(backoff_base_s, zero=True) and _positive(backoff_max_s, zero=True)):
+            raise LocalProtocolError("backoff times must be finite numbers of seconds >= 0")
         self.nodes = addrs
         self.timeout_s = timeout_s
         self.connect_timeout_s = connect_timeout_s
@@ -548,9 +551,10 @@ class AsyncClient:
             raise
 
 
-def _positive(x: object) -> bool:
-    """A positive, finite number of seconds (not a bool)."""
-    return isinstance(x, int | float) and not isinstance(x, bool) and 0 < x < math.inf
+def _positive(x: object, *, zero: bool = False) -> bool:
+    """A positive (or, with `zero`, non-negative) finite number of seconds, not a bool."""
+    return (isinstance(x, int | float) and not isinstance(x, bool)
+            and (x >= 0 if zero else x > 0) and x < math.inf)
 
 
 def _quorum(q: int, name: str) -> int:
@@ -601,6 +605,8 @@ class _Runner:
             self.ready.set()
 
     async def call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        if self.client._closed:  # (closing: calls that start now would outlive the run)
+            raise LocalProtocolError("client is closed")
         self.active += 1
         try:
             return await fn(*args, **kwargs)
@@ -645,7 +651,7 @@ class Client:
 
         try:
             return trio.from_thread.run(call, trio_token=runner.token)
-        except trio.RunFinishedError:
+        except (trio.RunFinishedError, trio.Cancelled):  # the run ended under the call
             raise LocalProtocolError("client is closed") from None
 
     def get(self, key: Key, *, r: int | None = None,

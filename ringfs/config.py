@@ -30,6 +30,11 @@ def _decimal(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
+def format_address(host: str, port: int) -> str:
+    """HOST:PORT as parse_address reads it back: an IPv6 host goes in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def parse_address(text: str, *, allow_port_zero: bool = False) -> tuple[str, int]:
     """Split "HOST:PORT" (or "[V6]:PORT") and validate the port (0 only if allowed)."""
     if not isinstance(text, str) or ":" not in text:
@@ -118,12 +123,12 @@ class NodeConfig:
     """HOST:PORT of other nodes to join through."""
     n_replicas: int = 3
     """N: how many nodes keep a copy of each key."""
-    r: int = 2
-    """Default read quorum: replies a get waits for before answering. Not given
-    while n_replicas is: a majority of n_replicas (build_config)."""
-    w: int = 2
-    """Default write quorum: durable acknowledgements a put waits for. Not given
-    while n_replicas is: a majority of n_replicas (build_config)."""
+    r: int = 0
+    """Default read quorum: replies a get waits for before answering. 0 (not set): a
+    majority of n_replicas, 2 of the default 3."""
+    w: int = 0
+    """Default write quorum: durable acknowledgements a put waits for. 0 (not set): a
+    majority of n_replicas."""
     capacity: float = 1.0
     """Relative share of the ring this node takes (virtual nodes scale with it)."""
     zone: str = ""
@@ -204,6 +209,9 @@ class NodeConfig:
             raise ConfigError("request_timeout_s must be in 0.001..3600")
         if not 1 <= self.n_replicas <= 16:
             raise ConfigError("n_replicas must be in 1..16")
+        for quorum in ("r", "w"):
+            if getattr(self, quorum) == 0:
+                object.__setattr__(self, quorum, self.n_replicas // 2 + 1)
         if not 1 <= self.r <= self.n_replicas or not 1 <= self.w <= self.n_replicas:
             raise ConfigError(f"r and w must be in 1..n_replicas (r = {self.r}, w = {self.w}, "
                               f"n_replicas = {self.n_replicas})")
@@ -329,11 +337,9 @@ def build_config(values: dict[str, Any]) -> NodeConfig:
             kwargs[key] = val
     if "name" not in kwargs:
         raise ConfigError("a node needs a name (--name or name = ... in the config file)")
-    n = kwargs.get("n_replicas")
-    if type(n) is int and n >= 1:
-        # R and W not given: a majority of the N given (2 of the default 3).
-        kwargs.setdefault("r", n // 2 + 1)
-        kwargs.setdefault("w", n // 2 + 1)
+    for quorum in ("r", "w"):
+        if kwargs.get(quorum) == 0:  # (0 stands for "not set" inside NodeConfig)
+            raise ConfigError("r and w must be in 1..n_replicas")
     try:
         return NodeConfig(**kwargs)
     except TypeError as exc:

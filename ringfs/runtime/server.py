@@ -38,7 +38,7 @@ from typing import Any
 
 import trio
 
-from ringfs.config import NodeConfig, parse_address
+from ringfs.config import NodeConfig, format_address, parse_address
 from ringfs.errors import ErrorCode
 from ringfs.gossip import Keyring, KeyringError, load_keyring_file, load_keys
 from ringfs.node import (
@@ -275,7 +275,7 @@ class NodeServer:
                 sockname = listeners[0].socket.getsockname()
                 self.address = (sockname[0], sockname[1])
                 # Peers must be told the port actually bound, not ":0".
-                config = dataclasses.replace(config, listen=f"{host}:{sockname[1]}")
+                config = dataclasses.replace(config, listen=format_address(host, sockname[1]))
             udp_sock: trio.socket.SocketType | None = None
             if listen and config.gossip != "off":
                 assert self.address is not None
@@ -414,7 +414,7 @@ class NodeServer:
                 log.debug("udp receive: %s", exc)
                 continue
             try:
-                node.receive_datagram(data, f"{addr[0]}:{addr[1]}", self._clock())
+                node.receive_datagram(data, format_address(addr[0], addr[1]), self._clock())
             except Exception:
                 node.counters["internal_errors"] += 1
                 log.exception("handling a datagram failed")
@@ -739,7 +739,9 @@ class NodeServer:
             # (after any requests held back: they came before the break)
             exc = decoder.error
             node.counters[f"error_{exc.code.name.lower()}"] += 1
-            c.out.append(encode_error(None, exc.code, exc.message))
+            frame = encode_error(None, exc.code, exc.message)
+            c.out.append(frame)
+            c.unsent += len(frame)
             c.closing = True
         return c.closing
 

@@ -192,3 +192,24 @@ def test_cluster_up_refuses_before_starting_anything(tmp_path: Path) -> None:
                "--data-root", str(tmp_path / "file"))
     assert r.returncode == 1 and "Traceback" not in r.stderr.decode()
     assert r.stderr.decode().startswith("ringfs: --data-root")
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "localhost"])
+def test_the_port_check_of_cluster_up_follows_the_hosts_family(host: str) -> None:
+    import socket
+
+    from ringfs.cli import CliError, _check_port_free
+    from ringfs.config import format_address
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        taken = socket.socket(family)
+        taken.bind((host, 0))
+    except OSError:
+        pytest.skip(f"cannot bind {host} here")
+    with taken:
+        port = taken.getsockname()[1]
+        taken.listen()
+        with pytest.raises(CliError, match="cannot listen"):
+            _check_port_free(format_address(host, port))
+    _check_port_free(format_address(host, port))  # free again

@@ -510,3 +510,31 @@ def test_the_open_file_limit_is_fitted_to_max_connections(
     monkeypatch.setattr(resource, "setrlimit", setrlimit)
     assert server_module.fit_open_files(1024) == expect_fit
     assert limits["now"][0] == expect_soft
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback here")
+async def test_a_node_listens_on_an_ipv6_address(nursery: trio.Nursery) -> None:
+    cfg = NodeConfig(name="n1", listen="[::1]:0", gossip="lan", log_level="warning",
+                     engine="memory")
+    srv = NodeServer(cfg)
+    with trio.fail_after(LIMIT_S):
+        await nursery.start(srv.serve)
+        assert srv.address is not None and srv.address[0] == "::1"
+        stream = await connect(srv)
+        await stream.send_all(encode_request(1, Op.PING, {}))
+        assert (await replies(stream, 1))[0][0] == RESPONSE
+        # A datagram from an IPv6 peer names it in brackets, as an address is written.
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as udp:
+            udp.sendto(b"not gossip", ("::1", srv.address[1]))
+        await stream.send_all(encode_request(2, Op.PING, {}))
+        assert (await replies(stream, 1))[0][0] == RESPONSE
+        await stream.aclose()

@@ -115,3 +115,12 @@ def test_quorums_default_to_a_majority_of_the_n_given() -> None:
     assert (five.r, five.w) == (3, 5)
     with pytest.raises(ConfigError, match="r = 2"):
         build_config({"name": "a", "n_replicas": 1, "r": 2})
+
+
+def test_a_node_config_built_directly_takes_the_same_quorums() -> None:
+    from ringfs.config import NodeConfig
+
+    assert (NodeConfig(name="a").r, NodeConfig(name="a").w) == (2, 2)
+    assert (NodeConfig(name="a", n_replicas=5).r, NodeConfig(name="a", n_replicas=5).w) == (3, 3)
+    with pytest.raises(ConfigError):
+        build_config({"name": "a", "r": 0})

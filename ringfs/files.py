@@ -42,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -199,20 +200,30 @@ class Manifest:
             meta = {}
         if (not isinstance(meta, dict) or len(meta) > MAX_META_ENTRIES
                 or not all(type(k) is str and type(v) is str for k, v in meta.items())
-                or sum(len(k) + len(v) for k, v in meta.items()) > MAX_META_BYTES):
+                or sum(_utf8_len(k) + _utf8_len(v) for k, v in meta.items())
+                > MAX_META_BYTES):
             raise ValueError(f"'meta' must map strings to strings, at most "
                              f"{MAX_META_ENTRIES} entries and {MAX_META_BYTES} bytes")
         mtime = obj.get("mtime", 0.0)
         if mtime is None:
             mtime = 0.0
-        if type(mtime) not in (int, float):
-            raise ValueError("'mtime' must be a number")
+        if type(mtime) not in (int, float) or not math.isfinite(mtime):
+            # (a NaN would make pick_version's choice depend on the siblings' order)
+            raise ValueError("'mtime' must be a finite number")
         return cls(name, size, sha, cs, chunks, dict(meta), float(mtime))
 
     @classmethod
     def decode(cls, data: bytes) -> Manifest:
         obj = msgpack.unpackb(data, raw=False)
         return cls.from_wire(obj, 1 << 31)
+
+
+def _utf8_len(text: str) -> int:
+    """Length in UTF-8 bytes; text that has none (lone surrogates) counts as too long."""
+    try:
+        return len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        return MAX_META_BYTES + 1
 
 
 def pick_version(versions: list[Manifest]) -> Manifest:
@@ -1086,8 +1097,9 @@ class FileStore:
         prefix = "" if prefix is None else prefix
         after = "" if after is None else after
         limit = MAX_LIST if limit is None else limit
-        if (type(prefix) is not str or type(after) is not str or len(prefix) > MAX_NAME_BYTES
-                or len(after) > MAX_NAME_BYTES or type(limit) is not int
+        if (type(prefix) is not str or type(after) is not str
+                or _utf8_len(prefix) > MAX_NAME_BYTES or _utf8_len(after) > MAX_NAME_BYTES
+                or type(limit) is not int
                 or not 1 <= limit <= MAX_LIST):
             raise WireError(ErrorCode.BAD_REQUEST, "'prefix' and 'after' must be strings, "
                             f"'limit' an integer in 1..{MAX_LIST}", req_id=rid)

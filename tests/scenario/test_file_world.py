@@ -255,6 +255,10 @@ def test_lying_uploads_get_clear_errors_and_leave_nothing_visible() -> None:
     assert err(c.call(Op.FILE_COMMIT, commit_args("x" * 600, data))) == "KEY_TOO_LARGE"
     assert err(c.call(Op.FILE_STAT, {"name": ""})) == "KEY_TOO_LARGE"
     assert ok(c.call(Op.FILE_LIST, {}))["names"] == []
+    # Limits count UTF-8 bytes, as documented: 300 characters of two bytes each.
+    assert err(c.call(Op.FILE_LIST, {"prefix": "\u00e9" * 300})) == "BAD_REQUEST"
+    assert err(c.call(Op.FILE_COMMIT, commit_args("l", data, mtime=float("nan")))) \
+        == "BAD_MANIFEST"
     # The node keeps serving.
     ok(c.call(Op.FILE_COMMIT, commit_args("l", data)))
     assert download(c, "l") == data

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from ringfs.dvv import DVVSet
 from ringfs.files import (
+    MAX_META_BYTES,
     MAX_NAME_BYTES,
     Manifest,
     _skeleton,
@@ -47,7 +48,8 @@ def test_manifests_round_trip(size: int, cs: int, name: str) -> None:
 @pytest.mark.parametrize("change", [
     {"size": -1}, {"size": 10_001}, {"chunk_size": 0}, {"sha256": b"short"},
     {"chunks": b"x" * 31}, {"name": "a\x00b"}, {"name": ""}, {"name": "x" * 513},
-    {"meta": {"k": 1}}, {"mtime": "yesterday"},
+    {"meta": {"k": 1}}, {"mtime": "yesterday"}, {"mtime": float("nan")},
+    {"mtime": float("inf")}, {"meta": {"k": "\u00e9" * (MAX_META_BYTES // 2)}},
 ])
 def test_bad_manifests_are_refused(change: dict[str, object]) -> None:
     wire = {**manifest(10_000, 100).to_wire(), **change}

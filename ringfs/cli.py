@@ -191,8 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     def client_opts(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--node", metavar="HOST:PORT", type=_address, default=DEFAULT_NODE,
                         help=f"node to talk to (default {DEFAULT_NODE})")
-        sp.add_argument("--timeout", type=_seconds, default=5.0, metavar="SECONDS",
-                        help="per-request timeout (default 5)")
+        sp.add_argument("--timeout", type=_seconds, default=None, metavar="SECONDS",
+                        help="per-request timeout (default 5; 30 for file commands, "
+                        "whose requests carry whole chunks)")
         sp.add_argument("--json", action="store_true", help="print JSON for scripts")
 
     g = sub.add_parser("get", help="print the value(s) of a key",
@@ -483,7 +484,7 @@ def cmd_cluster_up(args: argparse.Namespace) -> int:
 def _client(args: argparse.Namespace) -> Any:
     from ringfs.client import Client
 
-    return Client(args.node, timeout_s=args.timeout)
+    return Client(args.node, timeout_s=_timeout(args, 5.0))
 
 
 def _key_arg(text: str) -> bytes:
@@ -632,7 +633,7 @@ def _cluster_status(args: argparse.Namespace, st: dict[str, Any]) -> list[tuple[
             out.append((name, st))
             continue
         try:
-            with Client(addr, timeout_s=min(args.timeout, 2.0), retries=0) as c:
+            with Client(addr, timeout_s=min(_timeout(args, 5.0), 2.0), retries=0) as c:
                 out.append((name, c.status()))
         except (RingfsError, OSError) as exc:
             out.append((name, {"error": f"no answer: {exc}"}))
@@ -716,7 +717,12 @@ def _human(n: float) -> str:
 def _file_client(args: argparse.Namespace) -> Any:
     from ringfs.client import Client
 
-    return Client(args.node, timeout_s=max(args.timeout, 30.0))
+    return Client(args.node, timeout_s=_timeout(args, 30.0))
+
+
+def _timeout(args: argparse.Namespace, default: float) -> float:
+    """--timeout when given, else the command's default."""
+    return float(args.timeout) if args.timeout is not None else default
 
 
 def cmd_put_file(args: argparse.Namespace) -> int:

@@ -213,3 +213,17 @@ def test_the_port_check_of_cluster_up_follows_the_hosts_family(host: str) -> Non
         with pytest.raises(CliError, match="cannot listen"):
             _check_port_free(format_address(host, port))
     _check_port_free(format_address(host, port))  # free again
+
+
+def test_file_commands_honour_an_explicit_timeout() -> None:
+    import socket
+    import time
+
+    with socket.socket() as silent:  # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        start = time.monotonic()
+        r = ringfs("ls", "--node", f"127.0.0.1:{silent.getsockname()[1]}", "--timeout", "1")
+        took = time.monotonic() - start
+    assert r.returncode == 1 and len(r.stderr.decode().strip().splitlines()) == 1
+    assert took < 8, f"--timeout 1 took {took:.1f} s"  # the file default is 30 s

@@ -61,6 +61,18 @@ def _listen_address(text: str) -> str:
     return text
 
 
+MAX_LOCAL_NODES = 64
+"""Most nodes `cluster up` starts: each is a process of its own on this machine."""
+
+
+def _node_count(text: str) -> int:
+    v = _positive_int(text)
+    if v > MAX_LOCAL_NODES:
+        raise argparse.ArgumentTypeError(f"{text!r}: at most {MAX_LOCAL_NODES} nodes, each a "
+                                         "process on this machine")
+    return v
+
+
 def _positive_int(text: str) -> int:
     try:
         v = int(text)
@@ -153,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     up = csub.add_parser("up", help="start N nodes in the foreground; Ctrl-C stops them all",
                          description="Start N node processes on consecutive ports, print where "
                                      "each listens, and stop them all on Ctrl-C or SIGTERM.")
-    up.add_argument("--nodes", type=_positive_int, default=3, help="how many nodes (default 3)")
+    up.add_argument("--nodes", type=_node_count, default=3,
+                    help=f"how many nodes, 1..{MAX_LOCAL_NODES} (default 3)")
     up.add_argument("--n-replicas", type=_positive_int, metavar="N",
                     help="copies of each key (default 3)")
     up.add_argument("--base-port", type=_port, default=7001, help="port of the first node")

@@ -48,6 +48,7 @@ def test_put_get_delete_through_the_cli(tmp_path: Path) -> None:
         ["cluster", "up", "--lww-prefix", "k" * 5000],
         ["get", "k", "--timeout", "-1"],
         ["get", ""],
+        ["cluster", "up", "--nodes", "50000"],
         ["node", "--name", "a", "--seeds", ",,,"],
         ["node", "--name", "a", "--durability", "interval:\u00b2"],
         ["frobnicate"],

@@ -52,7 +52,14 @@ from ringfs.node import (
 )
 from ringfs.storage.engine import EPOCH_FILE, StorageEngine
 from ringfs.storage.memory import MemoryEngine
-from ringfs.wire import PROTOCOL_VERSION, FrameDecoder, Op, encode_error, encode_request
+from ringfs.wire import (
+    PROTOCOL_VERSION,
+    FrameDecoder,
+    Op,
+    WireError,
+    encode_error,
+    encode_request,
+)
 
 log = logging.getLogger("ringfs.server")
 
@@ -157,6 +164,13 @@ class _PeerLink:
     wake: trio.Event = field(default_factory=trio.Event)
 
 
+MAX_PARTIAL_FRAME_BYTES = 256 * 1024 * 1024
+"""Most bytes of unfinished frames the node holds for all its connections together (at
+least twice the frame limit): every connection may hold up to a frame, and a thousand
+of them as many gigabytes. A connection whose unfinished frame would pass it is
+answered OVERLOADED and closed; its complete frames were served."""
+
+
 FD_RESERVE = 256
 """Descriptors kept free of client connections: the store's files, peer links,
 listeners, the sync thread's pipe, log files."""
@@ -210,6 +224,10 @@ class _Connection:
     """Set by the poller when it stops reading `raw` (end of stream, error, closing)."""
     paused: bool = False
     """The poller skips `raw` until the replies owed on it drain (backpressure)."""
+    partial: int = 0
+    """Bytes of an unfinished frame its decoder holds (in NodeServer._partial_bytes)."""
+    shed: bool = False
+    """Its unfinished frame would have passed MAX_PARTIAL_FRAME_BYTES: refuse it."""
     held: list[Any] = field(default_factory=list)
     """Requests read but not yet served: one read stopped being served when the
     replies waiting to be sent passed MAX_UNSENT_REPLY_BYTES. Nothing more is read
@@ -234,6 +252,8 @@ class NodeServer:
         self.address: tuple[str, int] | None = None
         self._conns: dict[int, _Connection] = {}
         self._max_connections = config.max_connections
+        self._partial_bytes = 0  # all connections' unfinished frames
+        self._partial_budget = max(MAX_PARTIAL_FRAME_BYTES, 2 * config.limits.max_frame_bytes)
         self._ids = itertools.count(1)
         self._sync_wanted = trio.Event()
         self._sync_queue: list[int] = []
@@ -686,6 +706,8 @@ class NodeServer:
             c.raw = None
             if raw is not None:
                 raw.close()
+            self._partial_bytes -= c.partial
+            c.partial = 0
             self._conns.pop(conn_id, None)
             node.client_disconnected(conn_id, self._clock())
             with trio.CancelScope(shield=True), trio.move_on_after(1):
@@ -726,6 +748,8 @@ class NodeServer:
         node = self.node
         assert node is not None
         bodies = decoder.feed(data)
+        if decoder.held_bytes != c.partial:
+            self._count_partial(c, decoder.held_bytes)
         if len(bodies) == 1:  # (the common case: nothing after it to hold back)
             frame = node.client_request(c.conn_id, bodies[0], now)
             if frame is not None:
@@ -735,15 +759,28 @@ class NodeServer:
             self._serve(c, bodies, now)
         if not hold_peers or node.has_effects:  # (most requests queue none)
             self._dispatch(hold_peers)
-        if decoder.error is not None and not c.closing and not c.held:
+        if (decoder.error is not None or c.shed) and not c.closing and not c.held:
             # (after any requests held back: they came before the break)
-            exc = decoder.error
+            exc = decoder.error or WireError(
+                ErrorCode.OVERLOADED, "the node holds too many unfinished frames; send it "
+                "again later", fatal=True)
             node.counters[f"error_{exc.code.name.lower()}"] += 1
             frame = encode_error(None, exc.code, exc.message)
             c.out.append(frame)
             c.unsent += len(frame)
             c.closing = True
         return c.closing
+
+    def _count_partial(self, c: _Connection, held: int) -> None:
+        """Account for the bytes of an unfinished frame `c` now holds; one that grows
+        past the node's budget for them is refused (`c.shed`)."""
+        grew = held > c.partial
+        self._partial_bytes += held - c.partial
+        c.partial = held
+        if grew and self._partial_bytes > self._partial_budget:
+            self._partial_bytes -= held
+            c.partial = 0  # (dropped with the connection, which closes)
+            c.shed = True
 
     def _serve(self, c: _Connection, bodies: list[Any], now: float) -> None:
         """Hand `bodies` to the node and queue the replies ready now. Once the replies

@@ -314,3 +314,52 @@ async def test_requests_for_large_replies_wait_while_the_client_does_not_read(
     got = await read(300)
     assert [body[1] for body in got] == list(range(3, 303))
     assert all(body[2]["values"] == [value] for body in got)
+
+
+async def test_unfinished_frames_have_a_node_wide_budget(
+    autojump_clock: MockClock, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Every connection may hold up to a frame before it is whole; together they are
+    # held to a budget, past which the connection that would pass it is refused.
+    from ringfs.runtime import server as server_module
+    from ringfs.wire import ERROR, RESPONSE, Limits
+
+    monkeypatch.setattr(server_module, "MAX_PARTIAL_FRAME_BYTES", 64 * 1024)
+    srv = NodeServer(NodeConfig(name="n1", engine="memory", durability=Durability("none"),
+                                limits=Limits(max_frame_bytes=512 * 1024,
+                                              max_value_bytes=400 * 1024)))
+    await nursery.start(partial(srv.serve, listen=False))
+    value = b"x" * 350_000
+    frame = encode_request(2, Op.PUT, {"key": b"k", "value": value})
+    streams = []
+    for _ in range(4):
+        client_side, server_side = trio.testing.memory_stream_pair()
+        nursery.start_soon(srv.handle_stream, server_side)
+        await client_side.send_all(encode_request(1, Op.HELLO, {"versions": [1]})
+                                   + frame[:300_000])
+        streams.append(client_side)
+    await trio.testing.wait_all_tasks_blocked()
+    # The budget is twice the frame limit, 1 MiB: the fourth would pass it.
+    assert srv._partial_bytes == 3 * 300_000
+
+    async def bodies(stream: trio.abc.Stream) -> list[Any]:
+        dec, got = FrameDecoder(1 << 20), []
+        while data := await stream.receive_some():
+            got.extend(dec.feed(data))
+            if any(b[1] != 1 for b in got):
+                break
+        return got
+
+    refused = await bodies(streams[3])
+    assert refused[0][0] == RESPONSE  # HELLO
+    assert refused[1][0] == ERROR and refused[1][2]["name"] == "OVERLOADED"
+    assert await streams[3].receive_some() == b""  # and closed
+    await streams[0].send_all(frame[300_000:])  # the others finish their frames
+    done = await bodies(streams[0])
+    assert done[1][:2] == [RESPONSE, 2], done[1]
+    await trio.testing.wait_all_tasks_blocked()
+    assert srv._partial_bytes == 2 * 300_000
+    for s in streams:
+        await s.aclose()
+    await trio.testing.wait_all_tasks_blocked()
+    assert srv._partial_bytes == 0

@@ -189,8 +189,8 @@ def test_cluster_up_refuses_before_starting_anything(tmp_path: Path) -> None:
     r = ringfs("cluster", "up", "--durability", "sometimes", "--data-root", str(tmp_path))
     assert r.returncode == 2 and len(r.stderr.decode().strip().splitlines()) == 1
     (tmp_path / "file").write_text("not a directory")
-    r = ringfs("cluster", "up", "--base-port", str(free_port()),
-               "--data-root", str(tmp_path / "file"))
+    r = ringfs("cluster", "up", "--nodes", "1", "--base-port", str(free_port()),
+               "--data-root", str(tmp_path / "file"))  # (one port: only it is known free)
     assert r.returncode == 1 and "Traceback" not in r.stderr.decode()
     assert r.stderr.decode().startswith("ringfs: --data-root")
 

@@ -198,7 +198,7 @@ class FrameDecoder:
     returns nothing. Callers answer the error and close the connection.
     """
 
-    __slots__ = ("_buf", "_held", "_parts", "_want", "error", "held_bytes", "max_frame_bytes")
+    __slots__ = ("_buf", "_held", "_parts", "_want", "buffered", "error", "max_frame_bytes")
 
     def __init__(self, max_frame_bytes: int) -> None:
         self.max_frame_bytes = max_frame_bytes
@@ -208,13 +208,8 @@ class FrameDecoder:
         self._held = 0
         self._want = 0
         self.error: WireError | None = None
-        self.held_bytes = 0
-        """`buffered` as of the last feed, as a plain attribute (read on every request)."""
-
-    @property
-    def buffered(self) -> int:
-        """Bytes held waiting for the rest of a frame."""
-        return len(self._buf) + self._held
+        self.buffered = 0
+        """Bytes held waiting for the rest of a frame (kept by feed: read per request)."""
 
     def feed(self, data: bytes | bytearray) -> list[Any]:
         if self.error is not None:
@@ -238,7 +233,7 @@ class FrameDecoder:
             self._parts.append(data if type(data) is bytes else bytes(data))
             self._held += len(data)
             if self._held < self._want:
-                self.held_bytes = self._held
+                self.buffered = self._held
                 return []
             src = data = b"".join(self._parts)
             self._parts = []
@@ -300,7 +295,7 @@ class FrameDecoder:
             del buf[:pos]
         elif pos < end:
             self._buf = bytearray(data[pos:])
-        self.held_bytes = len(self._buf) + self._held
+        self.buffered = len(self._buf) + self._held
         return out
 
     def _fail_body(self, exc: Exception) -> None:
@@ -310,7 +305,7 @@ class FrameDecoder:
         self.error = error
         self._buf = bytearray()
         self._parts = []
-        self._held = self._want = self.held_bytes = 0
+        self._held = self._want = self.buffered = 0
 
     def feed_or_raise(self, data: bytes | bytearray) -> list[Any]:
         """Like feed, but raise the stream's error (after nothing is left to return)."""

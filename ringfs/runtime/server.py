@@ -748,8 +748,8 @@ class NodeServer:
         node = self.node
         assert node is not None
         bodies = decoder.feed(data)
-        if decoder.held_bytes != c.partial:
-            self._count_partial(c, decoder.held_bytes)
+        if decoder.buffered != c.partial:
+            self._count_partial(c, decoder.buffered)
         if len(bodies) == 1:  # (the common case: nothing after it to hold back)
             frame = node.client_request(c.conn_id, bodies[0], now)
             if frame is not None:

@@ -245,6 +245,8 @@ class _Connection:
                 raise RequestTimeout(f"timed out sending to {self.address}")
             raise RequestTimeout(f"timed out waiting to send to {self.address}",
                                  executed=False)
+
+
 class AsyncClient:
     """A trio client for a ringfs cluster. Use as `async with AsyncClient(...) as c:`."""
 
@@ -632,7 +634,8 @@ class Client:
     """
 
     def __init__(self, nodes: str | Sequence[str], **options: Any) -> None:
-        self._runner = _Runner(AsyncClient(nodes, **options))
+        self._async = AsyncClient(nodes, **options)
+        self._runner = _Runner(self._async)  # (the thread holds the runner, not self)
         self._runner.thread.start()
         self._runner.ready.wait()
         if self._runner.error is not None:
@@ -656,45 +659,45 @@ class Client:
 
     def get(self, key: Key, *, r: int | None = None,
             timeout_s: float | None = None) -> GetResult:
-        return self._do(self._runner.client.get, key, r=r, timeout_s=timeout_s)
+        return self._do(self._async.get, key, r=r, timeout_s=timeout_s)
 
     def put(self, key: Key, value: bytes, context: bytes | None = None, *,
             w: int | None = None, timeout_s: float | None = None) -> bytes:
-        return self._do(self._runner.client.put, key, value, context, w=w, timeout_s=timeout_s)
+        return self._do(self._async.put, key, value, context, w=w, timeout_s=timeout_s)
 
     def delete(self, key: Key, context: bytes | None = None, *,
                w: int | None = None, timeout_s: float | None = None) -> bytes:
-        return self._do(self._runner.client.delete, key, context, w=w, timeout_s=timeout_s)
+        return self._do(self._async.delete, key, context, w=w, timeout_s=timeout_s)
 
     def whereis(self, key: Key, *, timeout_s: float | None = None) -> dict[str, Any]:
-        return self._do(self._runner.client.whereis, key, timeout_s=timeout_s)
+        return self._do(self._async.whereis, key, timeout_s=timeout_s)
 
     def ping(self, *, timeout_s: float | None = None) -> None:
-        self._do(self._runner.client.ping, timeout_s=timeout_s)
+        self._do(self._async.ping, timeout_s=timeout_s)
 
     def status(self, *, timeout_s: float | None = None) -> dict[str, Any]:
-        return self._do(self._runner.client.status, timeout_s=timeout_s)
+        return self._do(self._async.status, timeout_s=timeout_s)
 
     def leave(self, *, timeout_s: float | None = None) -> dict[str, Any]:
-        return self._do(self._runner.client.leave, timeout_s=timeout_s)
+        return self._do(self._async.leave, timeout_s=timeout_s)
 
     def put_file(self, name: str, src: Source, **options: Any) -> PutFileResult:
         """See AsyncClient.put_file; `progress` is called on the client's thread."""
-        return self._do(self._runner.client.put_file, name, src, **options)
+        return self._do(self._async.put_file, name, src, **options)
 
     def get_file(self, name: str, dest: Source, **options: Any) -> FileInfo:
         """See AsyncClient.get_file."""
-        return self._do(self._runner.client.get_file, name, dest, **options)
+        return self._do(self._async.get_file, name, dest, **options)
 
     def stat_file(self, name: str, *, r: int | None = None) -> FileInfo | None:
-        return self._do(self._runner.client.stat_file, name, r=r)
+        return self._do(self._async.stat_file, name, r=r)
 
     def list_files(self, prefix: str = "") -> list[str]:
-        return self._do(self._runner.client.list_files, prefix)
+        return self._do(self._async.list_files, prefix)
 
     def delete_file(self, name: str, context: bytes | None = None, *,
                     w: int | None = None) -> bytes:
-        return self._do(self._runner.client.delete_file, name, context, w=w)
+        return self._do(self._async.delete_file, name, context, w=w)
 
     def close(self) -> None:
         """Close connections and stop the client thread; calls in flight fail."""

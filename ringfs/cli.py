@@ -387,8 +387,6 @@ def _check_port_free(addr: str) -> None:
 def cmd_cluster_up(args: argparse.Namespace) -> int:
     if args.base_port + args.nodes - 1 > 65535:
         raise CliError("--base-port + --nodes runs past port 65535")
-    if args.lww_prefix:  # refused here, before any node starts, as a node would refuse it
-        build_config({"name": "n1", "lww_prefixes": list(args.lww_prefix)})
     host = args.host[1:-1] if args.host.startswith("[") and args.host.endswith("]") else args.host
     addresses = [format_address(host, args.base_port + i) for i in range(args.nodes)]
     # What each node would refuse is refused here, before any starts: one line, not
@@ -398,7 +396,8 @@ def cmd_cluster_up(args: argparse.Namespace) -> int:
                                   "data_dir": os.path.join(args.data_root, f"n{i + 1}"),
                                   "gossip": args.gossip}
         for key, val in (("engine", args.engine), ("durability", args.durability),
-                         ("n_replicas", args.n_replicas), ("keyring_file", args.keyring)):
+                         ("n_replicas", args.n_replicas), ("keyring_file", args.keyring),
+                         ("lww_prefixes", list(args.lww_prefix or ()))):
             if val:
                 values[key] = val
         build_config(values)

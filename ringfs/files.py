@@ -43,6 +43,7 @@ import contextlib
 import hashlib
 import logging
 import math
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -219,11 +220,12 @@ class Manifest:
 
 
 def _utf8_len(text: str) -> int:
-    """Length in UTF-8 bytes; text that has none (lone surrogates) counts as too long."""
+    """Length in UTF-8 bytes; text that has none (lone surrogates) is longer than any
+    limit."""
     try:
         return len(text.encode("utf-8"))
     except UnicodeEncodeError:
-        return MAX_META_BYTES + 1
+        return sys.maxsize
 
 
 def pick_version(versions: list[Manifest]) -> Manifest:

@@ -8,17 +8,49 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
+from typing import Any
+
+STARTED: list[NodeProcess] = []
+"""Every node process started by the running test (its logs are shown if it fails)."""
 
 
 def free_port() -> int:
-    """A TCP port that is free on loopback now (and very likely a moment later)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free on loopback for both TCP and UDP now (and very likely a moment
+    later): a node listens on both with the same number."""
+    for _ in range(100):
+        with socket.socket() as s, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+            try:
+                u.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no port free for both TCP and UDP on loopback")
+
+
+def free_base_port(count: int) -> int:
+    """The first of `count` ports in a row that are free on loopback for both TCP and
+    UDP now (for `ringfs cluster up --base-port`)."""
+    for base in range(30000 + os.getpid() % 1000 * 20, 60000, 97):
+        try:
+            socks = []
+            for p in range(base, base + count):
+                for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                    s = socket.socket(socket.AF_INET, kind)
+                    socks.append(s)
+                    s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free port range")
 
 
 def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 15.0) -> None:
@@ -66,6 +98,7 @@ class NodeProcess:
             stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
             preexec_fn=None if nofile is None else partial(_limit_open_files, nofile),
         )
+        STARTED.append(self)
         wait_listening(self.port, self.proc)
 
     def rss_bytes(self) -> int:
@@ -100,6 +133,17 @@ class NodeProcess:
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def status(self, timeout_s: float = 2.0) -> dict[str, Any] | None:
+        """The node's STATUS, or None when it does not answer."""
+        from ringfs import Client
+        from ringfs.errors import RingfsError
+
+        try:
+            with Client(self.address, timeout_s=timeout_s, retries=0) as c:
+                return c.status()
+        except (RingfsError, OSError):
+            return None
+
 
 @contextmanager
 def running_cluster(root: Path, n: int, extra: Sequence[str] = ()) -> Iterator[list[NodeProcess]]:
@@ -117,11 +161,40 @@ def running_cluster(root: Path, n: int, extra: Sequence[str] = ()) -> Iterator[l
             node.stop()
 
 
-def wait_for(cond: object, timeout_s: float = 15.0, what: str = "condition") -> None:
-    """Poll `cond()` until true (real processes have no simulated clock to advance)."""
+def wait_members(nodes: Sequence[NodeProcess], count: int | None = None, *,
+                 alive: bool = False, timeout_s: float = 30.0) -> float:
+    """Wait until every node lists `count` members (default: len(nodes)), all alive
+    if `alive`; the seconds it took. The failure names what each node last showed."""
+    want = len(nodes) if count is None else count
+    last: dict[str, object] = {}
+
+    def formed() -> bool:
+        ok = True
+        for n in nodes:
+            st = n.status()
+            if st is None:
+                last[n.name] = "no answer"
+                ok = False
+                continue
+            seen = {m["name"]: m["state"] for m in st["members"]}
+            last[n.name] = seen
+            ok = ok and len(seen) == want and (
+                not alive or all(v == "alive" for v in seen.values()))
+        return ok
+
+    start = time.monotonic()
+    wait_for(formed, timeout_s, lambda: f"{want} members on every node; last seen: {last}")
+    return time.monotonic() - start
+
+
+def wait_for(cond: Callable[[], object], timeout_s: float = 15.0,
+             what: str | Callable[[], str] = "condition") -> None:
+    """Poll `cond()` until true (real processes have no simulated clock to advance).
+    `what` may be a function, called on failure to describe what was last seen."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if cond():  # type: ignore[operator]
+        if cond():
             return
         time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+    raise AssertionError(f"timed out after {timeout_s:g} s waiting for "
+                         f"{what() if callable(what) else what}")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.procs import NodeProcess, free_port, ringfs, wait_listening
+from tests.integration.procs import NodeProcess, free_base_port, free_port, ringfs, wait_listening
 
 pytestmark = pytest.mark.integration
 
@@ -178,7 +178,7 @@ def test_more_bad_input_gets_one_line_and_no_traceback(tmp_path: Path) -> None:
 def test_cluster_up_refuses_before_starting_anything(tmp_path: Path) -> None:
     import socket
 
-    base = free_port()
+    base = free_base_port(2)
     with socket.socket() as taken:  # the second node's port is in use
         taken.bind(("127.0.0.1", base + 1))
         taken.listen()

@@ -9,20 +9,14 @@ from pathlib import Path
 import pytest
 
 from ringfs import Client
-from tests.integration.procs import NodeProcess, ringfs, running_cluster, wait_for
+from tests.integration.procs import ringfs, running_cluster, wait_members
 
 pytestmark = pytest.mark.integration
 
 
-def members_seen(node: NodeProcess) -> int:
-    r = ringfs("status", "--json", "--node", node.address)
-    return len(json.loads(r.stdout)["members"]) if r.returncode == 0 else 0
-
-
 def test_quorums_keep_working_when_a_node_is_killed(tmp_path: Path) -> None:
     with running_cluster(tmp_path, 3) as nodes:
-        for n in nodes:
-            wait_for(lambda n=n: members_seen(n) == 3, what=f"{n.name} to see 3 members")
+        wait_members(nodes)
         with Client([nodes[0].address, nodes[1].address]) as c:
             for i in range(30):
                 c.put(f"k{i}", b"v%d" % i)
@@ -40,8 +34,7 @@ def test_quorums_keep_working_when_a_node_is_killed(tmp_path: Path) -> None:
 def test_concurrent_writers_make_siblings_and_a_merged_put_resolves_them(tmp_path: Path
                                                                          ) -> None:
     with running_cluster(tmp_path, 3) as nodes:
-        for n in nodes:
-            wait_for(lambda n=n: members_seen(n) == 3, what=f"{n.name} to see 3 members")
+        wait_members(nodes)
         with Client(nodes[0].address) as a, Client(nodes[1].address) as b:
             a.put("doc", b"v0")
             stale = a.get("doc").context

@@ -30,7 +30,7 @@ from ringfs.errors import RingfsError
 from ringfs.ring import Ring, RingMember
 from ringfs.storage.logstore import LogStore
 from ringfs.storage.segment import HEADER_BYTES, RECORD_HEADER, SEGMENT_HEADER
-from tests.integration.procs import NodeProcess, ringfs, running_cluster
+from tests.integration.procs import NodeProcess, ringfs, running_cluster, wait_members
 
 pytestmark = pytest.mark.integration
 
@@ -54,8 +54,7 @@ def write_config(path: Path, **settings: Any) -> Path:
 def cluster(root: Path, n: int, config: Path) -> Iterator[list[NodeProcess]]:
     """n nodes seeded with each other, all with `config`, once all see each other."""
     with running_cluster(root, n, ("--config", str(config))) as nodes:
-        wait_until(lambda: all(alive_seen(x) == n for x in nodes), 20.0,
-                   f"{n} nodes to see each other alive")
+        wait_members(nodes, alive=True)
         yield nodes
 
 
@@ -64,27 +63,15 @@ def status(node: NodeProcess) -> dict[str, Any]:
         return c.status()
 
 
-def try_status(node: NodeProcess) -> dict[str, Any] | None:
-    try:
-        return status(node)
-    except (RingfsError, OSError):
-        return None
-
-
-def alive_seen(node: NodeProcess) -> int:
-    st = try_status(node)
-    return 0 if st is None else sum(1 for m in st["members"] if m["state"] == "alive")
-
-
 def member_state(node: NodeProcess, name: str) -> str | None:
-    st = try_status(node)
+    st = node.status()
     if st is None:
         return None
     return next((m["state"] for m in st["members"] if m["name"] == name), None)
 
 
 def stored_keys(node: NodeProcess) -> int:
-    st = try_status(node)
+    st = node.status()
     return -1 if st is None else int(st["storage"]["keys"])
 
 
@@ -374,7 +361,7 @@ def holders(addresses: list[str], keys: Sequence[bytes]) -> Holders:
 
 def handoff_idle(nodes: Sequence[NodeProcess]) -> bool:
     for n in nodes:
-        st = try_status(n)
+        st = n.status()
         if st is None or st["handoff"]["state"] != "idle" or st["hints"]["pending"]:
             return False
     return True
@@ -411,8 +398,7 @@ def test_grow_and_shrink_under_load_keep_every_write_and_place_keys_by_the_ring(
             new = NodeProcess(tmp_path, "n4", ("--seeds", seeds, "--config", str(cfg)))
             four = [*nodes, new]
             try:
-                wait_until(lambda: all(alive_seen(x) == 4 for x in four), 20.0,
-                           "the fourth node to join")
+                wait_members(four, alive=True)  # the fourth node joined
                 time.sleep(2.0)  # writes continue while keys move to the new node
                 writer.pause()
                 wait_until(lambda: stored_keys(new) > 0 and handoff_idle(four), 30.0,

@@ -13,14 +13,9 @@ from pathlib import Path
 import pytest
 
 from ringfs.client import Client
-from tests.integration.procs import NodeProcess, ringfs, running_cluster, wait_for
+from tests.integration.procs import NodeProcess, ringfs, running_cluster, wait_for, wait_members
 
 pytestmark = pytest.mark.integration
-
-
-def members_seen(node: NodeProcess) -> int:
-    r = ringfs("status", "--json", "--node", node.address)
-    return len(json.loads(r.stdout)["members"]) if r.returncode == 0 else 0
 
 
 def chunk_puts(node: NodeProcess) -> int:
@@ -34,8 +29,7 @@ def test_files_through_the_cli_on_a_three_node_cluster(tmp_path: Path) -> None:
     src.write_bytes(os.urandom(3 * 1024 * 1024 + 17))
     want = hashlib.sha256(src.read_bytes()).hexdigest()
     with running_cluster(tmp_path, 3) as nodes:
-        for n in nodes:
-            wait_for(lambda n=n: members_seen(n) == 3, what=f"{n.name} to see 3 members")
+        wait_members(nodes)
         at = ["--node", nodes[0].address]
         put = ringfs("put-file", str(src), "dir/src.bin", "--chunk-size", "256K", *at)
         assert put.returncode == 0, put.stderr
@@ -59,8 +53,7 @@ def test_a_killed_upload_is_invisible_and_resumes(tmp_path: Path) -> None:
     src = tmp_path / "big.bin"
     src.write_bytes(os.urandom(24 * 1024 * 1024))
     with running_cluster(tmp_path, 3) as nodes:
-        for n in nodes:
-            wait_for(lambda n=n: members_seen(n) == 3, what=f"{n.name} to see 3 members")
+        wait_members(nodes)
         at = ["--node", nodes[0].address]
         proc = subprocess.Popen(
             [sys.executable, "-m", "ringfs", "put-file", str(src), "big", "--chunk-size",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,29 +15,11 @@ import pytest
 
 from ringfs import Client
 from ringfs.gossip import GossipConfig
-from tests.integration.procs import wait_listening
+from tests.integration.procs import free_base_port, wait_listening
 
 pytestmark = pytest.mark.integration
 
 NODES = 5
-
-
-def free_base_port(count: int) -> int:
-    for base in range(30000 + os.getpid() % 1000 * 20, 60000, 97):
-        try:
-            socks = []
-            for p in range(base, base + count):
-                for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
-                    s = socket.socket(socket.AF_INET, kind)
-                    socks.append(s)
-                    s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port range")
 
 
 def node_pid(address: str) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -18,39 +19,57 @@ STARTED: list[NodeProcess] = []
 """Every node process started by the running test (its logs are shown if it fails)."""
 
 
-def free_port() -> int:
-    """A port free on loopback for both TCP and UDP now (and very likely a moment
-    later): a node listens on both with the same number."""
-    for _ in range(100):
-        with socket.socket() as s, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-            try:
-                u.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no port free for both TCP and UDP on loopback")
+def _ephemeral_ports() -> tuple[int, int]:
+    """The range the kernel takes ports from for outgoing connections."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = map(int, f.read().split())
+            return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def _all_free(ports: range) -> bool:
+    """True if every port is free on loopback for both TCP and UDP now."""
+    socks: list[socket.socket] = []
+    try:
+        for p in ports:
+            for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                s = socket.socket(socket.AF_INET, kind)
+                socks.append(s)
+                s.bind(("127.0.0.1", p))
+        return True
+    except OSError:
+        return False
+    finally:
+        for s in socks:
+            s.close()
+
+
+_ports = random.Random()
 
 
 def free_base_port(count: int) -> int:
-    """The first of `count` ports in a row that are free on loopback for both TCP and
-    UDP now (for `ringfs cluster up --base-port`)."""
-    for base in range(30000 + os.getpid() % 1000 * 20, 60000, 97):
-        try:
-            socks = []
-            for p in range(base, base + count):
-                for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
-                    s = socket.socket(socket.AF_INET, kind)
-                    socks.append(s)
-                    s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
+    """The first of `count` ports in a row free on loopback for both TCP and UDP now,
+    as a node listens on both with one number. Taken below the kernel's range for
+    outgoing connections where there is room, so that no connection made between
+    now and the node's start can take it."""
+    low, high = _ephemeral_ports()
+    ranges = [(10_000, low - count)] if low - count > 11_000 else []
+    ranges.append((max(1024, high + 1), 65_536 - count))
+    for first, last in ranges:
+        if first >= last:
             continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port range")
+        for _ in range(200):
+            base = _ports.randrange(first, last)
+            if _all_free(range(base, base + count)):
+                return base
+    raise RuntimeError(f"no {count} ports in a row free on loopback")
+
+
+def free_port() -> int:
+    """A port free on loopback for both TCP and UDP now (see free_base_port)."""
+    return free_base_port(1)
 
 
 def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 15.0) -> None:

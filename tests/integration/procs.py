@@ -119,6 +119,18 @@ class NodeProcess:
         )
         STARTED.append(self)
         wait_listening(self.port, self.proc)
+        # Whatever accepted the connection may be another process that holds the
+        # port (this one then exits "cannot listen"): wait until it names itself.
+        wait_for(self._answers_as_itself, 15.0, f"{name} to answer STATUS on {self.address}")
+
+    def _answers_as_itself(self) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"{self.name} exited with status {self.proc.returncode}: "
+                               f"{self.log_text()[-2000:]}")
+        st = self.status()
+        if st is not None and st.get("node") != self.name:
+            raise RuntimeError(f"{self.address} is {st.get('node')}, not {self.name}")
+        return st is not None
 
     def rss_bytes(self) -> int:
         with open(f"/proc/{self.proc.pid}/status") as f:
@@ -137,7 +149,7 @@ class NodeProcess:
         """A new process with the same name, port and data directory."""
         return NodeProcess(self.data_dir, self.name, self.extra, port=self.port)
 
-    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 10) -> int:
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 20) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
@@ -167,7 +179,8 @@ class NodeProcess:
 @contextmanager
 def running_cluster(root: Path, n: int, extra: Sequence[str] = ()) -> Iterator[list[NodeProcess]]:
     """n nodes on free ports, each seeded with all the others; stopped on exit."""
-    ports = [free_port() for _ in range(n)]
+    base = free_base_port(n)  # (n distinct ports)
+    ports = list(range(base, base + n))
     addrs = [f"127.0.0.1:{p}" for p in ports]
     nodes: list[NodeProcess] = []
     try:
@@ -190,6 +203,8 @@ def wait_members(nodes: Sequence[NodeProcess], count: int | None = None, *,
     def formed() -> bool:
         ok = True
         for n in nodes:
+            if n.proc.poll() is not None:
+                raise AssertionError(f"{n.name} exited with status {n.proc.returncode}")
             st = n.status()
             if st is None:
                 last[n.name] = "no answer"

@@ -55,12 +55,19 @@ def test_a_killed_upload_is_invisible_and_resumes(tmp_path: Path) -> None:
     with running_cluster(tmp_path, 3) as nodes:
         wait_members(nodes)
         at = ["--node", nodes[0].address]
+        # The upload reads stdin, given its first 2 MiB and never its end: it is
+        # part-way, however slow or fast this box, when it is killed.
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ringfs", "put-file", str(src), "big", "--chunk-size",
-             "64K", "--quiet", *at], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            [sys.executable, "-m", "ringfs", "put-file", "-", "big", "--chunk-size",
+             "64K", "--quiet", *at], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE)
+        assert proc.stdin is not None
         try:
+            proc.stdin.write(src.read_bytes()[:2 * 1024 * 1024])
+            proc.stdin.flush()
             wait_for(lambda: chunk_puts(nodes[0]) >= 20 or proc.poll() is not None,
                      what="part of the upload")
+            assert proc.poll() is None, proc.communicate()
         finally:
             proc.kill()
             proc.communicate()

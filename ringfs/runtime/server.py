@@ -171,6 +171,20 @@ of them as many gigabytes. A connection whose unfinished frame would pass it is
 answered OVERLOADED and closed; its complete frames were served."""
 
 
+SLOW_FRAME_MIN_BYTES_PER_S = 64 * 1024
+"""While unfinished frames hold more than half of MAX_PARTIAL_FRAME_BYTES, a connection
+whose unfinished frame arrives slower than this, over SLOW_FRAME_WINDOW_S, is answered
+OVERLOADED and closed: a few senders that start large frames and then trickle them
+(or stop) would otherwise keep the budget full and every other large frame refused.
+Without that pressure a slow link is left alone, however slow."""
+
+SLOW_FRAME_WINDOW_S = 10.0
+"""How long a connection's pace is watched before it is judged."""
+
+SLOW_FRAME_CHECK_S = 1.0
+"""How often the connections holding unfinished frames are looked at."""
+
+
 FD_RESERVE = 256
 """Descriptors kept free of client connections: the store's files, peer links,
 listeners, the sync thread's pipe, log files."""
@@ -228,6 +242,11 @@ class _Connection:
     """Bytes of an unfinished frame its decoder holds (in NodeServer._partial_bytes)."""
     shed: bool = False
     """Its unfinished frame would have passed MAX_PARTIAL_FRAME_BYTES: refuse it."""
+    received: int = 0
+    """Bytes read from it."""
+    watch: tuple[float, int] | None = None
+    """While it holds an unfinished frame the node is reading: when the window its pace
+    is judged over began, and `received` then (see SLOW_FRAME_MIN_BYTES_PER_S)."""
     held: list[Any] = field(default_factory=list)
     """Requests read but not yet served: one read stopped being served when the
     replies waiting to be sent passed MAX_UNSENT_REPLY_BYTES. Nothing more is read
@@ -321,6 +340,7 @@ class NodeServer:
                     self._epoll = select.epoll()
                     nursery.start_soon(self._poller)
                 nursery.start_soon(self._maintenance)
+                nursery.start_soon(self._watch_slow_frames)
                 if udp_sock is not None:
                     nursery.start_soon(self._udp_receiver, udp_sock)
                 nursery.start_soon(self._syncer)
@@ -747,6 +767,7 @@ class NodeServer:
         `hold_peers`: see `_dispatch`."""
         node = self.node
         assert node is not None
+        c.received += len(data)
         bodies = decoder.feed(data)
         if decoder.buffered != c.partial:
             self._count_partial(c, decoder.buffered)
@@ -781,6 +802,49 @@ class NodeServer:
             self._partial_bytes -= held
             c.partial = 0  # (dropped with the connection, which closes)
             c.shed = True
+
+    async def _watch_slow_frames(self) -> None:
+        while True:
+            await trio.sleep(SLOW_FRAME_CHECK_S)
+            if self._partial_bytes:
+                self._refuse_slow_frames(self._clock())
+
+    def _refuse_slow_frames(self, now: float) -> None:
+        """Judge the pace of every connection holding an unfinished frame that the node
+        is reading (not one paused on its replies: its frame cannot move), and refuse
+        the slow ones while unfinished frames crowd the budget."""
+        node = self.node
+        assert node is not None
+        crowded = self._partial_bytes > self._partial_budget // 2
+        max_inflight = self.config.max_inflight_per_connection
+        for c in list(self._conns.values()):
+            if (not c.partial or c.closing or c.paused or c.held
+                    or c.unsent > MAX_UNSENT_REPLY_BYTES
+                    or node.inflight(c.conn_id) >= max_inflight):
+                c.watch = None
+                continue
+            if c.watch is None:
+                c.watch = (now, c.received)
+                continue
+            since, received = c.watch
+            if now - since < SLOW_FRAME_WINDOW_S:
+                continue
+            if crowded and c.received - received < SLOW_FRAME_MIN_BYTES_PER_S * (now - since):
+                node.counters["slow_frames_refused"] += 1
+                node.counters["error_overloaded"] += 1
+                frame = encode_error(None, ErrorCode.OVERLOADED, "the node holds too many "
+                                     "unfinished frames and this one arrives too slowly; "
+                                     "send it again later")
+                c.out.append(frame)
+                c.unsent += len(frame)
+                c.closing = True  # (reads no more: the error frame is the last one)
+                self._partial_bytes -= c.partial
+                c.partial = 0
+                c.wake.set()
+                if c.reader_scope is not None:
+                    c.reader_scope.cancel()
+            else:
+                c.watch = (now, c.received)
 
     def _serve(self, c: _Connection, bodies: list[Any], now: float) -> None:
         """Hand `bodies` to the node and queue the replies ready now. Once the replies

@@ -363,3 +363,64 @@ async def test_unfinished_frames_have_a_node_wide_budget(
         await s.aclose()
     await trio.testing.wait_all_tasks_blocked()
     assert srv._partial_bytes == 0
+
+
+async def test_slow_unfinished_frames_are_refused_only_while_they_crowd_the_budget(
+    autojump_clock: MockClock, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Senders that start large frames and stop (or trickle) would keep the budget for
+    # unfinished frames full; while they fill more than half of it, a connection whose
+    # frame moves slower than the minimum pace over a window is refused. A sender that
+    # keeps its frame coming, and any sender while there is room, is left alone.
+    from ringfs.runtime import server as server_module
+    from ringfs.wire import ERROR, RESPONSE, Limits
+
+    monkeypatch.setattr(server_module, "MAX_PARTIAL_FRAME_BYTES", 64 * 1024)
+    monkeypatch.setattr(server_module, "SLOW_FRAME_MIN_BYTES_PER_S", 4 * 1024)
+    window = server_module.SLOW_FRAME_WINDOW_S
+    srv = NodeServer(NodeConfig(name="n1", engine="memory", durability=Durability("none"),
+                                limits=Limits(max_frame_bytes=512 * 1024,
+                                              max_value_bytes=400 * 1024)))
+    await nursery.start(partial(srv.serve, listen=False))
+    assert srv.node is not None
+    hello = encode_request(1, Op.HELLO, {"versions": [1]})
+    frame = encode_request(2, Op.PUT, {"key": b"k", "value": b"x" * 350_000})
+
+    async def open_with(first: bytes) -> trio.abc.Stream:
+        client_side, server_side = trio.testing.memory_stream_pair()
+        nursery.start_soon(srv.handle_stream, server_side)
+        await client_side.send_all(hello + first)
+        return client_side
+
+    async def bodies(stream: trio.abc.Stream) -> list[Any]:
+        dec, got = FrameDecoder(1 << 20), []
+        while data := await stream.receive_some():
+            got.extend(dec.feed(data))
+            if any(b[1] != 1 for b in got):
+                break
+        return got
+
+    with trio.fail_after(20 * window):
+        # Alone, a frame may take as long as it likes: the budget (1 MiB) has room.
+        lone = await open_with(frame[:300_000])
+        await trio.sleep(5 * window)
+        await lone.send_all(frame[300_000:])
+        assert (await bodies(lone))[1][:2] == [RESPONSE, 2]
+
+        # Two stalled senders and a steady one fill more than half of it.
+        stalled = [await open_with(frame[:300_000]) for _ in range(2)]
+        steady = await open_with(frame[:100_000])
+        sent = 100_000
+        for _ in range(int(window) + 3):
+            await trio.sleep(1)
+            await steady.send_all(frame[sent:sent + 20_000])  # 20 KB/s, over the pace
+            sent += 20_000
+        for s in stalled:
+            refused = await bodies(s)
+            assert refused[1][0] == ERROR and refused[1][2]["name"] == "OVERLOADED", refused
+            assert await s.receive_some() == b""  # and closed
+        assert srv.node.counters["slow_frames_refused"] == 2
+        await steady.send_all(frame[sent:])
+        assert (await bodies(steady))[1][:2] == [RESPONSE, 2]
+    await trio.testing.wait_all_tasks_blocked()
+    assert srv._partial_bytes == 0

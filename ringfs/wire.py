@@ -258,7 +258,7 @@ class FrameDecoder:
             while end - pos >= 4:
                 (n,) = unpack_len(src, pos)
                 if n > limit or n == 0:
-                    self._fail(WireError(
+                    self.fail(WireError(
                         ErrorCode.FRAME_TOO_LARGE if n else ErrorCode.BAD_FRAME,
                         f"frame length {n} outside 1..{limit}", fatal=True))
                     return out
@@ -299,9 +299,11 @@ class FrameDecoder:
         return out
 
     def _fail_body(self, exc: Exception) -> None:
-        self._fail(WireError(ErrorCode.BAD_FRAME, f"invalid msgpack body: {exc}", fatal=True))
+        self.fail(WireError(ErrorCode.BAD_FRAME, f"invalid msgpack body: {exc}", fatal=True))
 
-    def _fail(self, error: WireError) -> None:
+    def fail(self, error: WireError) -> None:
+        """End the stream with `error`: what is held is dropped, and every later
+        `feed` returns nothing."""
         self.error = error
         self._buf = bytearray()
         self._parts = []

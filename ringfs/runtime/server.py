@@ -184,6 +184,11 @@ SLOW_FRAME_WINDOW_S = 10.0
 SLOW_FRAME_CHECK_S = 1.0
 """How often the connections holding unfinished frames are looked at."""
 
+CLOSING_SEND_S = 10.0
+"""How long a connection the node is closing (after a fatal error or a refusal) has to
+take the replies and error frame it is owed: one that never reads them would otherwise
+stay open, holding its socket and buffers."""
+
 
 FD_RESERVE = 256
 """Descriptors kept free of client connections: the store's files, peer links,
@@ -245,8 +250,9 @@ class _Connection:
     received: int = 0
     """Bytes read from it."""
     watch: tuple[float, int] | None = None
-    """While it holds an unfinished frame the node is reading: when the window its pace
-    is judged over began, and `received` then (see SLOW_FRAME_MIN_BYTES_PER_S)."""
+    """While it holds an unfinished frame: when the window its pace is judged over
+    began, and `received` then (see SLOW_FRAME_MIN_BYTES_PER_S); None between frames
+    and while the node waits on its own work for it."""
     held: list[Any] = field(default_factory=list)
     """Requests read but not yet served: one read stopped being served when the
     replies waiting to be sent passed MAX_UNSENT_REPLY_BYTES. Nothing more is read
@@ -719,6 +725,9 @@ class NodeServer:
                 finally:
                     c.reading_done = True
                     c.wake.set()
+                    if c.closing:  # what it is owed goes out within a bound
+                        nursery.cancel_scope.deadline = min(
+                            nursery.cancel_scope.deadline, trio.current_time() + CLOSING_SEND_S)
         except Exception:
             node.counters["connection_bugs"] += 1
             log.exception("connection %d failed", conn_id)
@@ -744,7 +753,7 @@ class NodeServer:
             closing = False
             while not closing and not c.closing:
                 data = await stream.receive_some(RECEIVE_BYTES)
-                if not data:
+                if not data or c.closing:  # (closed while this task waited to run)
                     break
                 closing = self._handle_input(c, decoder, data, self._clock())
                 while True:
@@ -798,29 +807,37 @@ class NodeServer:
         grew = held > c.partial
         self._partial_bytes += held - c.partial
         c.partial = held
+        if not held:
+            c.watch = None  # a frame ended: the next one is judged on its own
         if grew and self._partial_bytes > self._partial_budget:
             self._partial_bytes -= held
             c.partial = 0  # (dropped with the connection, which closes)
             c.shed = True
 
     async def _watch_slow_frames(self) -> None:
+        node = self.node
+        assert node is not None
         while True:
             await trio.sleep(SLOW_FRAME_CHECK_S)
             if self._partial_bytes:
-                self._refuse_slow_frames(self._clock())
+                try:
+                    self._refuse_slow_frames(self._clock())
+                except Exception:
+                    node.counters["connection_bugs"] += 1
+                    log.exception("judging the pace of unfinished frames failed")
 
     def _refuse_slow_frames(self, now: float) -> None:
-        """Judge the pace of every connection holding an unfinished frame that the node
-        is reading (not one paused on its replies: its frame cannot move), and refuse
-        the slow ones while unfinished frames crowd the budget."""
+        """Judge the pace of every connection holding an unfinished frame, and while
+        unfinished frames crowd the budget refuse the slow ones, slowest first, until
+        they hold no more than half of it. Not judged: a connection the node stopped
+        reading while it works on the requests already read (a client that does not
+        read its replies is judged: that pause is its own doing)."""
         node = self.node
         assert node is not None
-        crowded = self._partial_bytes > self._partial_budget // 2
         max_inflight = self.config.max_inflight_per_connection
+        slow: list[tuple[float, int, _Connection]] = []
         for c in list(self._conns.values()):
-            if (not c.partial or c.closing or c.paused or c.held
-                    or c.unsent > MAX_UNSENT_REPLY_BYTES
-                    or node.inflight(c.conn_id) >= max_inflight):
+            if not c.partial or c.closing or node.inflight(c.conn_id) >= max_inflight:
                 c.watch = None
                 continue
             if c.watch is None:
@@ -829,22 +846,37 @@ class NodeServer:
             since, received = c.watch
             if now - since < SLOW_FRAME_WINDOW_S:
                 continue
-            if crowded and c.received - received < SLOW_FRAME_MIN_BYTES_PER_S * (now - since):
-                node.counters["slow_frames_refused"] += 1
-                node.counters["error_overloaded"] += 1
-                frame = encode_error(None, ErrorCode.OVERLOADED, "the node holds too many "
-                                     "unfinished frames and this one arrives too slowly; "
-                                     "send it again later")
-                c.out.append(frame)
-                c.unsent += len(frame)
-                c.closing = True  # (reads no more: the error frame is the last one)
-                self._partial_bytes -= c.partial
-                c.partial = 0
-                c.wake.set()
-                if c.reader_scope is not None:
-                    c.reader_scope.cancel()
+            pace = (c.received - received) / (now - since)
+            if pace < SLOW_FRAME_MIN_BYTES_PER_S:
+                slow.append((pace, c.conn_id, c))
             else:
                 c.watch = (now, c.received)
+        slow.sort()
+        for _pace, _id, c in slow:
+            if self._partial_bytes <= self._partial_budget // 2:
+                c.watch = (now, c.received)  # (judged again over a new window)
+                continue
+            self._refuse_slow(c)
+
+    def _refuse_slow(self, c: _Connection) -> None:
+        """Answer OVERLOADED (nil id), drop the unfinished frame and close."""
+        node = self.node
+        assert node is not None
+        node.counters["slow_frames_refused"] += 1
+        node.counters["error_overloaded"] += 1
+        frame = encode_error(None, ErrorCode.OVERLOADED, "the node holds too many unfinished "
+                             "frames and this one arrives too slowly; send it again later")
+        c.out.append(frame)
+        c.unsent += len(frame)
+        c.closing = True  # (nothing more is read: the error frame is the last one)
+        if c.decoder is not None:
+            c.decoder.fail(WireError(ErrorCode.OVERLOADED, "refused", fatal=True))
+        self._partial_bytes -= c.partial
+        c.partial = 0
+        c.watch = None
+        c.wake.set()
+        if c.reader_scope is not None:
+            c.reader_scope.cancel()
 
     def _serve(self, c: _Connection, bodies: list[Any], now: float) -> None:
         """Hand `bodies` to the node and queue the replies ready now. Once the replies
@@ -881,6 +913,8 @@ class NodeServer:
         assert node is not None
         while ((node.inflight(c.conn_id) >= max_inflight or c.unsent > MAX_UNSENT_REPLY_BYTES)
                and not c.closing and not c.read_done.is_set()):
+            if node.inflight(c.conn_id) >= max_inflight:
+                c.watch = None  # (the node's own wait: not counted against its pace)
             c.drained = trio.Event()
             await c.drained.wait()
 
@@ -1056,6 +1090,8 @@ class NodeServer:
             # Stop reading until the replies owed drain; a task waits for that. Out of
             # the set rather than masked: a hang-up would be reported even when masked.
             c.paused = True
+            if node.inflight(c.conn_id) >= max_inflight:
+                c.watch = None  # (the node's own wait: not counted against its pace)
             assert self._epoll is not None
             self._epoll.unregister(fd)
             assert self._nursery is not None

@@ -21,7 +21,7 @@ from ringfs.client import AsyncClient
 from ringfs.config import Durability, NodeConfig
 from ringfs.errors import ErrorCode, LocalProtocolError, ServerError, Unavailable
 from ringfs.runtime.server import NodeServer
-from ringfs.wire import FrameDecoder, Op, encode_request
+from ringfs.wire import ERROR, RESPONSE, FrameDecoder, Op, encode_request
 
 
 @pytest.fixture
@@ -365,62 +365,189 @@ async def test_unfinished_frames_have_a_node_wide_budget(
     assert srv._partial_bytes == 0
 
 
-async def test_slow_unfinished_frames_are_refused_only_while_they_crowd_the_budget(
-    autojump_clock: MockClock, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # Senders that start large frames and stop (or trickle) would keep the budget for
-    # unfinished frames full; while they fill more than half of it, a connection whose
-    # frame moves slower than the minimum pace over a window is refused. A sender that
-    # keeps its frame coming, and any sender while there is room, is left alone.
+# -- unfinished frames that crawl while they crowd the budget ---------------------------
+
+SLOW_HELLO = encode_request(1, Op.HELLO, {"versions": [1]})
+
+
+def slow_put(rid: int, size: int = 350_000) -> bytes:
+    return encode_request(rid, Op.PUT, {"key": b"k%d" % rid, "value": b"x" * size})
+
+
+@pytest.fixture
+async def crowded_server(nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+                         ) -> NodeServer:
+    """A node whose budget for unfinished frames is 1 MiB (twice a 512 KiB frame
+    limit), judging paces against 4 KiB/s."""
     from ringfs.runtime import server as server_module
-    from ringfs.wire import ERROR, RESPONSE, Limits
+    from ringfs.wire import Limits
 
     monkeypatch.setattr(server_module, "MAX_PARTIAL_FRAME_BYTES", 64 * 1024)
     monkeypatch.setattr(server_module, "SLOW_FRAME_MIN_BYTES_PER_S", 4 * 1024)
-    window = server_module.SLOW_FRAME_WINDOW_S
     srv = NodeServer(NodeConfig(name="n1", engine="memory", durability=Durability("none"),
                                 limits=Limits(max_frame_bytes=512 * 1024,
                                               max_value_bytes=400 * 1024)))
     await nursery.start(partial(srv.serve, listen=False))
+    return srv
+
+
+async def open_sending(srv: NodeServer, nursery: trio.Nursery, first: bytes,
+                       lockstep: bool = False) -> trio.abc.Stream:
+    client_side, server_side = (trio.testing.lockstep_stream_pair() if lockstep
+                                else trio.testing.memory_stream_pair())
+    nursery.start_soon(srv.handle_stream, server_side)
+    await client_side.send_all(SLOW_HELLO + first)
+    return client_side
+
+
+async def frames_after_hello(stream: trio.abc.Stream) -> list[Any]:
+    """Reply frames other than HELLO's, up to the first one (or the end of stream)."""
+    dec, got = FrameDecoder(1 << 24), []
+    while not got and (data := await stream.receive_some()):
+        got.extend(body for body in dec.feed(data) if body[1] != 1)
+    return got
+
+
+def refused(frames: list[Any]) -> bool:
+    return bool(frames) and frames[0][0] == ERROR and frames[0][2]["name"] == "OVERLOADED"
+
+
+async def test_slow_unfinished_frames_are_refused_only_while_they_crowd_the_budget(
+    autojump_clock: MockClock, crowded_server: NodeServer, nursery: trio.Nursery,
+) -> None:
+    # Senders that start large frames and stop (or trickle) would keep the budget for
+    # unfinished frames full; while they fill more than half of it, connections whose
+    # frames move slower than the minimum pace over a window are refused, slowest
+    # first. A sender that keeps its frame coming, and any sender while there is
+    # room, is left alone.
+    from ringfs.runtime import server as server_module
+
+    srv = crowded_server
     assert srv.node is not None
-    hello = encode_request(1, Op.HELLO, {"versions": [1]})
-    frame = encode_request(2, Op.PUT, {"key": b"k", "value": b"x" * 350_000})
-
-    async def open_with(first: bytes) -> trio.abc.Stream:
-        client_side, server_side = trio.testing.memory_stream_pair()
-        nursery.start_soon(srv.handle_stream, server_side)
-        await client_side.send_all(hello + first)
-        return client_side
-
-    async def bodies(stream: trio.abc.Stream) -> list[Any]:
-        dec, got = FrameDecoder(1 << 20), []
-        while data := await stream.receive_some():
-            got.extend(dec.feed(data))
-            if any(b[1] != 1 for b in got):
-                break
-        return got
-
+    window = server_module.SLOW_FRAME_WINDOW_S
+    frame = slow_put(2)
     with trio.fail_after(20 * window):
         # Alone, a frame may take as long as it likes: the budget (1 MiB) has room.
-        lone = await open_with(frame[:300_000])
+        lone = await open_sending(srv, nursery, frame[:300_000])
         await trio.sleep(5 * window)
         await lone.send_all(frame[300_000:])
-        assert (await bodies(lone))[1][:2] == [RESPONSE, 2]
+        assert (await frames_after_hello(lone))[0][:2] == [RESPONSE, 2]
 
         # Two stalled senders and a steady one fill more than half of it.
-        stalled = [await open_with(frame[:300_000]) for _ in range(2)]
-        steady = await open_with(frame[:100_000])
+        stalled = [await open_sending(srv, nursery, frame[:300_000]) for _ in range(2)]
+        long_frame = slow_put(3, 400_000)
+        steady = await open_sending(srv, nursery, long_frame[:100_000])
         sent = 100_000
         for _ in range(int(window) + 3):
             await trio.sleep(1)
-            await steady.send_all(frame[sent:sent + 20_000])  # 20 KB/s, over the pace
+            await steady.send_all(long_frame[sent:sent + 20_000])  # 20 KB/s: over the pace
             sent += 20_000
+        assert sent < len(long_frame)  # (judged while still under way)
         for s in stalled:
-            refused = await bodies(s)
-            assert refused[1][0] == ERROR and refused[1][2]["name"] == "OVERLOADED", refused
+            assert refused(await frames_after_hello(s))
             assert await s.receive_some() == b""  # and closed
         assert srv.node.counters["slow_frames_refused"] == 2
-        await steady.send_all(frame[sent:])
-        assert (await bodies(steady))[1][:2] == [RESPONSE, 2]
+        await steady.send_all(long_frame[sent:])
+        assert (await frames_after_hello(steady))[0][:2] == [RESPONSE, 3]
     await trio.testing.wait_all_tasks_blocked()
     assert srv._partial_bytes == 0
+
+
+async def test_a_new_frame_is_judged_on_its_own_pace(
+    autojump_clock: MockClock, crowded_server: NodeServer, nursery: trio.Nursery,
+) -> None:
+    # A connection watched during an earlier frame, then idle for long, starts a new
+    # frame as others crowd the budget: its pace is that of the new frame, not the
+    # bytes of the old one spread over the idle time.
+    srv = crowded_server
+    with trio.fail_after(600):
+        first = slow_put(2)
+        x = await open_sending(srv, nursery, first[:300_000])
+        await trio.sleep(2.5)  # watched while under way
+        await x.send_all(first[300_000:])
+        assert (await frames_after_hello(x))[0][:2] == [RESPONSE, 2]
+        await trio.sleep(120)
+        stalled = [await open_sending(srv, nursery, first[:300_000]) for _ in range(2)]
+        second = slow_put(3, 400_000)
+        sent = 0
+        while sent < len(second):
+            await x.send_all(second[sent:sent + 50_000])  # 50 KB/s: over the pace
+            sent += 50_000
+            await trio.sleep(1)
+        assert (await frames_after_hello(x))[0][:2] == [RESPONSE, 3]
+        await trio.sleep(20)
+    # The stalled two are judged after a window of their own; one going is enough.
+    assert srv.node is not None and srv.node.counters["slow_frames_refused"] == 1
+    assert sum(not c.closing for c in srv._conns.values()) == 2
+    assert len(stalled) == 2
+
+
+async def test_a_refused_connection_sends_nothing_after_the_error_frame(
+    autojump_clock: MockClock, crowded_server: NodeServer, nursery: trio.Nursery,
+) -> None:
+    # The rest of a frame that arrives as the node refuses the connection is not
+    # served: the error frame stays the last one.
+    srv = crowded_server
+    assert srv.node is not None
+    frame = slow_put(2)
+    a = await open_sending(srv, nursery, frame[:-10])
+    await trio.testing.wait_all_tasks_blocked()
+    (c,) = srv._conns.values()
+    srv._partial_budget = 2 * c.partial - 2  # crowded by this one frame
+    c.watch = (trio.current_time() - 100, c.received)  # and no progress for 100 s
+    await a.send_all(frame[-10:])  # the reader has it, but has not run yet
+    srv._refuse_slow_frames(trio.current_time())
+    dec, got = FrameDecoder(1 << 24), []
+    while data := await a.receive_some():
+        got.extend(body for body in dec.feed(data) if body[1] != 1)
+    assert len(got) == 1 and refused(got), got
+    assert srv.node.counters["put"] == 0
+
+
+async def test_refused_connections_that_do_not_read_are_closed_and_dropped(
+    autojump_clock: MockClock, crowded_server: NodeServer, nursery: trio.Nursery,
+) -> None:
+    # A refused client that never reads the error frame: its connection still closes
+    # (CLOSING_SEND_S) and its unfinished frame is dropped at once, so rounds of such
+    # clients hold no more than the budget says.
+    from ringfs.runtime import server as server_module
+
+    srv = crowded_server
+    frame = slow_put(2)
+    clients = []
+    with trio.fail_after(600):
+        for _ in range(3):
+            for _ in range(2):
+                clients.append(await open_sending(srv, nursery, frame[:300_000],
+                                                  lockstep=True))
+            await trio.sleep(server_module.SLOW_FRAME_WINDOW_S + 2)
+            held = sum(c.decoder.buffered for c in srv._conns.values() if c.decoder)
+            assert held == srv._partial_bytes <= srv._partial_budget // 2
+        await trio.sleep(server_module.CLOSING_SEND_S + 1)
+    assert srv.node is not None and srv.node.counters["slow_frames_refused"] == 5
+    assert len(srv._conns) == 1  # the one left holds half the budget or less
+
+
+async def test_a_client_that_does_not_read_its_replies_is_judged_too(
+    autojump_clock: MockClock, crowded_server: NodeServer, nursery: trio.Nursery,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Not reading replies stops the node reading the connection; that pause is the
+    # client's doing, so it does not shelter the frame it left unfinished.
+    from ringfs.runtime import server as server_module
+
+    monkeypatch.setattr(server_module, "MAX_UNSENT_REPLY_BYTES", 1_000_000)
+    srv = crowded_server
+    setup = await open_sending(srv, nursery, slow_put(2))
+    assert (await frames_after_hello(setup))[0][:2] == [RESPONSE, 2]
+    gets = b"".join(encode_request(10 + i, Op.GET, {"key": b"k2"}) for i in range(4))
+    before = set(srv._conns)
+    await open_sending(srv, nursery, gets + slow_put(3)[:200_000], lockstep=True)
+    await trio.testing.wait_all_tasks_blocked()
+    (squatter,) = set(srv._conns) - before
+    assert srv._conns[squatter].partial == 200_000  # (its replies, unread, wait)
+    for _ in range(2):
+        await open_sending(srv, nursery, slow_put(4)[:300_000])
+    await trio.sleep(60)
+    assert squatter not in srv._conns  # refused (the slowest by a tie: the first) and gone
+    assert srv.node is not None and srv.node.counters["slow_frames_refused"] == 2

@@ -258,7 +258,7 @@ class FrameDecoder:
             while end - pos >= 4:
                 (n,) = unpack_len(src, pos)
                 if n > limit or n == 0:
-                    self.fail(WireError(
+                    self._fail(WireError(
                         ErrorCode.FRAME_TOO_LARGE if n else ErrorCode.BAD_FRAME,
                         f"frame length {n} outside 1..{limit}", fatal=True))
                     return out
@@ -299,12 +299,14 @@ class FrameDecoder:
         return out
 
     def _fail_body(self, exc: Exception) -> None:
-        self.fail(WireError(ErrorCode.BAD_FRAME, f"invalid msgpack body: {exc}", fatal=True))
+        self._fail(WireError(ErrorCode.BAD_FRAME, f"invalid msgpack body: {exc}", fatal=True))
 
-    def fail(self, error: WireError) -> None:
-        """End the stream with `error`: what is held is dropped, and every later
-        `feed` returns nothing."""
+    def _fail(self, error: WireError) -> None:
         self.error = error
+        self.discard()
+
+    def discard(self) -> None:
+        """Drop what is held of an unfinished frame (the caller reads no more)."""
         self._buf = bytearray()
         self._parts = []
         self._held = self._want = self.buffered = 0

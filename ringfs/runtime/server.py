@@ -184,10 +184,17 @@ SLOW_FRAME_WINDOW_S = 10.0
 SLOW_FRAME_CHECK_S = 1.0
 """How often the connections holding unfinished frames are looked at."""
 
+CLOSING_SEND_PIECE = 64 * 1024
+"""What the per-connection writer sends at a time to a connection being closed."""
+
+SLOW_FRAME_MIN_HELD = 64 * 1024
+"""Connections holding less of an unfinished frame are not judged: refusing them would
+free next to nothing (max_connections of them hold a quarter of the budget at most)."""
+
 CLOSING_SEND_S = 10.0
-"""How long a connection the node is closing (after a fatal error or a refusal) has to
-take the replies and error frame it is owed: one that never reads them would otherwise
-stay open, holding its socket and buffers."""
+"""How long a connection the node is closing (after a fatal error or a refusal) may go
+without taking any of the replies and error frame it is owed: one that stops reading
+them would otherwise stay open for good, holding its socket and buffers."""
 
 
 FD_RESERVE = 256
@@ -232,6 +239,8 @@ class _Connection:
     closing: bool = False
     reading_done: bool = False
     reader_scope: trio.CancelScope | None = None
+    scope: trio.CancelScope | None = None
+    """Of everything serving it (reader and writer): its deadline bounds a close."""
 
     unsent: int = 0
     sending: bool = False
@@ -412,8 +421,7 @@ class NodeServer:
             elif type(eff) is CloseConnection:
                 c = self._conns.get(eff.conn)
                 if c is not None:
-                    c.closing = True
-                    c.wake.set()
+                    self._close_soon(c)
         if hold_peers:
             return
         dl = node.next_deadline()
@@ -711,6 +719,7 @@ class NodeServer:
                 raw.setblocking(False)
                 c.raw = raw
             async with trio.open_nursery() as nursery:
+                c.scope = nursery.cancel_scope
                 if raw is not None:
                     nursery.start_soon(self._raw_writer, c, raw)
                 else:
@@ -725,9 +734,9 @@ class NodeServer:
                 finally:
                     c.reading_done = True
                     c.wake.set()
-                    if c.closing:  # what it is owed goes out within a bound
-                        nursery.cancel_scope.deadline = min(
-                            nursery.cancel_scope.deadline, trio.current_time() + CLOSING_SEND_S)
+                    self._drop_partial(c)  # (at the end of input it can never finish)
+                    if c.closing:
+                        self._close_soon(c)
         except Exception:
             node.counters["connection_bugs"] += 1
             log.exception("connection %d failed", conn_id)
@@ -798,8 +807,29 @@ class NodeServer:
             frame = encode_error(None, exc.code, exc.message)
             c.out.append(frame)
             c.unsent += len(frame)
-            c.closing = True
+            self._close_soon(c)
         return c.closing
+
+    def _close_soon(self, c: _Connection) -> None:
+        """`c` is closing: read no more from it, drop its unfinished frame, and give it
+        CLOSING_SEND_S to take what it is owed (renewed while it takes some)."""
+        c.closing = True
+        self._drop_partial(c)
+        c.wake.set()
+        if c.scope is not None:
+            c.scope.deadline = min(c.scope.deadline, trio.current_time() + CLOSING_SEND_S)
+
+    def _still_closing(self, c: _Connection) -> None:
+        """A closing connection took some of what it is owed: renew its time."""
+        if c.scope is not None:
+            c.scope.deadline = trio.current_time() + CLOSING_SEND_S
+
+    def _drop_partial(self, c: _Connection) -> None:
+        if c.decoder is not None:
+            c.decoder.discard()
+        self._partial_bytes -= c.partial
+        c.partial = 0
+        c.watch = None
 
     def _count_partial(self, c: _Connection, held: int) -> None:
         """Account for the bytes of an unfinished frame `c` now holds; one that grows
@@ -837,7 +867,8 @@ class NodeServer:
         max_inflight = self.config.max_inflight_per_connection
         slow: list[tuple[float, int, _Connection]] = []
         for c in list(self._conns.values()):
-            if not c.partial or c.closing or node.inflight(c.conn_id) >= max_inflight:
+            if (c.partial < SLOW_FRAME_MIN_HELD or c.closing
+                    or node.inflight(c.conn_id) >= max_inflight):
                 c.watch = None
                 continue
             if c.watch is None:
@@ -868,13 +899,7 @@ class NodeServer:
                              "frames and this one arrives too slowly; send it again later")
         c.out.append(frame)
         c.unsent += len(frame)
-        c.closing = True  # (nothing more is read: the error frame is the last one)
-        if c.decoder is not None:
-            c.decoder.fail(WireError(ErrorCode.OVERLOADED, "refused", fatal=True))
-        self._partial_bytes -= c.partial
-        c.partial = 0
-        c.watch = None
-        c.wake.set()
+        self._close_soon(c)  # (nothing more is read: the error frame is the last one)
         if c.reader_scope is not None:
             c.reader_scope.cancel()
 
@@ -1129,6 +1154,8 @@ class NodeServer:
                             n = 0
                         c.unsent -= n  # the bytes in `data` count until they are sent
                         data = data[n:]
+                        if n and c.closing:
+                            self._still_closing(c)
                         if data:
                             await wait_writable(sock)
                 except OSError:
@@ -1155,8 +1182,15 @@ class NodeServer:
                 data = b"".join(c.out) if len(c.out) > 1 else c.out[0]
                 c.out.clear()
                 try:
-                    await stream.send_all(data)
-                    c.unsent -= len(data)  # counted until sent
+                    if not c.closing:
+                        await stream.send_all(data)
+                        c.unsent -= len(data)  # counted until sent
+                    else:  # in pieces, each renewing the time a reading client has
+                        for i in range(0, len(data), CLOSING_SEND_PIECE):
+                            piece = data[i:i + CLOSING_SEND_PIECE]
+                            await stream.send_all(piece)
+                            c.unsent -= len(piece)
+                            self._still_closing(c)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     # The peer is gone: stop reading from it too.
                     c.closing = True

@@ -487,21 +487,22 @@ async def test_a_refused_connection_sends_nothing_after_the_error_frame(
 ) -> None:
     # The rest of a frame that arrives as the node refuses the connection is not
     # served: the error frame stays the last one.
-    srv = crowded_server
-    assert srv.node is not None
-    frame = slow_put(2)
-    a = await open_sending(srv, nursery, frame[:-10])
-    await trio.testing.wait_all_tasks_blocked()
-    (c,) = srv._conns.values()
-    srv._partial_budget = 2 * c.partial - 2  # crowded by this one frame
-    c.watch = (trio.current_time() - 100, c.received)  # and no progress for 100 s
-    await a.send_all(frame[-10:])  # the reader has it, but has not run yet
-    srv._refuse_slow_frames(trio.current_time())
-    dec, got = FrameDecoder(1 << 24), []
-    while data := await a.receive_some():
-        got.extend(body for body in dec.feed(data) if body[1] != 1)
-    assert len(got) == 1 and refused(got), got
-    assert srv.node.counters["put"] == 0
+    with trio.fail_after(600):  # (mock time: a hang fails, it does not stall)
+        srv = crowded_server
+        assert srv.node is not None
+        frame = slow_put(2)
+        a = await open_sending(srv, nursery, frame[:-10])
+        await trio.testing.wait_all_tasks_blocked()
+        (c,) = srv._conns.values()
+        srv._partial_budget = 2 * c.partial - 2  # crowded by this one frame
+        c.watch = (trio.current_time() - 100, c.received)  # and no progress for 100 s
+        await a.send_all(frame[-10:])  # the reader has it, but has not run yet
+        srv._refuse_slow_frames(trio.current_time())
+        dec, got = FrameDecoder(1 << 24), []
+        while data := await a.receive_some():
+            got.extend(body for body in dec.feed(data) if body[1] != 1)
+        assert len(got) == 1 and refused(got), got
+        assert srv.node.counters["put"] == 0
 
 
 async def test_refused_connections_that_do_not_read_are_closed_and_dropped(
@@ -534,20 +535,119 @@ async def test_a_client_that_does_not_read_its_replies_is_judged_too(
 ) -> None:
     # Not reading replies stops the node reading the connection; that pause is the
     # client's doing, so it does not shelter the frame it left unfinished.
-    from ringfs.runtime import server as server_module
+    with trio.fail_after(600):  # (mock time: a hang fails, it does not stall)
+        from ringfs.runtime import server as server_module
 
-    monkeypatch.setattr(server_module, "MAX_UNSENT_REPLY_BYTES", 1_000_000)
+        monkeypatch.setattr(server_module, "MAX_UNSENT_REPLY_BYTES", 1_000_000)
+        srv = crowded_server
+        setup = await open_sending(srv, nursery, slow_put(2))
+        assert (await frames_after_hello(setup))[0][:2] == [RESPONSE, 2]
+        gets = b"".join(encode_request(10 + i, Op.GET, {"key": b"k2"}) for i in range(4))
+        before = set(srv._conns)
+        await open_sending(srv, nursery, gets + slow_put(3)[:200_000], lockstep=True)
+        await trio.testing.wait_all_tasks_blocked()
+        (squatter,) = set(srv._conns) - before
+        assert srv._conns[squatter].partial == 200_000  # (its replies, unread, wait)
+        for _ in range(2):
+            await open_sending(srv, nursery, slow_put(4)[:300_000])
+        await trio.sleep(60)
+        assert squatter not in srv._conns  # refused (the slowest by a tie: the first) and gone
+        assert srv.node is not None and srv.node.counters["slow_frames_refused"] == 2
+
+
+async def test_a_connection_being_closed_holds_no_unfinished_frame(
+    autojump_clock: MockClock, crowded_server: NodeServer, nursery: trio.Nursery,
+) -> None:
+    # A fatal error (here a first request that is not HELLO) closes the connection;
+    # the start of a frame read with it can never be served, so it leaves the budget
+    # at once, even if the client never reads the error frame; and so does the
+    # unfinished frame of a client that half-closes.
+    with trio.fail_after(600):  # (mock time: a hang fails, it does not stall)
+        srv = crowded_server
+        bad = encode_request(1, Op.PING, {}) + slow_put(2)[:250_000]
+        for _ in range(4):
+            client_side, server_side = trio.testing.lockstep_stream_pair()
+            nursery.start_soon(srv.handle_stream, server_side)
+            await client_side.send_all(bad)
+        await trio.testing.wait_all_tasks_blocked()
+        assert srv._partial_bytes == 0
+        # (lockstep, unread: the node's replies wait, so the connection stays open)
+        half = await open_sending(srv, nursery, slow_put(3)[:300_000], lockstep=True)
+        await trio.testing.wait_all_tasks_blocked()
+        assert srv._partial_bytes == 300_000
+        await half.send_eof()  # type: ignore[attr-defined]
+        await trio.testing.wait_all_tasks_blocked()
+        assert srv._partial_bytes == 0
+        ok = await open_sending(srv, nursery, slow_put(4))
+        assert (await frames_after_hello(ok))[0][:2] == [RESPONSE, 4]
+
+
+async def test_a_client_reading_slowly_gets_everything_before_a_fatal_error(
+    autojump_clock: MockClock, crowded_server: NodeServer, nursery: trio.Nursery,
+) -> None:
+    # The time a closing connection has is renewed while it takes what it is owed:
+    # megabytes of replies read at 64 KiB a second all arrive, the error frame last.
     srv = crowded_server
-    setup = await open_sending(srv, nursery, slow_put(2))
-    assert (await frames_after_hello(setup))[0][:2] == [RESPONSE, 2]
-    gets = b"".join(encode_request(10 + i, Op.GET, {"key": b"k2"}) for i in range(4))
-    before = set(srv._conns)
-    await open_sending(srv, nursery, gets + slow_put(3)[:200_000], lockstep=True)
-    await trio.testing.wait_all_tasks_blocked()
-    (squatter,) = set(srv._conns) - before
-    assert srv._conns[squatter].partial == 200_000  # (its replies, unread, wait)
-    for _ in range(2):
-        await open_sending(srv, nursery, slow_put(4)[:300_000])
-    await trio.sleep(60)
-    assert squatter not in srv._conns  # refused (the slowest by a tie: the first) and gone
-    assert srv.node is not None and srv.node.counters["slow_frames_refused"] == 2
+    client_side, server_side = trio.testing.lockstep_stream_pair()
+    nursery.start_soon(srv.handle_stream, server_side)
+    await client_side.send_all(SLOW_HELLO + slow_put(2))
+    gets = b"".join(encode_request(10 + i, Op.GET, {"key": b"k2"}) for i in range(10))
+    nursery.start_soon(client_side.send_all, gets + b"\x00\x00\x00\x00")  # then BAD_FRAME
+    dec, frames = FrameDecoder(1 << 24), []
+    with trio.fail_after(600):
+        while data := await client_side.receive_some(64 * 1024):
+            frames.extend(dec.feed(data))
+            await trio.sleep(1)
+    assert [f[1] for f in frames] == [1, 2, *range(10, 20), None]
+    assert frames[-1][0] == ERROR and frames[-1][2]["name"] == "BAD_FRAME"
+
+
+async def test_the_slowest_frames_go_first_and_small_ones_are_let_be(
+    autojump_clock: MockClock, crowded_server: NodeServer, nursery: trio.Nursery,
+) -> None:
+    # Over the half of the budget by one frame's worth: only the slowest sender goes.
+    # A sender holding a few bytes is not judged (refusing it would free nothing).
+    with trio.fail_after(600):  # (mock time: a hang fails, it does not stall)
+        from ringfs.runtime import server as server_module
+
+        srv = crowded_server
+        assert srv.node is not None
+        small = encode_request(5, Op.PUT, {"key": b"s", "value": b"y" * 2_000})
+        tiny = await open_sending(srv, nursery, small[:10])
+        frames = [slow_put(2 + i, 400_000) for i in range(2)]
+        crawling, stalled = [await open_sending(srv, nursery, f[:300_000]) for f in frames]
+        sent = 300_000
+        for _ in range(int(server_module.SLOW_FRAME_WINDOW_S) + 5):
+            await trio.sleep(1)
+            await crawling.send_all(frames[0][sent:sent + 1_000])  # 1 KB/s: under the pace
+            sent += 1_000
+        assert refused(await frames_after_hello(stalled))
+        assert srv.node.counters["slow_frames_refused"] == 1
+        await crawling.send_all(frames[0][sent:])
+        assert (await frames_after_hello(crawling))[0][:2] == [RESPONSE, 2]
+        await tiny.send_all(small[10:])  # (stalled as long, first by a tie, but small)
+        assert (await frames_after_hello(tiny))[0][:2] == [RESPONSE, 5]
+
+
+async def test_a_connection_waiting_on_the_node_is_not_judged(
+    autojump_clock: MockClock, crowded_server: NodeServer, nursery: trio.Nursery,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # While max_inflight_per_connection of a connection's requests are unanswered the
+    # node does not read it, so its unfinished frame cannot move: not its fault.
+    with trio.fail_after(600):  # (mock time: a hang fails, it does not stall)
+        srv = crowded_server
+        assert srv.node is not None
+        busy = await open_sending(srv, nursery, slow_put(2)[:300_000])
+        await trio.testing.wait_all_tasks_blocked()
+        (busy_id,) = srv._conns
+        inflight = srv.node.inflight
+        monkeypatch.setattr(srv.node, "inflight", lambda conn: 1 << 30 if conn == busy_id
+                            else inflight(conn))
+        other = await open_sending(srv, nursery, slow_put(3)[:300_000])
+        await trio.sleep(60)
+        assert refused(await frames_after_hello(other))
+        assert busy_id in srv._conns and not srv._conns[busy_id].closing
+        monkeypatch.setattr(srv.node, "inflight", inflight)
+        await busy.send_all(slow_put(2)[300_000:])
+        assert (await frames_after_hello(busy))[0][:2] == [RESPONSE, 2]

@@ -185,7 +185,8 @@ SLOW_FRAME_CHECK_S = 1.0
 """How often the connections holding unfinished frames are looked at."""
 
 CLOSING_SEND_PIECE = 64 * 1024
-"""What the per-connection writer sends at a time to a connection being closed."""
+"""The per-connection writer sends more than this in pieces of this size, so that a
+connection closed during a long send has its time renewed as the client reads."""
 
 SLOW_FRAME_MIN_HELD = 64 * 1024
 """Connections holding less of an unfinished frame are not judged: refusing them would
@@ -763,6 +764,7 @@ class NodeServer:
             while not closing and not c.closing:
                 data = await stream.receive_some(RECEIVE_BYTES)
                 if not data or c.closing:  # (closed while this task waited to run)
+                    self._drop_partial(c)  # (its rest will never come: not judged)
                     break
                 closing = self._handle_input(c, decoder, data, self._clock())
                 while True:
@@ -1072,6 +1074,7 @@ class NodeServer:
             self._unpoll(c, fd)
             return None
         if not data:
+            self._drop_partial(c)  # (its rest will never come: not judged)
             self._unpoll(c, fd)
             return None
         # What the node sends to peers goes out once per turn (see _poller).
@@ -1182,15 +1185,16 @@ class NodeServer:
                 data = b"".join(c.out) if len(c.out) > 1 else c.out[0]
                 c.out.clear()
                 try:
-                    if not c.closing:
+                    if len(data) <= CLOSING_SEND_PIECE:
                         await stream.send_all(data)
                         c.unsent -= len(data)  # counted until sent
-                    else:  # in pieces, each renewing the time a reading client has
+                    else:  # in pieces: one sent renews the time of a closing connection
                         for i in range(0, len(data), CLOSING_SEND_PIECE):
                             piece = data[i:i + CLOSING_SEND_PIECE]
                             await stream.send_all(piece)
                             c.unsent -= len(piece)
-                            self._still_closing(c)
+                            if c.closing:
+                                self._still_closing(c)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     # The peer is gone: stop reading from it too.
                     c.closing = True

@@ -651,3 +651,67 @@ async def test_a_connection_waiting_on_the_node_is_not_judged(
         monkeypatch.setattr(srv.node, "inflight", inflight)
         await busy.send_all(slow_put(2)[300_000:])
         assert (await frames_after_hello(busy))[0][:2] == [RESPONSE, 2]
+
+
+async def test_a_half_closed_client_gets_its_replies_whatever_it_left_unfinished(
+    autojump_clock: MockClock, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The rest of a frame can no longer come once the client half-closed: the frame is
+    # dropped then, not judged, and the reply to the complete request before it, which
+    # waits for a slow sync, still arrives.
+    from ringfs.runtime import server as server_module
+    from ringfs.wire import Limits
+
+    async def slow_sync_loop(self: NodeServer, node: Any, engine: Any, per_write: bool,
+                             sync_thread: Any) -> None:
+        while True:
+            await self._sync_wanted.wait()
+            self._sync_wanted = trio.Event()
+            await trio.sleep(15)  # a slow disk
+            self._sync_queue.clear()
+            node.on_sync_complete(engine.sync(), self._clock())
+            self._dispatch()
+
+    monkeypatch.setattr(server_module, "MAX_PARTIAL_FRAME_BYTES", 64 * 1024)
+    monkeypatch.setattr(server_module, "SLOW_FRAME_MIN_BYTES_PER_S", 4 * 1024)
+    monkeypatch.setattr(NodeServer, "_sync_loop", slow_sync_loop)
+    srv = NodeServer(NodeConfig(name="n1", engine="memory", durability=Durability("group"),
+                                request_timeout_s=30,
+                                limits=Limits(max_frame_bytes=512 * 1024,
+                                              max_value_bytes=400 * 1024)))
+    await nursery.start(partial(srv.serve, listen=False))
+    with trio.fail_after(600):
+        put = encode_request(2, Op.PUT, {"key": b"a", "value": b"v"})
+        x = await open_sending(srv, nursery, put + slow_put(3)[:300_000])
+        await x.send_eof()  # type: ignore[attr-defined]
+        for i in range(2):
+            await open_sending(srv, nursery, slow_put(4 + i)[:300_000])
+        await trio.testing.wait_all_tasks_blocked()
+        assert srv._partial_bytes == 600_000
+        assert (await frames_after_hello(x))[0][:2] == [RESPONSE, 2]
+        assert trio.current_time() >= 15
+
+
+async def test_a_long_send_under_way_when_the_connection_closes_is_not_cut_short(
+    autojump_clock: MockClock, crowded_server: NodeServer, nursery: trio.Nursery,
+) -> None:
+    # Replies already being sent when a fatal error arrives keep going out while the
+    # client reads them, however slowly, and the error frame still comes last.
+    srv = crowded_server
+    client_side, server_side = trio.testing.lockstep_stream_pair()
+    nursery.start_soon(srv.handle_stream, server_side)
+    await client_side.send_all(SLOW_HELLO + slow_put(2))
+    dec, got = FrameDecoder(1 << 24), []
+    with trio.fail_after(600):
+        while len(got) < 2:
+            got.extend(dec.feed(await client_side.receive_some()))
+        await client_side.send_all(b"".join(encode_request(10 + i, Op.GET, {"key": b"k2"})
+                                            for i in range(10)))
+        await trio.testing.wait_all_tasks_blocked()  # the replies are being sent
+        nursery.start_soon(client_side.send_all, b"\x00\x00\x00\x00")  # then BAD_FRAME
+        await trio.testing.wait_all_tasks_blocked()
+        while data := await client_side.receive_some(64 * 1024):
+            got.extend(dec.feed(data))
+            await trio.sleep(1)
+    assert [f[1] for f in got] == [1, 2, *range(10, 20), None]
+    assert got[-1][0] == ERROR and got[-1][2]["name"] == "BAD_FRAME"

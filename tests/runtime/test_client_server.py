@@ -20,6 +20,7 @@ from trio.testing import MockClock
 from ringfs.client import AsyncClient
 from ringfs.config import Durability, NodeConfig
 from ringfs.errors import ErrorCode, LocalProtocolError, ServerError, Unavailable
+from ringfs.runtime import server as server_module
 from ringfs.runtime.server import NodeServer
 from ringfs.wire import ERROR, RESPONSE, FrameDecoder, Op, encode_request
 
@@ -286,8 +287,6 @@ async def test_requests_for_large_replies_wait_while_the_client_does_not_read(
 ) -> None:
     # The per-connection reader's side of the rule test_poller.py checks for the
     # poller: a lockstep stream takes a reply only when the client reads it.
-    from ringfs.runtime import server as server_module
-
     limit = 256 * 1024
     monkeypatch.setattr(server_module, "MAX_UNSENT_REPLY_BYTES", limit)
     client_side, server_side = trio.testing.lockstep_stream_pair()
@@ -321,7 +320,6 @@ async def test_unfinished_frames_have_a_node_wide_budget(
 ) -> None:
     # Every connection may hold up to a frame before it is whole; together they are
     # held to a budget, past which the connection that would pass it is refused.
-    from ringfs.runtime import server as server_module
     from ringfs.wire import ERROR, RESPONSE, Limits
 
     monkeypatch.setattr(server_module, "MAX_PARTIAL_FRAME_BYTES", 64 * 1024)
@@ -379,7 +377,6 @@ async def crowded_server(nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
                          ) -> NodeServer:
     """A node whose budget for unfinished frames is 1 MiB (twice a 512 KiB frame
     limit), judging paces against 4 KiB/s."""
-    from ringfs.runtime import server as server_module
     from ringfs.wire import Limits
 
     monkeypatch.setattr(server_module, "MAX_PARTIAL_FRAME_BYTES", 64 * 1024)
@@ -420,8 +417,6 @@ async def test_slow_unfinished_frames_are_refused_only_while_they_crowd_the_budg
     # frames move slower than the minimum pace over a window are refused, slowest
     # first. A sender that keeps its frame coming, and any sender while there is
     # room, is left alone.
-    from ringfs.runtime import server as server_module
-
     srv = crowded_server
     assert srv.node is not None
     window = server_module.SLOW_FRAME_WINDOW_S
@@ -511,8 +506,6 @@ async def test_refused_connections_that_do_not_read_are_closed_and_dropped(
     # A refused client that never reads the error frame: its connection still closes
     # (CLOSING_SEND_S) and its unfinished frame is dropped at once, so rounds of such
     # clients hold no more than the budget says.
-    from ringfs.runtime import server as server_module
-
     srv = crowded_server
     frame = slow_put(2)
     clients = []
@@ -536,8 +529,6 @@ async def test_a_client_that_does_not_read_its_replies_is_judged_too(
     # Not reading replies stops the node reading the connection; that pause is the
     # client's doing, so it does not shelter the frame it left unfinished.
     with trio.fail_after(600):  # (mock time: a hang fails, it does not stall)
-        from ringfs.runtime import server as server_module
-
         monkeypatch.setattr(server_module, "MAX_UNSENT_REPLY_BYTES", 1_000_000)
         srv = crowded_server
         setup = await open_sending(srv, nursery, slow_put(2))
@@ -582,34 +573,12 @@ async def test_a_connection_being_closed_holds_no_unfinished_frame(
         assert (await frames_after_hello(ok))[0][:2] == [RESPONSE, 4]
 
 
-async def test_a_client_reading_slowly_gets_everything_before_a_fatal_error(
-    autojump_clock: MockClock, crowded_server: NodeServer, nursery: trio.Nursery,
-) -> None:
-    # The time a closing connection has is renewed while it takes what it is owed:
-    # megabytes of replies read at 64 KiB a second all arrive, the error frame last.
-    srv = crowded_server
-    client_side, server_side = trio.testing.lockstep_stream_pair()
-    nursery.start_soon(srv.handle_stream, server_side)
-    await client_side.send_all(SLOW_HELLO + slow_put(2))
-    gets = b"".join(encode_request(10 + i, Op.GET, {"key": b"k2"}) for i in range(10))
-    nursery.start_soon(client_side.send_all, gets + b"\x00\x00\x00\x00")  # then BAD_FRAME
-    dec, frames = FrameDecoder(1 << 24), []
-    with trio.fail_after(600):
-        while data := await client_side.receive_some(64 * 1024):
-            frames.extend(dec.feed(data))
-            await trio.sleep(1)
-    assert [f[1] for f in frames] == [1, 2, *range(10, 20), None]
-    assert frames[-1][0] == ERROR and frames[-1][2]["name"] == "BAD_FRAME"
-
-
 async def test_the_slowest_frames_go_first_and_small_ones_are_let_be(
     autojump_clock: MockClock, crowded_server: NodeServer, nursery: trio.Nursery,
 ) -> None:
     # Over the half of the budget by one frame's worth: only the slowest sender goes.
     # A sender holding a few bytes is not judged (refusing it would free nothing).
     with trio.fail_after(600):  # (mock time: a hang fails, it does not stall)
-        from ringfs.runtime import server as server_module
-
         srv = crowded_server
         assert srv.node is not None
         small = encode_request(5, Op.PUT, {"key": b"s", "value": b"y" * 2_000})
@@ -659,7 +628,6 @@ async def test_a_half_closed_client_gets_its_replies_whatever_it_left_unfinished
     # The rest of a frame can no longer come once the client half-closed: the frame is
     # dropped then, not judged, and the reply to the complete request before it, which
     # waits for a slow sync, still arrives.
-    from ringfs.runtime import server as server_module
     from ringfs.wire import Limits
 
     async def slow_sync_loop(self: NodeServer, node: Any, engine: Any, per_write: bool,
@@ -692,24 +660,31 @@ async def test_a_half_closed_client_gets_its_replies_whatever_it_left_unfinished
         assert trio.current_time() >= 15
 
 
-async def test_a_long_send_under_way_when_the_connection_closes_is_not_cut_short(
+@pytest.mark.parametrize("during_send", [False, True])
+async def test_a_client_reading_slowly_gets_every_reply_before_a_fatal_error(
     autojump_clock: MockClock, crowded_server: NodeServer, nursery: trio.Nursery,
+    during_send: bool,
 ) -> None:
-    # Replies already being sent when a fatal error arrives keep going out while the
-    # client reads them, however slowly, and the error frame still comes last.
+    # The time a closing connection has is renewed while it takes what it is owed:
+    # megabytes of replies read at 64 KiB a second all arrive, the error frame last,
+    # also when the error comes while a long send of them is under way.
     srv = crowded_server
     client_side, server_side = trio.testing.lockstep_stream_pair()
     nursery.start_soon(srv.handle_stream, server_side)
     await client_side.send_all(SLOW_HELLO + slow_put(2))
+    gets = b"".join(encode_request(10 + i, Op.GET, {"key": b"k2"}) for i in range(10))
+    bad = b"\x00\x00\x00\x00"  # a frame of length 0: BAD_FRAME
     dec, got = FrameDecoder(1 << 24), []
     with trio.fail_after(600):
         while len(got) < 2:
             got.extend(dec.feed(await client_side.receive_some()))
-        await client_side.send_all(b"".join(encode_request(10 + i, Op.GET, {"key": b"k2"})
-                                            for i in range(10)))
-        await trio.testing.wait_all_tasks_blocked()  # the replies are being sent
-        nursery.start_soon(client_side.send_all, b"\x00\x00\x00\x00")  # then BAD_FRAME
-        await trio.testing.wait_all_tasks_blocked()
+        if during_send:
+            await client_side.send_all(gets)
+            await trio.testing.wait_all_tasks_blocked()  # the replies are being sent
+            nursery.start_soon(client_side.send_all, bad)
+            await trio.testing.wait_all_tasks_blocked()
+        else:
+            nursery.start_soon(client_side.send_all, gets + bad)
         while data := await client_side.receive_some(64 * 1024):
             got.extend(dec.feed(data))
             await trio.sleep(1)

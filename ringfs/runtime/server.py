@@ -184,13 +184,13 @@ SLOW_FRAME_WINDOW_S = 10.0
 SLOW_FRAME_CHECK_S = 1.0
 """How often the connections holding unfinished frames are looked at."""
 
-CLOSING_SEND_PIECE = 64 * 1024
-"""The per-connection writer sends more than this in pieces of this size, so that a
-connection closed during a long send has its time renewed as the client reads."""
-
 SLOW_FRAME_MIN_HELD = 64 * 1024
 """Connections holding less of an unfinished frame are not judged: refusing them would
 free next to nothing (max_connections of them hold a quarter of the budget at most)."""
+
+CLOSING_SEND_PIECE = 64 * 1024
+"""The per-connection writer sends more than this in pieces of this size, so that a
+connection closed during a long send has its time renewed as the client reads."""
 
 CLOSING_SEND_S = 10.0
 """How long a connection the node is closing (after a fatal error or a refusal) may go

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import struct
 import threading
 from pathlib import Path
 
@@ -344,7 +345,14 @@ def test_sync_in_a_thread_reports_only_what_its_fsyncs_covered(
         path = os.readlink(f"/proc/self/fd/{fd}")
         # Before the fsync: every record written by now is covered. (Not the file's
         # size: the active segment's is preallocated ahead of its records.)
-        size = records_end(fd, salt_of(tmp_path))
+        while True:
+            try:
+                size = records_end(fd, salt_of(tmp_path))
+                break
+            except struct.error:
+                # A rollover on the writing thread cut the file to its records' end
+                # while this one read it: read it again, at its new size.
+                continue
         real(fd)
         with lock:
             covered[path] = max(covered.get(path, 0), size)

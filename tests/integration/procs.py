@@ -216,19 +216,19 @@ def wait_members(nodes: Sequence[NodeProcess], count: int | None = None, *,
                 not alive or all(v == "alive" for v in seen.values()))
         return ok
 
-    start = time.monotonic()
-    wait_for(formed, timeout_s, lambda: f"{want} members on every node; last seen: {last}")
-    return time.monotonic() - start
+    return wait_for(formed, timeout_s,
+                    lambda: f"{want} members on every node; last seen: {last}")
 
 
 def wait_for(cond: Callable[[], object], timeout_s: float = 15.0,
-             what: str | Callable[[], str] = "condition") -> None:
-    """Poll `cond()` until true (real processes have no simulated clock to advance).
-    `what` may be a function, called on failure to describe what was last seen."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+             what: str | Callable[[], str] = "condition") -> float:
+    """Poll `cond()` until true (real processes have no simulated clock to advance);
+    the seconds it took. `what` may be a function, called on failure to describe what
+    was last seen."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
         if cond():
-            return
+            return time.monotonic() - start
         time.sleep(0.1)
     raise AssertionError(f"timed out after {timeout_s:g} s waiting for "
                          f"{what() if callable(what) else what}")

@@ -14,7 +14,7 @@ import os
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +30,7 @@ from ringfs.errors import RingfsError
 from ringfs.ring import Ring, RingMember
 from ringfs.storage.logstore import LogStore
 from ringfs.storage.segment import HEADER_BYTES, RECORD_HEADER, SEGMENT_HEADER
-from tests.integration.procs import NodeProcess, ringfs, running_cluster, wait_members
+from tests.integration.procs import NodeProcess, ringfs, running_cluster, wait_for, wait_members
 
 pytestmark = pytest.mark.integration
 
@@ -74,17 +74,6 @@ def member_state(node: NodeProcess, name: str) -> str | None:
 def stored_keys(node: NodeProcess) -> int:
     st = node.status()
     return -1 if st is None else int(st["storage"]["keys"])
-
-
-def wait_until(cond: Callable[[], bool], timeout_s: float, what: str) -> float:
-    """Poll `cond` until true; the seconds it took. Fails after `timeout_s`."""
-    start = time.monotonic()
-    while True:
-        if cond():
-            return time.monotonic() - start
-        if time.monotonic() - start > timeout_s:
-            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
-        time.sleep(0.2)
 
 
 def put_all(addresses: Sequence[str], items: dict[bytes, bytes], w: int,
@@ -165,20 +154,20 @@ def test_hints_bring_back_a_restarted_replica_within_30_s(tmp_path: Path) -> Non
         down.kill()
         # Until gossip declares it dead, a coordinator still addresses it and a write
         # that reaches the other two primaries succeeds without a hint.
-        wait_until(lambda: all(member_state(o, down.name) == "dead" for o in others), 20.0,
-                   f"{down.name} to be declared dead")
+        wait_for(lambda: all(member_state(o, down.name) == "dead" for o in others), 20.0,
+                 f"{down.name} to be declared dead")
         acked = put_all([o.address for o in others], items, w=2)
         assert acked == set(items)
         # Every write the dead replica missed is kept as a hint (the fallback's copy
         # may land just after the quorum answered).
-        wait_until(lambda: sum(status(o)["hints"]["by_owner"].get(down.name, 0)
-                               for o in others) == KEYS, 10.0, f"{KEYS} hints")
+        wait_for(lambda: sum(status(o)["hints"]["by_owner"].get(down.name, 0)
+                             for o in others) == KEYS, 10.0, f"{KEYS} hints")
 
         down = nodes[2] = down.restart()
-        took = wait_until(lambda: stored_keys(down) >= KEYS, CONVERGE_S,
-                          f"{down.name} to hold all {KEYS} keys")
-        wait_until(lambda: all(status(o)["hints"]["pending"] == 0 for o in others), 10.0,
-                   "delivered hints to be deleted")
+        took = wait_for(lambda: stored_keys(down) >= KEYS, CONVERGE_S,
+                        f"{down.name} to hold all {KEYS} keys")
+        wait_for(lambda: all(status(o)["hints"]["pending"] == 0 for o in others), 10.0,
+                 "delivered hints to be deleted")
         st = status(down)
         assert st["anti_entropy"]["keys_repaired"] == 0
         delivered = sum(status(o)["counters"].get("hints_delivered", 0) for o in others)
@@ -200,8 +189,8 @@ def test_anti_entropy_alone_brings_back_a_restarted_replica_within_30_s(tmp_path
         acked = put_all([nodes[0].address, nodes[1].address], items, w=2)
         assert acked == set(items)
         down = nodes[2] = down.restart()
-        took = wait_until(lambda: stored_keys(down) >= KEYS, CONVERGE_S,
-                          f"{down.name} to hold all {KEYS} keys")
+        took = wait_for(lambda: stored_keys(down) >= KEYS, CONVERGE_S,
+                        f"{down.name} to hold all {KEYS} keys")
         repaired = sum(status(n)["anti_entropy"]["keys_repaired"] for n in nodes)
         assert repaired >= KEYS
         print(f"restarted replica held all {KEYS} keys {took:.1f} s after its restart")
@@ -274,8 +263,8 @@ def test_anti_entropy_restores_records_damaged_on_disk(tmp_path: Path) -> None:
         # Recovery found every corrupted record (and serves none of them); the cut
         # records are simply absent.
         assert status(victim)["storage"]["corrupt_records"] == len(corrupted)
-        wait_until(lambda: stored_keys(victim) >= KEYS, CONVERGE_S,
-                   f"{victim.name} to hold all {KEYS} keys again")
+        wait_for(lambda: stored_keys(victim) >= KEYS, CONVERGE_S,
+                 f"{victim.name} to hold all {KEYS} keys again")
         repaired = sum(status(n)["anti_entropy"]["keys_repaired"] for n in nodes)
         assert repaired >= len(corrupted) + len(deleted)
         victim.stop()
@@ -402,12 +391,12 @@ def test_grow_and_shrink_under_load_keep_every_write_and_place_keys_by_the_ring(
                 wait_members(four, alive=True)  # the fourth node joined
                 time.sleep(2.0)  # writes continue while keys move to the new node
                 writer.pause()
-                wait_until(lambda: stored_keys(new) > 0 and handoff_idle(four), 30.0,
-                           "handoff to the new node to finish")
+                wait_for(lambda: stored_keys(new) > 0 and handoff_idle(four), 30.0,
+                         "handoff to the new node to finish")
                 keys = sorted(writer.attempted)
-                wait_until(lambda: all(not h or h == set(p) for h, p in
-                                       holders([n.address for n in four], keys).values()),
-                           15.0, "every key on its four-node preference list")
+                wait_for(lambda: all(not h or h == set(p) for h, p in
+                                     holders([n.address for n in four], keys).values()),
+                         15.0, "every key on its four-node preference list")
                 assert_placement(four, keys)
                 moved = sum(status(n)["handoff"]["moved_keys"] for n in nodes)
                 assert moved > KEYS // 10, "the old nodes handed keys to the new one"
@@ -429,9 +418,9 @@ def test_grow_and_shrink_under_load_keep_every_write_and_place_keys_by_the_ring(
         print(f"{len(writer.acked)} keys acknowledged; failed writes: {writer.failures}")
         assert len(writer.acked) > KEYS + 100, "the load ran through both transitions"
         keys = sorted(writer.attempted)
-        wait_until(lambda: all(stored_keys(n) >= len(writer.acked) for n in nodes)
-                   and len({stored_keys(n) for n in nodes}) == 1 and handoff_idle(nodes),
-                   30.0, "the three nodes to converge")
+        wait_for(lambda: all(stored_keys(n) >= len(writer.acked) for n in nodes)
+                 and len({stored_keys(n) for n in nodes}) == 1 and handoff_idle(nodes),
+                 30.0, "the three nodes to converge")
         assert_placement(nodes, keys)
         lost = []
         with Client(nodes[0].address) as c:

@@ -745,8 +745,6 @@ class NodeServer:
             c.raw = None
             if raw is not None:
                 raw.close()
-            self._partial_bytes -= c.partial
-            c.partial = 0
             self._conns.pop(conn_id, None)
             node.client_disconnected(conn_id, self._clock())
             with trio.CancelScope(shield=True), trio.move_on_after(1):
@@ -805,12 +803,19 @@ class NodeServer:
             exc = decoder.error or WireError(
                 ErrorCode.OVERLOADED, "the node holds too many unfinished frames; send it "
                 "again later", fatal=True)
-            node.counters[f"error_{exc.code.name.lower()}"] += 1
-            frame = encode_error(None, exc.code, exc.message)
-            c.out.append(frame)
-            c.unsent += len(frame)
-            self._close_soon(c)
+            self._close_with_error(c, exc.code, exc.message)
         return c.closing
+
+    def _close_with_error(self, c: _Connection, code: ErrorCode, message: str) -> None:
+        """Queue a connection-level error frame (nil id), the last frame `c` gets, and
+        close it (`_close_soon`)."""
+        node = self.node
+        assert node is not None
+        node.counters[f"error_{code.name.lower()}"] += 1
+        frame = encode_error(None, code, message)
+        c.out.append(frame)
+        c.unsent += len(frame)
+        self._close_soon(c)
 
     def _close_soon(self, c: _Connection) -> None:
         """`c` is closing: read no more from it, drop its unfinished frame, and give it
@@ -896,12 +901,8 @@ class NodeServer:
         node = self.node
         assert node is not None
         node.counters["slow_frames_refused"] += 1
-        node.counters["error_overloaded"] += 1
-        frame = encode_error(None, ErrorCode.OVERLOADED, "the node holds too many unfinished "
-                             "frames and this one arrives too slowly; send it again later")
-        c.out.append(frame)
-        c.unsent += len(frame)
-        self._close_soon(c)  # (nothing more is read: the error frame is the last one)
+        self._close_with_error(c, ErrorCode.OVERLOADED, "the node holds too many unfinished "
+                               "frames and this one arrives too slowly; send it again later")
         if c.reader_scope is not None:
             c.reader_scope.cancel()
 

@@ -107,6 +107,11 @@ def test_cut_at_every_offset_of_the_last_records(tmp_path: Path) -> None:
             with open(newest_segment(work), "r+b") as f:
                 f.seek(cut)
                 f.write(bytes(end - cut))
+        if how == "zeroed":
+            # Zeroing bytes that were zeros changes nothing (a checksum may end in a
+            # zero byte): the file is as written up to the first byte that was not.
+            rest = content[cut:end]
+            cut += len(rest) - len(rest.lstrip(b"\x00"))
         store = LogStore(work)
         try:
             survivors = [r for r in tail if r.offset + r.size <= cut]
